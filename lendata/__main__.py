@@ -1,0 +1,3 @@
+from lendata.cli import app
+
+app()

@@ -1,0 +1,144 @@
+"""What every recipe build shares, without Prefect: engine + cache, inputs, validation, commit, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from lendata import store as st
+from lendata.engines import CachedEngine, ResponseCache, make_engine
+from lendata.inputs import Loaded, read_instructions
+from lendata.paths import check_name, work_dir
+from lendata.recipes import resolve_input
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.large_string()),
+        ("source", pa.string()),
+        ("record", pa.large_string()),
+    ]
+)
+
+
+class BuildFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class BuildReport:
+    dataset: str
+    version: str
+    path: str
+    rows: int
+    quarantined: int
+    engine_calls: int
+    cache_hits: int
+    seconds: float
+    unchanged: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict())
+
+
+def configure_prefect(store: Path, verbose: bool = False) -> None:
+    """Ephemeral Prefect with its state under the store's work dir, unless the user runs a server.
+
+    Prefect's own logs are off unless `verbose`: lendata reports build errors itself, once, clearly.
+    """
+    home = work_dir(store) / "prefect"
+    home.mkdir(parents=True, exist_ok=True)  # prefect creates only the last path component
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_HOME", str(home))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # a plain path here is read as a block name and fails; the env setting is a path (ENVIRONMENT.md)
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(home / "results"))
+    os.environ["PREFECT_LOGGING_LEVEL"] = "INFO" if verbose else os.environ.get("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def open_engine(recipe: dict[str, Any], store: Path) -> CachedEngine:
+    dataset = check_name(recipe["dataset"], "dataset")
+    cache = ResponseCache(work_dir(store) / dataset / "responses.sqlite")
+    engine = make_engine(recipe.get("engine", "llamacpp"), **(recipe.get("engine_options") or {}))
+    return CachedEngine(engine, cache)
+
+
+def load_inputs(recipe: dict[str, Any]) -> Loaded:
+    return read_instructions(
+        resolve_input(recipe, str(recipe["input"])),
+        instruction_field=recipe.get("instruction_field", "instruction"),
+        target_field=recipe.get("target_field"),
+        n=recipe.get("n"),
+    )
+
+
+def finish(
+    recipe: dict[str, Any],
+    store: Path,
+    table: pa.Table,
+    quarantine: list[dict[str, Any]],
+    engine: CachedEngine | None,
+    started: float,
+    overwrite: bool = False,
+    extra_meta: dict[str, Any] | None = None,
+) -> BuildReport:
+    """Validate against the recipe's schema, enforce the quarantine threshold, commit, report."""
+    from schemas import split_valid
+
+    valid, failed = split_valid(table, recipe.get("schema", "sft"))
+    quarantine = [*quarantine, *failed]
+    total = valid.num_rows + len(quarantine)
+    share = len(quarantine) / total if total else 0.0
+    limit = float(recipe.get("max_quarantine_share", 0.5))
+    if total == 0:
+        raise BuildFailed("the build produced no rows at all: check the input file and `n`")
+    if share > limit:
+        reasons = Counter(q["reason"].split(":")[0] for q in quarantine).most_common(5)
+        raise BuildFailed(
+            f"{len(quarantine)} of {total} rows quarantined ({share:.0%} > max_quarantine_share {limit:.0%}); "
+            f"top reasons: {'; '.join(f'{r} ({n})' for r, n in reasons)}"
+        )
+    tables = {"train": valid}
+    if quarantine:
+        tables["quarantine"] = pa.Table.from_pylist(
+            [{k: q.get(k) for k in QUARANTINE_SCHEMA.names} for q in quarantine], schema=QUARANTINE_SCHEMA
+        )
+    recipe_meta = {k: v for k, v in recipe.items() if not k.startswith("_")}
+    meta = {
+        "recipe": recipe["_name"],
+        "recipe_settings": recipe_meta,
+        "engine": engine.name if engine else None,
+        "model": engine.model_id if engine else None,
+        **(extra_meta or {}),
+    }
+    version = st.commit(
+        store,
+        recipe["dataset"],
+        tables,
+        version=str(recipe.get("version", st.AUTO)),
+        overwrite=overwrite,
+        meta=meta,
+    )
+    return BuildReport(
+        dataset=version.dataset,
+        version=version.version,
+        path=str(version.path),
+        rows=version.rows(),
+        quarantined=version.rows("quarantine"),
+        engine_calls=engine.calls if engine else 0,
+        cache_hits=engine.hits if engine else 0,
+        seconds=round(time.monotonic() - started, 2),
+        unchanged=version.unchanged,
+    )

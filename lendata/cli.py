@@ -1,0 +1,202 @@
+"""The `lendata` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Build, validate, store, query and publish long-output and variable-length LLM corpora.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+StoreOpt = Annotated[
+    Path | None,
+    typer.Option("--store", "--out", help="Store directory (default $LENDATA_STORE, else ./data)."),
+]
+
+
+def _store(store: Path | None) -> Path:
+    from lendata.paths import store_root
+
+    return store_root(store)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def build(
+    recipe: Annotated[str, typer.Argument(help="Recipe name under pipelines/ (or a path to a .yaml).")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: key=value.")] = None,
+    store: StoreOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a committed version with the same number.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's flow and task logs.")] = False,
+) -> None:
+    """Run a recipe through its Prefect flow and commit the result as a dataset version."""
+    from lendata import recipes
+    from lendata.build import BuildFailed
+    from lendata.inputs import InputError
+    from lendata.store import StoreError
+
+    root = _store(store)
+    try:
+        loaded = recipes.load(recipe, recipes.parse_sets(set_ or []))
+    except recipes.RecipeError as e:
+        _fail(str(e), 2)
+    from flows import run_recipe
+
+    try:
+        report = run_recipe(loaded, root, overwrite=overwrite, progress=progress, verbose=verbose)
+    except (BuildFailed, InputError, StoreError, ValueError, FileNotFoundError, ConnectionError) as e:
+        _fail(str(e))
+    if as_json:
+        print(report.to_json())
+        return
+    state = "unchanged (identical content already committed)" if report.unchanged else "committed"
+    out.print(
+        f"[bold green]{report.dataset}@{report.version}[/] {state}: {report.rows} rows, "
+        f"{report.quarantined} quarantined, {report.engine_calls} engine calls, {report.cache_hits} cache hits, "
+        f"{report.seconds:.1f}s"
+    )
+    out.print(f"data: {report.path}")
+
+
+@app.command()
+def engines(
+    name: Annotated[str, typer.Option(help="Engine to load and time.")] = "llamacpp",
+    tokens: Annotated[int, typer.Option(help="Tokens to generate for the speed check.")] = 64,
+) -> None:
+    """List the engines, load one (the default) and print its speed."""
+    from lendata.engines import ENGINES, Request, make_engine
+
+    for key, desc in ENGINES.items():
+        out.print(f"  [bold]{key:9}[/] {desc}")
+    t0 = time.monotonic()
+    try:
+        engine = make_engine(name)
+    except Exception as e:
+        _fail(f"cannot load {name}: {e}")
+    loaded = time.monotonic() - t0
+    req = Request(messages=({"role": "user", "content": "Write about the sea."},), max_tokens=tokens,
+                  min_tokens=tokens, temperature=0.7, seed=0)
+    t1 = time.monotonic()
+    res = engine.generate([req])[0]
+    gen = time.monotonic() - t1
+    engine.close()
+    if not res.ok:
+        _fail(f"{name} failed to generate: {res.error}")
+    out.print(
+        f"{name}: {engine.model_id}, context {engine.context_window} tokens; loaded in {loaded:.2f}s, "
+        f"{res.completion_tokens} tokens in {gen:.2f}s = {res.completion_tokens / gen:.1f} tok/s"
+    )
+
+
+@app.command("ls")
+def ls_(store: StoreOpt = None) -> None:
+    """List datasets, their versions and rows."""
+    from lendata import store as st
+
+    root = _store(store)
+    datasets = st.list_datasets(root)
+    if not datasets:
+        out.print(f"no datasets in {root}")
+        return
+    t = Table("dataset", "version", "rows", "quarantined", "created", "recipe", "model")
+    for d in datasets:
+        for v in st.list_versions(root, d):
+            ver = st.open_version(root, f"{d}@{v}")
+            m = ver.manifest
+            t.add_row(d, v, str(ver.rows()), str(ver.rows("quarantine")), m.get("created", ""),
+                      str(m.get("recipe", "")), str(m.get("model", "")))
+    out.print(t)
+
+
+class Format(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help='SQL over the store, e.g. "SELECT count(*) FROM direct".')],
+    store: StoreOpt = None,
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+    out_file: Annotated[Path | None, typer.Option("--to", help="Write the result to this file.")] = None,
+) -> None:
+    """Read-only SQL (DuckDB) over every dataset version; a view per dataset for its latest version."""
+    from lendata.catalog import QueryError
+    from lendata.catalog import query as run
+
+    try:
+        df = run(_store(store), sql)
+    except QueryError as e:
+        _fail(str(e))
+    if fmt is Format.parquet:
+        if out_file is None:
+            _fail("--format parquet needs --to FILE")
+        df.write_parquet(out_file)
+        err.print(f"wrote {df.height} rows to {out_file}")
+        return
+    if fmt is Format.csv:
+        text = df.write_csv()
+    elif fmt is Format.json:
+        text = json.dumps(df.to_dicts(), ensure_ascii=False, default=str)
+    else:
+        t = Table(*df.columns)
+        for row in df.iter_rows():
+            t.add_row(*("" if v is None else str(v) for v in row))
+        if out_file is None:
+            out.print(t)
+            return
+        with Console(file=open(out_file, "w"), width=200) as c:  # noqa: SIM115
+            c.print(t)
+        return
+    if out_file is not None:
+        out_file.write_text(text)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+@app.command()
+def validate(
+    ref: Annotated[str, typer.Argument(help="DATASET or DATASET@VERSION.")],
+    store: StoreOpt = None,
+) -> None:
+    """Check a committed version: file hashes and row counts against its manifest, rows against the schema."""
+    from lendata.store import StoreError
+    from lendata.validation import validate_version
+
+    try:
+        problems, summary = validate_version(_store(store), ref)
+    except (StoreError, ValueError) as e:
+        _fail(str(e))
+    for line in summary:
+        out.print(line)
+    if problems:
+        for p in problems:
+            err.print(f"[red]problem:[/] {p}")
+        raise typer.Exit(1)
+    out.print("[bold green]valid[/]")
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,114 @@
+"""The one engine contract: `generate(requests) -> results` over a batch.
+
+Methods advance all rows one step per call ("rounds") so that an engine that batches (vLLM, a server with
+concurrency) can work on many samples at once; engines that cannot batch still work, one row at a time.
+Per-row failures are results with `finish_reason="error"`, never exceptions, so one bad row cannot sink a
+batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length", "error"]
+
+
+@dataclass(frozen=True)
+class Request:
+    messages: tuple[dict[str, str], ...]
+    max_tokens: int = 512
+    min_tokens: int = 0
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    json_schema: dict[str, Any] | None = None
+    # which of several samples for the same prompt this is; part of the cache key
+    sample_index: int = 0
+    # LoRA adapter directory (vLLM); other engines refuse requests that name one
+    lora: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "messages", tuple(dict(m) for m in self.messages))
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.min_tokens < 0 or self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens must be in [0, max_tokens], got {self.min_tokens}/{self.max_tokens}")
+        for m in self.messages:
+            if set(m) != {"role", "content"} or not isinstance(m["content"], str):
+                raise ValueError(f"a message is {{role, content}} with string content, got {m!r}")
+
+    def sampling(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("messages")
+        d.pop("json_schema")
+        d.pop("sample_index")
+        return d
+
+
+@dataclass
+class Result:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: FinishReason = "stop"
+    error: str | None = None
+    cached: bool = field(default=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.finish_reason != "error"
+
+    @classmethod
+    def failed(cls, message: str, prompt_tokens: int = 0) -> Result:
+        return cls(text="", prompt_tokens=prompt_tokens, finish_reason="error", error=message)
+
+
+# called once per finished row: (index in the batch, its result)
+OnResult = Callable[[int, Result], None]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+    model_id: str
+    context_window: int
+
+    def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Result]: ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+    def close(self) -> None: ...
+
+
+def request_key(engine: str, model_id: str, req: Request) -> str:
+    """Content address of a response: engine, model, sampling, messages, schema and sample index."""
+    payload = {
+        "engine": engine,
+        "model": model_id,
+        "sampling": req.sampling(),
+        "messages": req.messages,
+        "schema": req.json_schema,
+        "sample": req.sample_index,
+    }
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# role markers and the default system prompt a chat template adds (generous for ChatML-style templates)
+_PER_MESSAGE_TOKENS = 8
+_PER_CHAT_TOKENS = 32
+
+
+def estimate_prompt_tokens(engine: Engine, chats: Sequence[Sequence[dict[str, str]]]) -> list[int]:
+    """Upper estimate of each chat's prompt tokens, for fitting prompts into the context window."""
+    flat = [m["content"] for chat in chats for m in chat]
+    counts = iter(engine.count_tokens(flat))
+    return [
+        _PER_CHAT_TOKENS + sum(next(counts) + _PER_MESSAGE_TOKENS for _ in chat) for chat in chats
+    ]

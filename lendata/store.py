@@ -1,0 +1,264 @@
+"""Versioned Parquet store.
+
+Layout: `<store>/<dataset>/<version>/<split>/part-NNNNN.parquet` plus `<store>/<dataset>/<version>/manifest.json`.
+A version is assembled in a hidden staging directory and renamed into place only when every shard and the
+manifest are written and fsynced, so a reader never sees a half-written version; each shard is itself written
+to a temporary name and renamed. A committed version is immutable: committing different content under the
+same version is an error unless `overwrite=True`; committing identical content is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lendata.paths import check_name
+
+MANIFEST = "manifest.json"
+AUTO = "auto"
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class VersionExists(StoreError):
+    pass
+
+
+class NotFound(StoreError):
+    pass
+
+
+def parse_version(v: str) -> tuple[int, int, int]:
+    parts = v.split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"version {v!r} is not MAJOR.MINOR.PATCH")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def bump(v: str, part: str = "patch") -> str:
+    major, minor, patch = parse_version(v)
+    if part == "major":
+        return f"{major + 1}.0.0"
+    if part == "minor":
+        return f"{major}.{minor + 1}.0"
+    return f"{major}.{minor}.{patch + 1}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_parquet_atomic(table: pa.Table, path: Path, **kwargs: Any) -> dict[str, Any]:
+    """Write to a temporary name, fsync, rename: the file appears complete or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp, compression=kwargs.pop("compression", "zstd"), **kwargs)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"rows": table.num_rows, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+@dataclass
+class Version:
+    store: Path
+    dataset: str
+    version: str
+    manifest: dict[str, Any] = field(repr=False)
+    unchanged: bool = False  # a commit found identical content already committed
+
+    @property
+    def path(self) -> Path:
+        return self.store / self.dataset / self.version
+
+    @property
+    def splits(self) -> dict[str, dict[str, Any]]:
+        return self.manifest["splits"]
+
+    def rows(self, split: str | None = None) -> int:
+        if split is not None:
+            return self.splits[split]["rows"] if split in self.splits else 0
+        return sum(s["rows"] for name, s in self.splits.items() if name != "quarantine")
+
+    def files(self, split: str) -> list[Path]:
+        return [self.path / f["path"] for f in self.splits[split]["files"]]
+
+    def read(self, split: str = "train") -> pa.Table:
+        if split not in self.splits:
+            raise NotFound(f"{self.dataset}@{self.version} has no split {split!r}; it has {sorted(self.splits)}")
+        files = self.files(split)
+        if not files:
+            return pa.schema([]).empty_table()
+        return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+def list_datasets(store: Path) -> list[str]:
+    if not store.is_dir():
+        return []
+    return sorted(
+        p.name for p in store.iterdir() if p.is_dir() and p.name[0] not in "._" and list_versions(store, p.name)
+    )
+
+
+def list_versions(store: Path, dataset: str) -> list[str]:
+    d = store / check_name(dataset, "dataset")
+    if not d.is_dir():
+        return []
+    found = []
+    for p in d.iterdir():
+        if p.name.startswith(".") or not (p / MANIFEST).is_file():
+            continue
+        with contextlib.suppress(ValueError):
+            parse_version(p.name)
+            found.append(p.name)
+    return sorted(found, key=parse_version)
+
+
+def open_version(store: Path, ref: str) -> Version:
+    """`DATASET` (latest version) or `DATASET@VERSION`."""
+    dataset, _, version = ref.partition("@")
+    check_name(dataset, "dataset")
+    versions = list_versions(store, dataset)
+    if not versions:
+        known = ", ".join(list_datasets(store)) or "none"
+        raise NotFound(f"no dataset {dataset!r} in {store} (datasets: {known})")
+    version = version or versions[-1]
+    if version not in versions:
+        raise NotFound(f"{dataset} has no version {version!r} (versions: {', '.join(versions)})")
+    manifest = json.loads((store / dataset / version / MANIFEST).read_text())
+    return Version(store, dataset, version, manifest)
+
+
+@contextlib.contextmanager
+def dataset_lock(store: Path, dataset: str, wait: bool = True) -> Iterator[None]:
+    """One writer per dataset at a time; a second build waits (or fails at once with wait=False)."""
+    d = store / check_name(dataset, "dataset")
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise StoreError(f"another build is writing {dataset} in {store}; try again when it ends") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _content_hash(splits: Mapping[str, Mapping[str, Any]]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(splits):
+        for f in splits[name]["files"]:
+            h.update(f"{name}/{f['sha256']}\n".encode())
+    return h.hexdigest()
+
+
+def commit(
+    store: Path,
+    dataset: str,
+    tables: Mapping[str, pa.Table],
+    *,
+    version: str = AUTO,
+    overwrite: bool = False,
+    rows_per_shard: int = 10_000,
+    meta: Mapping[str, Any] | None = None,
+) -> Version:
+    """Write `tables` (split -> table) as a new version of `dataset` and return it.
+
+    `version="auto"` reuses the newest version with identical content, else bumps the patch of the latest
+    (0.1.0 for the first). An explicit version that exists with other content raises `VersionExists`
+    unless `overwrite`.
+    """
+    from lendata import __version__
+
+    check_name(dataset, "dataset")
+    if version != AUTO:
+        parse_version(version)
+    for split in tables:
+        check_name(split, "split")
+    store.mkdir(parents=True, exist_ok=True)
+    with dataset_lock(store, dataset):
+        stage = store / dataset / f".staging-{uuid.uuid4().hex[:12]}"
+        try:
+            splits: dict[str, Any] = {}
+            schemas: dict[str, Any] = {}
+            for split, table in tables.items():
+                files = []
+                n = max(1, -(-table.num_rows // rows_per_shard))
+                for i in range(n):
+                    part = table.slice(i * rows_per_shard, rows_per_shard)
+                    rel = f"{split}/part-{i:05d}.parquet"
+                    files.append({"path": rel, **write_parquet_atomic(part, stage / rel)})
+                splits[split] = {"rows": table.num_rows, "files": files}
+                schemas[split] = [{"name": f.name, "type": str(f.type)} for f in table.schema]
+            content = _content_hash(splits)
+            existing = list_versions(store, dataset)
+            for v in reversed(existing):
+                old = open_version(store, f"{dataset}@{v}")
+                if old.manifest.get("content_hash") == content and (version in (AUTO, v)):
+                    old.unchanged = True
+                    return old
+            if version == AUTO:
+                version = bump(existing[-1]) if existing else "0.1.0"
+            target = store / dataset / version
+            if target.exists() and not overwrite:
+                raise VersionExists(
+                    f"{dataset}@{version} is already committed with other content; versions are immutable "
+                    "(pass --overwrite to replace it, or choose another version)"
+                )
+            manifest = {
+                "dataset": dataset,
+                "version": version,
+                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "lendata_version": __version__,
+                "content_hash": content,
+                "splits": splits,
+                "schema": schemas,
+                **(meta or {}),
+            }
+            mpath = stage / MANIFEST
+            mpath.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
+            with open(mpath, "rb+") as f:
+                os.fsync(f.fileno())
+            _fsync_dir(stage)
+            if target.exists():  # overwrite: move the old version aside, swap, then delete it
+                trash = store / dataset / f".trash-{uuid.uuid4().hex[:12]}"
+                os.rename(target, trash)
+                os.rename(stage, target)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.rename(stage, target)
+            _fsync_dir(store / dataset)
+            return Version(store, dataset, version, manifest)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)

@@ -1,0 +1,63 @@
+import json
+
+from lendata.engines import Request, make_engine
+
+
+def ask(text, **kw):
+    return Request(messages=({"role": "user", "content": text},), **kw)
+
+
+def test_generates_with_token_counts_and_is_seed_deterministic(llama):
+    reqs = [ask("Write one sentence about cats.", max_tokens=30, seed=7, temperature=0.8)] * 2
+    a, b = llama.generate(reqs)
+    assert a.ok and a.text and a.text == b.text
+    assert a.prompt_tokens > 5 and 0 < a.completion_tokens <= 30
+    assert a.finish_reason in {"stop", "length"}
+
+
+def test_min_tokens_suppresses_end_of_sequence(llama):
+    short = llama.generate([ask("Say hi.", max_tokens=200, seed=1)])[0]
+    forced = llama.generate([ask("Say hi.", max_tokens=200, min_tokens=150, seed=1)])[0]
+    assert short.completion_tokens < 150  # the model stops early on its own...
+    assert forced.completion_tokens >= 150  # ...and cannot while min_tokens is unmet
+
+
+def test_json_schema_output_is_valid(llama):
+    schema = {
+        "type": "object",
+        "properties": {"paragraphs": {"type": "array", "items": {
+            "type": "object",
+            "properties": {"main_point": {"type": "string", "maxLength": 80}, "words": {"type": "integer"}},
+            "required": ["main_point", "words"]}, "minItems": 1, "maxItems": 5}},
+        "required": ["paragraphs"],
+    }
+    res = llama.generate([ask("Plan an essay about rivers as paragraphs.", max_tokens=300, seed=3,
+                              json_schema=schema)])[0]
+    assert res.ok
+    data = json.loads(res.text)
+    assert data["paragraphs"] and all(isinstance(p["words"], int) for p in data["paragraphs"])
+
+
+def test_prompt_over_context_window_is_an_error_result_not_a_crash(llama):
+    too_long = ask("word " * (llama.context_window + 100), max_tokens=10)
+    fine = ask("Say yes.", max_tokens=5)
+    bad, good = llama.generate([too_long, fine])
+    assert bad.finish_reason == "error" and "context window" in bad.error
+    assert good.ok
+
+
+def test_lora_request_is_refused_per_row(llama):
+    res = llama.generate([ask("hi", max_tokens=4, lora="/nonexistent")])[0]
+    assert res.finish_reason == "error" and "LoRA" in res.error
+
+
+def test_engine_exposes_context_window_and_token_counts(llama):
+    assert llama.context_window == 2048
+    assert llama.count_tokens(["hello world", ""]) == [2, 0]
+
+
+def test_make_engine_rejects_unknown_names():
+    import pytest
+
+    with pytest.raises(ValueError, match="llamacpp"):
+        make_engine("gpt5")

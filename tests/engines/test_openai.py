@@ -1,0 +1,142 @@
+"""The OpenAI-compatible engine against a real llama_cpp.server on 127.0.0.1, and its retry behaviour."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from lendata.engines import Request
+from lendata.engines.openai_http import OpenAIEngine
+
+
+def ask(text, **kw):
+    return Request(messages=({"role": "user", "content": text},), **kw)
+
+
+def test_batch_against_real_llama_cpp_server(llama_server):
+    _, url = llama_server
+    engine = OpenAIEngine(base_url=url, json_format="json_object", concurrency=2)
+    assert engine.model_id == "smollm2"
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 40}}, "required": ["answer"]}
+    reqs = [ask(f"Name a colour. ({i})", max_tokens=16, seed=i) for i in range(3)]
+    reqs.append(ask("Answer in JSON: what is 2+2?", max_tokens=40, seed=1, json_schema=schema))
+    seen = []
+    results = engine.generate(reqs, on_result=lambda i, r: seen.append(i))
+    assert sorted(seen) == [0, 1, 2, 3]
+    assert all(r.ok and r.completion_tokens > 0 and r.prompt_tokens > 0 for r in results)
+    assert "answer" in json.loads(results[3].text, strict=False)  # grammars allow raw newlines in strings
+    again = engine.generate([reqs[0]])[0]
+    assert again.text == results[0].text  # the seed reaches the server
+
+
+def test_server_killed_mid_batch_gives_per_row_errors(llama_server):
+    proc, url = llama_server
+    engine = OpenAIEngine(base_url=url, concurrency=1, max_retries=2, backoff=0.05, timeout=20)
+    reqs = [ask(f"Write a long story number {i}.", max_tokens=120, seed=i) for i in range(6)]
+    done = []
+
+    def on_result(i, r):
+        done.append(r)
+        if len(done) == 1:
+            proc.kill()  # the server dies after the first row
+
+    t0 = time.monotonic()
+    results = engine.generate(reqs, on_result=on_result)
+    assert time.monotonic() - t0 < 120
+    assert len(results) == 6
+    assert results[0].ok or results[0].finish_reason == "error"
+    failed = [r for r in results if r.finish_reason == "error"]
+    assert len(failed) >= 4
+    assert all("gave up after 3 attempts" in r.error for r in failed)
+
+
+class FaultServer(ThreadingHTTPServer):
+    """Scripted OpenAI peer for retry control flow: a queue of (status, headers, body) per request."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.requests = []
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        n = int(self.headers.get("content-length", 0))
+        body = json.loads(self.rfile.read(n))
+        self.server.requests.append((dict(self.headers), body, time.monotonic()))
+        status, headers, payload = self.server.script.pop(0) if self.server.script else (200, {}, None)
+        if payload is None:
+            payload = json.dumps({
+                "choices": [{"message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+            })
+        data = payload.encode()
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def fault_server(request):
+    srv = FaultServer(request.param)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    srv.shutdown()
+
+
+@pytest.mark.parametrize(
+    "fault_server",
+    [[(429, {"retry-after": "0.3"}, "slow down"), (500, {}, "boom"), (200, {}, "{not json")]],
+    indirect=True,
+)
+def test_retries_429_5xx_and_bad_bodies_then_succeeds(fault_server, monkeypatch):
+    monkeypatch.setenv("LENDATA_TEST_KEY", "sk-secret-123")
+    engine = OpenAIEngine(base_url=fault_server.url, model="m", context_window=1024, api_key_env="LENDATA_TEST_KEY",
+                          backoff=0.01, max_retries=4)
+    res = engine.generate([ask("hi", max_tokens=5, min_tokens=2, seed=3)])[0]
+    assert res.ok and res.text == "ok"
+    assert engine.retries == 3
+    times = [t for _, _, t in fault_server.requests]
+    assert times[1] - times[0] >= 0.28  # Retry-After was honoured
+    headers, body, _ = fault_server.requests[0]
+    assert headers["Authorization"] == "Bearer sk-secret-123"
+    assert body["min_tokens"] == 2 and body["seed"] == 3 and body["max_tokens"] == 5
+    assert "sk-secret" not in repr(engine) and "sk-secret" not in json.dumps(vars(engine), default=str)
+
+
+@pytest.mark.parametrize("fault_server", [[(503, {}, "down")] * 10], indirect=True)
+def test_exhausted_retries_become_an_error_result(fault_server):
+    engine = OpenAIEngine(base_url=fault_server.url, model="m", context_window=1024, backoff=0.01, max_retries=2)
+    res = engine.generate([ask("hi", max_tokens=5)])[0]
+    assert res.finish_reason == "error" and "HTTP 503" in res.error and "3 attempts" in res.error
+
+
+@pytest.mark.parametrize("fault_server", [[(400, {}, "bad request")]], indirect=True)
+def test_client_errors_are_not_retried(fault_server):
+    engine = OpenAIEngine(base_url=fault_server.url, model="m", context_window=1024, backoff=0.01)
+    res = engine.generate([ask("hi", max_tokens=5)])[0]
+    assert res.finish_reason == "error" and "HTTP 400" in res.error
+    assert len(fault_server.requests) == 1
+
+
+@pytest.mark.parametrize("fault_server", [[]], indirect=True)
+def test_json_schema_request_shapes(fault_server):
+    schema = {"type": "object"}
+    for fmt, expected in (("json_schema", "json_schema"), ("json_object", "json_object")):
+        engine = OpenAIEngine(base_url=fault_server.url, model="m", context_window=1024, json_format=fmt)
+        engine.generate([ask("hi", max_tokens=5, json_schema=schema)])
+        rf = fault_server.requests[-1][1]["response_format"]
+        assert rf["type"] == expected
+        assert (rf["json_schema"]["schema"] if fmt == "json_schema" else rf["schema"]) == schema

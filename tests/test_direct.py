@@ -1,0 +1,42 @@
+import pytest
+
+from lendata.engines import Result
+from lendata.methods.budget import budget_for, measure_tokens_per_word
+from lendata.methods.direct import direct
+
+
+def test_budget_scales_with_target_and_caps_to_the_window():
+    b = budget_for(1000, prompt_tokens=50, context_window=8192, tokens_per_word=1.3, min_ratio=0.8, max_ratio=1.2)
+    assert (b.min_tokens, b.max_tokens, b.capped, b.target_words) == (1040, 1560, False, 1000)
+    c = budget_for(10000, prompt_tokens=192, context_window=2048, tokens_per_word=1.3, min_ratio=0.8, max_ratio=1.2)
+    assert c.capped and c.requested_words == 10000 and c.max_tokens <= 2048 - 192
+    assert c.target_words == int((2048 - 192) / (1.3 * 1.2))
+    with pytest.raises(ValueError, match="no room"):
+        budget_for(10, prompt_tokens=2046, context_window=2048, tokens_per_word=1.3)
+
+
+def test_tokens_per_word_is_measured_per_language(llama):
+    tpw = measure_tokens_per_word(llama)
+    assert 1.0 < tpw["en"] < 2.5  # a BPE tokenizer on English prose
+    assert tpw["zh"] > tpw["en"]  # SmolLM2's vocabulary is English-centred
+
+
+def test_direct_rows_capped_flag_and_engine_errors(scripted):
+    def answer(req):
+        if "fail" in req.messages[0]["content"]:
+            return Result.failed("engine exploded")
+        return Result(text="word " * 100, completion_tokens=100)
+
+    eng = scripted(answer)
+    rows = [{"instruction": "write 100 words", "target": 100, "source": "f:1"},
+            {"instruction": "write 100000 words", "target": 100000, "source": "f:2"},
+            {"instruction": "please fail", "target": 10, "source": "f:3"}]
+    table, quarantine = direct(rows, eng, seed=1)
+    got = table.to_pylist()
+    assert [r["capped"] for r in got] == [False, True]
+    assert got[0]["length_score"] == 100.0 and got[0]["response_words"] == 100
+    assert got[1]["target_words"] < 100000 and got[1]["requested_words"] == 100000
+    assert all(r["max_tokens"] <= eng.context_window for r in got)
+    assert quarantine[0]["reason"] == "engine exploded" and quarantine[0]["source"] == "f:3"
+    assert [r.min_tokens > 0 for r in eng.seen] == [True, True, True]
+    assert len({r.seed for r in eng.seen}) == 3

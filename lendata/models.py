@@ -34,8 +34,11 @@ def bundled_gguf_path() -> Path:
 
 
 def _file_key(path: Path) -> str:
-    st = path.stat()
-    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    """Content key (size + first MiB), independent of which venv the file was installed into."""
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
 
 
 def gguf_tokenizer_path(gguf: Path) -> Path:
@@ -56,3 +59,24 @@ def gguf_tokenizer_path(gguf: Path) -> Path:
 
 def bundled_tokenizer_path() -> Path:
     return gguf_tokenizer_path(bundled_gguf_path())
+
+
+def export_hf(out: Path, gguf: Path | None = None) -> Path:
+    """Dequantize a GGUF (default: the bundled one) into a safetensors checkpoint vLLM and transformers load."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = gguf or bundled_gguf_path()
+    out = Path(out)
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+    )
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+    return out

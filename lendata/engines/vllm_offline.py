@@ -51,17 +51,19 @@ class VLLMEngine:
         tok = tokenizer or (str(Path(model) / "tokenizer.json") if (Path(model) / "tokenizer.json").is_file() else None)
         self._tokenizer = tok
 
-    def _params(self, req: Request):
+    def _params(self, req: Request, prompt_tokens: int):
         from vllm import SamplingParams
 
+        # vLLM rejects the whole batch when prompt + max_tokens passes the window; cap it per row instead
+        max_tokens = min(req.max_tokens, self.context_window - prompt_tokens)
         kwargs: dict[str, Any] = {}
         if req.json_schema is not None:
             from vllm.sampling_params import StructuredOutputsParams
 
             kwargs["structured_outputs"] = StructuredOutputsParams(json=req.json_schema)
         return SamplingParams(
-            max_tokens=req.max_tokens,
-            min_tokens=req.min_tokens,
+            max_tokens=max_tokens,
+            min_tokens=min(req.min_tokens, max_tokens),
             temperature=req.temperature,
             top_p=req.top_p,
             seed=req.seed,
@@ -97,7 +99,7 @@ class VLLMEngine:
             loras = [self._lora(requests[i].lora) for i in fits]
             outs = self._llm.chat(
                 [list(requests[i].messages) for i in fits],
-                [self._params(requests[i]) for i in fits],
+                [self._params(requests[i], prompt_tokens[i]) for i in fits],
                 use_tqdm=False,
                 lora_request=loras if any(loras) else None,
             )
@@ -117,10 +119,10 @@ class VLLMEngine:
 
     def _prompt_lengths(self, requests: Sequence[Request]) -> list[int]:
         tok = self._llm.get_tokenizer()
-        return [
-            len(tok.apply_chat_template(list(r.messages), tokenize=True, add_generation_prompt=True))
-            for r in requests
-        ]
+        # render to text, then encode: apply_chat_template(tokenize=True) returns a dict in transformers 5
+        texts = [tok.apply_chat_template(list(r.messages), tokenize=False, add_generation_prompt=True)
+                 for r in requests]
+        return [len(tok.encode(t, add_special_tokens=False)) for t in texts]
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if self._tokenizer:

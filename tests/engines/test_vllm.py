@@ -1,0 +1,108 @@
+"""The vLLM engine, for real: run by `make test-vllm` in a venv with the vLLM CPU build.
+
+The default suite (`make test`) has no vLLM and skips these with the reason.
+"""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from lendata.engines import Request
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None,
+        reason="vllm is not installed here; `make test-vllm` runs these with the vLLM CPU build",
+    ),
+]
+
+
+def ask(text, **kw):
+    return Request(messages=({"role": "user", "content": text},), **kw)
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    path = os.environ.get("LENDATA_VLLM_MODEL")
+    if not path or not os.path.isdir(path):
+        pytest.skip("LENDATA_VLLM_MODEL must point at a converted checkpoint (`lendata convert-model DIR`)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def adapter(model_dir, tmp_path_factory):
+    """A real LoRA adapter (r=8 on q_proj/v_proj) with random weights, so it visibly changes outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    lora = get_peft_model(base, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"],
+                                           init_lora_weights=False))
+    out = tmp_path_factory.mktemp("adapter")
+    lora.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    from lendata.engines.vllm_offline import VLLMEngine
+
+    eng = VLLMEngine(model=model_dir, max_model_len=2048, enable_lora=True, max_lora_rank=8)
+    yield eng
+    eng.close()
+
+
+def test_batch_with_per_row_min_max_tokens_seed_and_stop(engine):
+    reqs = [
+        ask("Say hi.", max_tokens=64, min_tokens=50, seed=1, temperature=0.8),
+        ask("Say hi.", max_tokens=64, min_tokens=50, seed=1, temperature=0.8),
+        ask("Write about the sea.", max_tokens=12, seed=2),
+        ask("Count: one, two, three, four, five, six", max_tokens=64, seed=3, temperature=0.0, stop=(",",)),
+    ]
+    seen = []
+    res = engine.generate(reqs, on_result=lambda i, r: seen.append(i))
+    assert sorted(seen) == [0, 1, 2, 3] and all(r.ok for r in res)
+    assert res[0].completion_tokens >= 50 and res[0].text == res[1].text  # min_tokens and seed hold
+    assert res[2].completion_tokens == 12 and res[2].finish_reason == "length"
+    assert "," not in res[3].text and res[3].finish_reason == "stop"
+    assert res[0].prompt_tokens > 5
+
+
+def test_guided_json(engine):
+    schema = {"type": "object", "properties": {"title": {"type": "string", "maxLength": 40},
+                                               "words": {"type": "integer"}}, "required": ["title", "words"]}
+    res = engine.generate([ask("Plan one paragraph about rivers as JSON.", max_tokens=120, seed=5, json_schema=schema)])
+    data = json.loads(res[0].text, strict=False)
+    assert isinstance(data["title"], str) and isinstance(data["words"], int)
+
+
+def test_overlong_prompt_is_a_row_error_and_the_rest_of_the_batch_runs(engine):
+    res = engine.generate([ask("word " * 3000, max_tokens=8), ask("Say yes.", max_tokens=8, seed=1)])
+    assert res[0].finish_reason == "error" and "context window" in res[0].error
+    assert res[1].ok
+
+
+def test_lora_adapter_per_request(engine, adapter):
+    base, tuned = engine.generate([
+        ask("Describe a cat.", max_tokens=24, temperature=0.0, seed=1),
+        ask("Describe a cat.", max_tokens=24, temperature=0.0, seed=1, lora=adapter),
+    ])
+    assert base.ok and tuned.ok and base.text != tuned.text
+
+
+def test_count_tokens_matches_the_bundled_tokenizer(engine):
+    from lendata.lengths import count_tokens
+
+    texts = ["The Roman Empire was vast.", "中国旅游指南"]
+    assert engine.count_tokens(texts) == count_tokens(texts)
+
+
+def test_max_tokens_past_the_window_is_capped_not_fatal(engine):
+    res = engine.generate([ask("word " * 1900, max_tokens=500, seed=1), ask("Say yes.", max_tokens=8, seed=1)])
+    assert res[0].ok and res[0].prompt_tokens + res[0].completion_tokens <= engine.context_window
+    assert res[1].ok

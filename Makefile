@@ -36,8 +36,8 @@ wheel:
 	fi
 
 demo: install
-	$(BIN)/lendata build direct --store data
-	$(BIN)/lendata query --store data "SELECT instruction, target_words, response_words, round(length_score,1) AS score FROM direct ORDER BY target_words"
+	$(BIN)/lendata build agentwrite --set n=3 --store data
+	$(BIN)/lendata query --store data "SELECT instruction, target_words, response_words, round(length_score,1) AS score FROM agentwrite ORDER BY target_words"
 
 test: install
 	$(BIN)/ruff check .

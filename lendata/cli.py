@@ -66,9 +66,15 @@ def build(
         report = run_recipe(loaded, root, overwrite=overwrite, progress=progress, verbose=verbose)
     except (BuildFailed, InputError, StoreError, ValueError, FileNotFoundError, ConnectionError) as e:
         _fail(str(e))
+    summary = _summary(root, loaded, report)
     if as_json:
-        print(report.to_json())
+        print(json.dumps({**report.as_dict(), **({"summary": summary} if summary else {})}))
         return
+    if summary:
+        t = Table(*summary[0].keys(), title=f"{report.dataset}@{report.version} by {loaded['summary_by']}")
+        for row in summary:
+            t.add_row(*(str(v) for v in row.values()))
+        out.print(t)
     state = "unchanged (identical content already committed)" if report.unchanged else "committed"
     out.print(
         f"[bold green]{report.dataset}@{report.version}[/] {state}: {report.rows} rows, "
@@ -76,6 +82,19 @@ def build(
         f"{report.seconds:.1f}s"
     )
     out.print(f"data: {report.path}")
+
+
+def _summary(store: Path, recipe: dict, report) -> list[dict] | None:
+    """Produced length per value of the recipe's `summary_by` column (e.g. the LongWrite-Ruler probe)."""
+    col = recipe.get("summary_by")
+    if not col:
+        return None
+    from lendata.catalog import query as run
+
+    df = run(store, f'SELECT "{col}", count(*) AS rows, round(avg(response_words)) AS mean_words, '
+                    f'max(response_words) AS max_words, round(avg(length_score), 1) AS mean_sl '
+                    f'FROM "{report.dataset}@{report.version}" GROUP BY 1 ORDER BY 1')
+    return df.to_dicts()
 
 
 @app.command()
@@ -196,6 +215,41 @@ def validate(
             err.print(f"[red]problem:[/] {p}")
         raise typer.Exit(1)
     out.print("[bold green]valid[/]")
+
+
+@app.command()
+def score(
+    file: Annotated[Path, typer.Argument(help="JSONL or Parquet of responses.")],
+    metric: Annotated[str, typer.Option(help="sl (LongBench-Write S_l), longen, or ruler (PM/FM).")] = "sl",
+    target_field: Annotated[str | None, typer.Option(help="Field with the target length.")] = None,
+    response_field: Annotated[str | None, typer.Option(help="Field with the response (default: messages).")] = None,
+    counter: Annotated[str | None, typer.Option(help="Word counter: longwriter, longen or ruler.")] = None,
+    out_file: Annotated[Path | None, typer.Option("--to", help="Write per-row scores here (.jsonl).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Score a file of responses against their target lengths."""
+    from lendata.inputs import InputError
+    from lendata.scoring import score_file
+
+    try:
+        rows, summary = score_file(file, metric, target_field, response_field, counter)
+    except (InputError, ValueError) as e:
+        _fail(str(e))
+    for why in summary["skipped"]:
+        err.print(f"skipped {why}", highlight=False)
+    if out_file:
+        out_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    if as_json:
+        print(json.dumps(summary, ensure_ascii=False))
+        return
+    if not rows:
+        _fail("no row had both a response and a target length")
+    t = Table("target", "rows", "mean words", f"mean {metric}")
+    for target, v in summary["by_target"].items():
+        t.add_row(str(target), str(v["rows"]), f"{v['mean_words']:.0f}", f"{v['mean_score']:.1f}")
+    out.print(t)
+    extra = f" (PM {summary['pm']:.1f}, FM {summary['fm']:.1f})" if metric == "ruler" else ""
+    out.print(f"{metric}: mean {summary['mean']:.2f} over {summary['rows']} rows{extra}")
 
 
 @app.command("convert-model")

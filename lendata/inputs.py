@@ -38,7 +38,7 @@ class Loaded:
     bad: list[Bad] = field(default_factory=list)
 
 
-def _records(path: Path):
+def records(path: Path):
     """(line number, dict | None, problem, raw) for each non-blank record."""
     if path.suffix == ".parquet":
         try:
@@ -87,7 +87,7 @@ def read_instructions(
     out = Loaded()
     seen_fields: set[str] = set()
     saw_instruction = False
-    for lineno, rec, problem, raw in _records(path):
+    for lineno, rec, problem, raw in records(path):
         src = f"{path}:{lineno}"
         if rec is None:
             out.bad.append(Bad(src, problem or "unreadable", raw))

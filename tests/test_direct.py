@@ -10,7 +10,7 @@ def test_budget_scales_with_target_and_caps_to_the_window():
     assert (b.min_tokens, b.max_tokens, b.capped, b.target_words) == (1040, 1560, False, 1000)
     c = budget_for(10000, prompt_tokens=192, context_window=2048, tokens_per_word=1.3, min_ratio=0.8, max_ratio=1.2)
     assert c.capped and c.requested_words == 10000 and c.max_tokens <= 2048 - 192
-    assert c.target_words == int((2048 - 192) / (1.3 * 1.2))
+    assert c.target_words == int((2048 - 192) / 1.3)
     with pytest.raises(ValueError, match="no room"):
         budget_for(10, prompt_tokens=2046, context_window=2048, tokens_per_word=1.3)
 

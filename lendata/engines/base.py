@@ -24,6 +24,7 @@ class Request:
     min_tokens: int = 0
     temperature: float = 0.7
     top_p: float = 0.95
+    repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
     json_schema: dict[str, Any] | None = None

@@ -89,6 +89,7 @@ class LlamaCppEngine:
                 max_tokens=req.max_tokens,
                 temperature=req.temperature,
                 top_p=req.top_p,
+                repeat_penalty=req.repetition_penalty,
                 seed=req.seed if req.seed is not None else 0,
                 stop=list(req.stop) or None,
                 **kwargs,

@@ -83,6 +83,9 @@ class OpenAIEngine:
         }
         if req.seed is not None:
             body["seed"] = req.seed
+        if req.repetition_penalty != 1.0:  # vLLM's name and llama_cpp.server's name
+            body["repetition_penalty"] = req.repetition_penalty
+            body["repeat_penalty"] = req.repetition_penalty
         if req.stop:
             body["stop"] = list(req.stop)
         if req.min_tokens and self.send_min_tokens:

@@ -66,6 +66,7 @@ class VLLMEngine:
             min_tokens=min(req.min_tokens, max_tokens),
             temperature=req.temperature,
             top_p=req.top_p,
+            repetition_penalty=req.repetition_penalty,
             seed=req.seed,
             stop=list(req.stop) or None,
             **kwargs,

@@ -54,8 +54,9 @@ def budget_for(
         raise ValueError(f"prompt of {prompt_tokens} tokens leaves no room in a {context_window}-token window")
     target = target_words
     capped = False
-    if math.ceil(target * tokens_per_word * max_ratio) > room:
-        target = max(1, math.floor(room / (tokens_per_word * max_ratio)))
+    # a target is capped only when the target itself does not fit; max_ratio is headroom, capped below
+    if math.ceil(target * tokens_per_word * min(1.0, max_ratio)) > room:
+        target = max(1, math.floor(room / (tokens_per_word * min(1.0, max_ratio))))
         capped = True
     max_tokens = min(room, math.ceil(target * tokens_per_word * max_ratio))
     min_tokens = min(max_tokens, math.floor(target * tokens_per_word * min_ratio))

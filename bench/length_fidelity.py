@@ -1,0 +1,75 @@
+"""Length fidelity: mean S_l with the embedded model on the English LongWrite-Ruler prompts at 1,000 and
+2,000 words, AgentWrite (the agentwrite recipe's settings) against `direct` (one budgeted call) in one run.
+
+Goal (issue 3): AgentWrite mean S_l >= 90. Prints the score per prompt and the means, then one JSON line.
+S_l is computed on every generated row, whether or not a quality filter later quarantined it: this measures
+length control. The kept share is printed next to it.
+
+    .venv/bin/python bench/length_fidelity.py [--n 8] [--out bench/out/length_fidelity]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lendata.engines import CachedEngine, ResponseCache  # noqa: E402
+from lendata.engines.llamacpp import LlamaCppEngine  # noqa: E402
+from lendata.inputs import read_instructions  # noqa: E402
+from lendata.lengths import count_words, length_score  # noqa: E402
+from lendata.methods import agentwrite as aw  # noqa: E402
+from lendata.methods.direct import direct  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=8, help="prompts (8 = all English ones at 1,000 and 2,000 words)")
+    ap.add_argument("--out", default=str(REPO / "bench/out/length_fidelity"), help="cache directory")
+    args = ap.parse_args()
+    rows = read_instructions(REPO / "pipelines/data/longwrite_ruler_en.jsonl", "prompt", "length", n=args.n).rows
+    recipe = yaml.safe_load((REPO / "pipelines/agentwrite.yaml").read_text())
+    settings = aw.Settings.from_recipe(recipe)
+    engine = CachedEngine(LlamaCppEngine(), ResponseCache(Path(args.out) / "responses.sqlite"))
+
+    t0 = time.monotonic()
+    table, quarantine, samples = aw.agentwrite(rows, engine, settings)
+    aw_secs = time.monotonic() - t0
+    aw_scores = []
+    print("AgentWrite (agentwrite recipe settings)")
+    for smp in samples:
+        words = count_words(smp.text)
+        sl = length_score(smp.goal, words)
+        aw_scores.append(sl)
+        print(f"  {smp.goal:5d} words -> {words:5d}  S_l {sl:5.1f}  {smp.plan_source:15s} {smp.instruction[:60]}")
+    kept = table.num_rows
+
+    t0 = time.monotonic()
+    d_table, d_quarantine = direct(rows, engine, temperature=0.5, seed=42)
+    d_secs = time.monotonic() - t0
+    d_scores = d_table.column("length_score").to_pylist()
+    print("direct (baseline: one budgeted call per prompt)")
+    for r in d_table.to_pylist():
+        print(f"  {r['target_words']:5d} words -> {r['response_words']:5d}  S_l {r['length_score']:5.1f}  "
+              f"{r['instruction'][:60]}")
+    aw_mean = statistics.fmean(aw_scores)
+    d_mean = statistics.fmean(d_scores) if d_scores else 0.0
+    print(f"mean S_l: agentwrite {aw_mean:.1f} (kept {kept}/{len(samples)} after filters), direct {d_mean:.1f}; "
+          f"goal >= 90: {'met' if aw_mean >= 90 else 'NOT met'}")
+    print(json.dumps({"bench": "length_fidelity", "prompts": len(rows), "agentwrite_mean_sl": round(aw_mean, 2),
+                      "direct_mean_sl": round(d_mean, 2), "agentwrite_kept": kept,
+                      "agentwrite_seconds": round(aw_secs, 1), "direct_seconds": round(d_secs, 1),
+                      "engine_calls": engine.calls, "cache_hits": engine.hits}))
+    engine.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,532 @@
+"""AgentWrite (LongWriter, METHODS.md §3): plan a long answer as paragraphs with word counts, then write them.
+
+Where the reference trusts the model, this version controls length through the pipeline, so even a 135M
+model hits its targets:
+
+- the plan is JSON-schema constrained output, retried, then *repaired*: paragraph count and word counts are
+  rescaled to the goal and kept within paragraph bounds; an even fallback plan is used when no attempt
+  parses (`plan_source` says which);
+- every step gets `min_tokens`/`max_tokens` from its word target and a tokens-per-word estimate that is
+  re-measured on the sample's own output after each step, and each step's target is what remains of the
+  goal, so errors of early steps are corrected by later ones;
+- step k of every active sample goes to the engine in one batch ("rounds"), and each prompt is fitted to the
+  context window by keeping the instruction, the plan and the most recent text that fits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from lendata.engines.base import Engine, OnResult, Request, estimate_prompt_tokens
+from lendata.lengths import WordCounter, count_tokens, count_words, length_score
+from lendata.methods import checks
+from lendata.methods.budget import language_of, measure_tokens_per_word
+from lendata.methods.constraints import Constraint, constrain, draw, extract
+from lendata.methods.direct import MESSAGE, row_id
+
+PLAN_PROMPT = """I need you to help me break down the following long-form writing instruction into multiple \
+subtasks. Each subtask will guide the writing of one paragraph in the essay, and should include the main point \
+and the word count of that paragraph.
+
+The writing instruction is as follows:
+{instruction}
+
+Break it down into {k} paragraphs of about {total} words in total. Answer in JSON: \
+{{"paragraphs": [{{"main_point": "...", "words": N}}, ...]}}"""
+
+WRITE_PROMPT = """You are an excellent writing assistant. I will give you an original writing instruction and \
+my planned writing steps. I will also provide you with the text I have already written. Please help me \
+continue writing the next paragraph based on the writing instruction, writing steps, and the already written \
+text.
+
+Writing instruction:
+{instruction}
+
+Writing steps:
+{plan}
+
+Already written text:
+{text}
+
+Please integrate the original writing instruction, writing steps, and the already written text, and now \
+continue writing step {step}: {point} ({words} words). If needed, you can add a small subtitle at the \
+beginning. Remember to only output the paragraph you write, without repeating the already written text."""
+
+# Small models answer the reference prompt conversationally ("I'm happy to help..."); this one asks only for
+# the text. Same inputs: instruction, plan, text so far, current step.
+WRITE_PROMPT_CONCISE = """Task: {instruction}
+
+Outline:
+{plan}
+
+Text written so far:
+{text}
+
+Write section {step} of the outline now: {point}. Write about {words} words of the text itself, continuing \
+from where the text so far ends. Do not greet, do not comment on the task, do not repeat earlier sections."""
+
+WRITE_PROMPTS = {"longwriter": WRITE_PROMPT, "concise": WRITE_PROMPT_CONCISE}
+
+PLAN_ITEM = pa.struct([("main_point", pa.large_string()), ("words", pa.int32())])
+
+
+@dataclass
+class Settings:
+    temperature: float = 0.5
+    top_p: float = 0.95
+    repetition_penalty: float = 1.1
+    seed: int = 42
+    counter: WordCounter = "longwriter"
+    min_paragraph: int = 200
+    max_paragraph: int = 1000
+    plan_attempts: int = 3
+    plan_max_tokens: int = 600
+    step_attempts: int = 3  # samples per step when a paragraph fails or repeats itself
+    min_ratio: float = 0.9  # step min_tokens = words x tokens/word x min_ratio
+    max_ratio: float = 1.1  # step max_tokens = words x tokens/word x max_ratio
+    bound_margin: float = 0.1  # "above N" aims at N(1+margin), "below N" at N(1-margin)
+    target_low: int = 500  # drawn targets for instructions that state none
+    target_high: int = 3000
+    target_types: tuple[str, ...] = ("about",)
+    max_steps: int = 50
+    write_prompt: str = "longwriter"  # longwriter (the reference prompt) | concise (better for small models)
+    # output filters
+    min_length_share: float = 0.8  # quarantine when words < share x the constraint's lower edge
+    tail_share: float = 0.3
+    tail_ngram_repeats: int = 3  # quarantine when an n-gram occurs this often in the tail
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any]) -> Settings:
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in recipe.items() if k in known}
+        if "target_types" in values:
+            values["target_types"] = tuple(values["target_types"])
+        if "word_counter" in recipe:
+            values["counter"] = recipe["word_counter"]
+        return cls(**values)
+
+
+@dataclass
+class Sample:
+    id: str
+    instruction: str
+    language: str
+    constraint: Constraint
+    goal: int
+    source: str = ""
+    plan: list[dict[str, Any]] = field(default_factory=list)
+    plan_source: str = ""
+    paragraphs: list[str] = field(default_factory=list)
+    step_targets: list[int] = field(default_factory=list)
+    step_words: list[int] = field(default_factory=list)
+    step_finish: list[str] = field(default_factory=list)
+    tokens_out: int = 0
+    words_out: int = 0
+    failed: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(self.paragraphs)
+
+
+# --- 1. instructions in -------------------------------------------------------------------------------
+
+
+def prepare(rows: Sequence[dict[str, Any]], s: Settings) -> list[Sample]:
+    """Target and constraint per row: explicit target field, else stated in the text, else drawn."""
+    out = []
+    for row in rows:
+        text = row["instruction"]
+        lang = language_of(text)
+        stated = extract(text)
+        if row.get("target"):
+            c = Constraint(stated.ctype, int(row["target"]), stated.high) if stated else Constraint(
+                "about", int(row["target"]))
+            if c.ctype == "range" and (c.high or 0) <= c.low:
+                c = Constraint("about", c.low)
+        elif stated:
+            c = stated
+        else:  # a plain instruction: draw a length and state it, so the SFT pair is consistent
+            rng = random.Random(int(hashlib.sha256(f"{s.seed}|{text}".encode()).hexdigest()[:8], 16))
+            c = draw(rng, s.target_low, s.target_high, s.target_types)
+            text = constrain(text, c, lang)
+        sid = row_id("agentwrite", text, c.ctype, c.low, c.high, s.seed)
+        out.append(Sample(sid, text, lang, c, c.goal(s.bound_margin), row.get("source", "")))
+    return out
+
+
+# --- 2. plan ------------------------------------------------------------------------------------------
+
+
+def plan_schema(max_items: int) -> dict[str, Any]:
+    # bounded strings and arrays: an unbounded grammar lets a small model loop until max_tokens
+    return {
+        "type": "object",
+        "properties": {
+            "paragraphs": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": max_items,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "main_point": {"type": "string", "minLength": 3, "maxLength": 200},
+                        "words": {"type": "integer", "minimum": 1, "maximum": 100000},
+                    },
+                    "required": ["main_point", "words"],
+                },
+            }
+        },
+        "required": ["paragraphs"],
+    }
+
+
+def paragraph_count(goal: int, s: Settings) -> tuple[int, int]:
+    """(fewest, most) paragraphs that keep every paragraph within the bounds; short goals get one."""
+    if goal <= s.min_paragraph:
+        return 1, 1
+    lo = max(1, math.ceil(goal / s.max_paragraph))
+    hi = max(lo, min(s.max_steps, goal // s.min_paragraph))
+    return lo, hi
+
+
+def parse_plan(text: str) -> list[dict[str, Any]] | None:
+    try:
+        data = json.loads(text, strict=False)  # grammars allow raw newlines inside strings
+    except (json.JSONDecodeError, TypeError):
+        return None
+    items = data.get("paragraphs") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return None
+    plan = []
+    for it in items:
+        if not isinstance(it, dict):
+            continue
+        point = str(it.get("main_point") or "").strip()
+        words = it.get("words")
+        if point:
+            plan.append({"main_point": point, "words": words if isinstance(words, int) and words > 0 else 0})
+    return plan or None
+
+
+def _distribute(total: int, weights: list[float], lo: int, hi: int) -> list[int]:
+    """Integers summing to `total`, proportional to `weights`, each within [lo, hi] when feasible."""
+    k = len(weights)
+    w = [max(x, 1e-9) for x in weights]
+    fixed: dict[int, int] = {}
+    for _ in range(k + 1):  # water-filling: pin the ones that break a bound, rescale the rest
+        free = [i for i in range(k) if i not in fixed]
+        if not free:
+            break
+        rest = total - sum(fixed.values())
+        scale = rest / sum(w[i] for i in free)
+        broke = False
+        for i in free:
+            v = w[i] * scale
+            if v < lo or v > hi:
+                fixed[i] = lo if v < lo else hi
+                broke = True
+        if not broke:
+            break
+    free = [i for i in range(k) if i not in fixed]
+    rest = total - sum(fixed.values())
+    raw = {i: w[i] * rest / sum(w[j] for j in free) for i in free} if free else {}
+    out = [fixed.get(i, 0) for i in range(k)]
+    floors = {i: math.floor(v) for i, v in raw.items()}
+    for i, v in floors.items():
+        out[i] = v
+    short = total - sum(out)
+    for i in sorted(raw, key=lambda i: raw[i] - floors[i], reverse=True)[: max(0, short)]:
+        out[i] += 1
+    return out
+
+
+def repair_plan(plan: list[dict[str, Any]] | None, goal: int, s: Settings) -> tuple[list[dict[str, Any]], str]:
+    """Fit a plan to the goal: paragraph count within bounds, word counts rescaled to sum to the goal."""
+    lo, hi = paragraph_count(goal, s)
+    if not plan:
+        k = lo if goal <= s.min_paragraph else min(hi, max(lo, round(goal / ((s.min_paragraph + s.max_paragraph) / 2))))
+        points = fallback_points(k)
+        words = _distribute(goal, [1.0] * k, min(s.min_paragraph, goal), s.max_paragraph)
+        return [{"main_point": p, "words": w} for p, w in zip(points, words, strict=True)], "fallback"
+    items = [dict(p) for p in plan]
+    changed = False
+    while len(items) > hi:  # merge the two adjacent paragraphs with the fewest words
+        j = min(range(len(items) - 1), key=lambda i: items[i]["words"] + items[i + 1]["words"])
+        a, b = items[j], items.pop(j + 1)
+        items[j] = {"main_point": f"{a['main_point']}; {b['main_point']}", "words": a["words"] + b["words"]}
+        changed = True
+    while len(items) < lo:  # split the largest paragraph
+        j = max(range(len(items)), key=lambda i: items[i]["words"])
+        half = items[j]["words"] / 2
+        items[j:j + 1] = [{"main_point": items[j]["main_point"], "words": half},
+                          {"main_point": f"{items[j]['main_point']} (continued)", "words": half}]
+        changed = True
+    weights = [float(p["words"]) for p in items]
+    if sum(weights) <= 0 or min(weights) <= 0:
+        weights = [1.0] * len(items)
+    words = _distribute(goal, weights, min(s.min_paragraph, goal), s.max_paragraph)
+    changed |= words != [p["words"] for p in items]
+    out = [{"main_point": p["main_point"], "words": w} for p, w in zip(items, words, strict=True)]
+    return out, "model_repaired" if changed else "model"
+
+
+def fallback_points(k: int) -> list[str]:
+    if k == 1:
+        return ["Answer the instruction completely"]
+    middle = [f"Develop the main body of the answer (part {i} of {k - 2})" for i in range(1, k - 1)]
+    return ["Introduce the topic and the approach", *middle, "Conclude and summarise the answer"][:k]
+
+
+def make_plans(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResult | None = None) -> None:
+    """Plan every sample: schema-constrained calls, retried for the ones that did not parse, then repaired."""
+    pending = list(samples)
+    parsed: dict[str, list[dict[str, Any]]] = {}
+    for attempt in range(s.plan_attempts):
+        if not pending:
+            break
+        reqs = []
+        for smp in pending:
+            lo, hi = paragraph_count(smp.goal, s)
+            k = min(hi, max(lo, round(smp.goal / ((s.min_paragraph + s.max_paragraph) / 2))))
+            prompt = PLAN_PROMPT.format(instruction=smp.instruction, k=k, total=smp.goal)
+            reqs.append(Request(
+                messages=({"role": "user", "content": prompt},), max_tokens=s.plan_max_tokens,
+                temperature=s.temperature, top_p=s.top_p, seed=_seed(s.seed, smp.id, "plan"),
+                json_schema=plan_schema(max(hi, 1) * 2), sample_index=attempt,
+            ))
+        results = engine.generate(reqs, on_result=on_result)
+        still = []
+        for smp, res in zip(pending, results, strict=True):
+            plan = parse_plan(res.text) if res.ok else None
+            if plan:
+                parsed[smp.id] = plan
+            else:
+                still.append(smp)
+        pending = still
+    for smp in samples:
+        smp.plan, smp.plan_source = repair_plan(parsed.get(smp.id), smp.goal, s)
+
+
+# --- 3. write in rounds -------------------------------------------------------------------------------
+
+
+def _seed(base: int, sid: str, what: str) -> int:
+    return (base * 1_000_003 + int(hashlib.sha256(f"{sid}|{what}".encode()).hexdigest()[:8], 16)) % (2**31)
+
+
+def render_plan(plan: list[dict[str, Any]]) -> str:
+    return "\n".join(f"Step {i}: {p['main_point']} ({p['words']} words)" for i, p in enumerate(plan, 1))
+
+
+def fit_text(
+    fixed_tokens: int, text: str, budget: int, count: Callable[[list[str]], list[int]]
+) -> str:
+    """The most recent part of `text` that fits in `budget - fixed_tokens` tokens (whole paragraphs first)."""
+    room = budget - fixed_tokens
+    if room <= 0 or not text:
+        return ""
+    if count([text])[0] <= room:
+        return text
+    paras = text.split("\n\n")
+    kept: list[str] = []
+    for p in reversed(paras):  # newest paragraphs first
+        if count(["\n\n".join([p, *kept])])[0] > room:
+            break
+        kept.insert(0, p)
+    if kept:
+        return "...\n\n" + "\n\n".join(kept)
+    tail = paras[-1]  # even the last paragraph is too long: keep its end
+    while tail and count([tail])[0] > room:
+        tail = tail[len(tail) // 4 :]
+    return "..." + tail
+
+
+def step_requests(
+    active: list[Sample], step: int, engine: Engine, s: Settings, tpw_prior: dict[str, float]
+) -> list[Request]:
+    reqs = []
+    for smp in active:
+        remaining = max(1, smp.goal - smp.words_out)
+        rest = smp.plan[step:]
+        share = smp.plan[step]["words"] / max(1, sum(p["words"] for p in rest))
+        words = max(10, round(remaining * share))
+        tpw = smp.tokens_out / smp.words_out if smp.words_out >= 50 else tpw_prior[smp.language]
+        max_tokens = max(16, math.ceil(words * tpw * s.max_ratio))
+        min_tokens = min(max_tokens, math.floor(words * tpw * s.min_ratio))
+        base = WRITE_PROMPTS[s.write_prompt].format(
+            instruction=smp.instruction, plan=render_plan(smp.plan), text="{text}", step=step + 1,
+            point=smp.plan[step]["main_point"], words=words,
+        )
+        fixed = estimate_prompt_tokens(engine, [({"role": "user", "content": base},)])[0]
+        budget = engine.context_window - max_tokens - 16
+        if budget - fixed < 0:  # the window cannot hold this step's output: shrink it to what fits
+            max_tokens = max(16, engine.context_window - fixed - 16)
+            min_tokens = min(min_tokens, max_tokens)
+            budget = engine.context_window - max_tokens - 16
+        text = fit_text(fixed, smp.text, budget, engine.count_tokens) or "(nothing yet)"
+        smp.step_targets.append(words)
+        reqs.append(Request(
+            messages=({"role": "user", "content": base.replace("{text}", text, 1)},),
+            max_tokens=max_tokens, min_tokens=min_tokens, temperature=s.temperature, top_p=s.top_p,
+            repetition_penalty=s.repetition_penalty, seed=_seed(s.seed, smp.id, f"step{step}"),
+        ))
+    return reqs
+
+
+def write(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResult | None = None) -> None:
+    """Write every sample's plan step by step; step k of all active samples is one batch."""
+    tpw_prior = measure_tokens_per_word(engine, s.counter)
+    for step in range(min(s.max_steps, max((len(x.plan) for x in samples), default=0))):
+        active = [x for x in samples if x.failed is None and step < len(x.plan)]
+        if not active:
+            break
+        reqs = step_requests(active, step, engine, s, tpw_prior)
+        results = engine.generate(reqs, on_result=on_result)
+        # failed or looping paragraphs are sampled again (bounded); the least repetitive candidate wins
+        redo = [i for i, r in enumerate(results) if _step_badness(r, active[i].language, s) > 0]
+        for attempt in range(1, s.step_attempts):
+            if not redo:
+                break
+            again = engine.generate([_resample(reqs[i], attempt) for i in redo])
+            for i, r in zip(redo, again, strict=True):
+                if _step_badness(r, active[i].language, s) < _step_badness(results[i], active[i].language, s):
+                    results[i] = r
+            redo = [i for i in redo if _step_badness(results[i], active[i].language, s) > 0]
+        for smp, res in zip(active, results, strict=True):
+            if not res.ok:  # never a placeholder in the data: the row fails
+                smp.failed = f"step {step + 1} failed: {res.error}"
+                continue
+            raw = checks.strip_step_label(res.text)
+            para = checks.trim_to_sentence(raw, smp.language) if res.finish_reason == "length" else raw.strip()
+            raw_words = count_words(raw, s.counter)
+            if raw_words:  # this sample's own tokens per word, for the next steps' budgets
+                smp.tokens_out += res.completion_tokens
+                smp.words_out += raw_words
+            kept = count_words(para, s.counter)
+            smp.words_out += kept - raw_words  # what was trimmed away no longer counts
+            smp.paragraphs.append(para)
+            smp.step_words.append(kept)
+            smp.step_finish.append(res.finish_reason)
+
+
+def _step_badness(res: Any, lang: str, s: Settings) -> float:
+    """0 for a usable paragraph; higher is worse (an error is worst, then how often an n-gram repeats)."""
+    if not res.ok:
+        return math.inf
+    reps, _ = checks.max_ngram_repeats(res.text, checks.default_n(lang), lang)
+    return max(0, reps - 1)
+
+
+def _resample(req: Request, attempt: int) -> Request:
+    from dataclasses import replace
+
+    return replace(req, sample_index=req.sample_index + attempt)
+
+
+# --- 4. output and filters ----------------------------------------------------------------------------
+
+OUTPUT_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("messages", pa.list_(MESSAGE)),
+    ("instruction", pa.large_string()),
+    ("language", pa.string()),
+    ("constraint_type", pa.string()),
+    ("constraint_low", pa.int32()),
+    ("constraint_high", pa.int32()),
+    ("target_words", pa.int32()),
+    ("plan", pa.list_(PLAN_ITEM)),
+    ("plan_source", pa.string()),
+    ("step_targets", pa.list_(pa.int32())),
+    ("step_words", pa.list_(pa.int32())),
+    ("step_finish_reasons", pa.list_(pa.string())),
+    ("response_words", pa.int32()),
+    ("response_chars", pa.int32()),
+    ("response_tokens", pa.int32()),
+    ("length_score", pa.float64()),
+    ("finish_reason", pa.string()),
+    ("engine", pa.string()),
+    ("model", pa.string()),
+    ("source", pa.string()),
+])
+
+
+def defects(smp: Sample, words: int, s: Settings) -> list[str]:
+    """Why a finished sample should not be training data (empty list: keep it)."""
+    out = []
+    c = smp.constraint
+    low = {"about": 0.8 * c.low, "range": c.low, "above": c.low, "below": 0.5 * c.low}[c.ctype]
+    if words < s.min_length_share * low:
+        out.append(f"too short: {words} words for a {c.ctype} {c.low} target")
+    tail_units = checks.units(smp.text, smp.language)
+    tail = tail_units[int(len(tail_units) * (1 - s.tail_share)) :]
+    n = checks.default_n(smp.language)
+    joiner = "" if smp.language == "zh" else " "
+    reps, gram = checks.max_ngram_repeats(joiner.join(tail), n, smp.language)
+    if reps >= s.tail_ngram_repeats:
+        out.append(f"repeated {n}-gram in the tail ({reps}x): {gram[:80]!r}")
+    if not checks.ends_sentence(smp.text, smp.language):
+        out.append("truncated ending: the text stops mid-sentence")
+    return out
+
+
+def to_table(
+    samples: list[Sample], engine: Engine, s: Settings
+) -> tuple[pa.Table, list[dict[str, Any]]]:
+    texts = [x.text for x in samples]
+    tokens = count_tokens(texts) if texts else []
+    rows, quarantine = [], []
+    for smp, ntok in zip(samples, tokens, strict=True):
+        words = count_words(smp.text, s.counter)
+        row = {
+            "id": smp.id,
+            "messages": [{"role": "user", "content": smp.instruction}, {"role": "assistant", "content": smp.text}],
+            "instruction": smp.instruction,
+            "language": smp.language,
+            "constraint_type": smp.constraint.ctype,
+            "constraint_low": smp.constraint.low,
+            "constraint_high": smp.constraint.high,
+            "target_words": smp.goal,
+            "plan": smp.plan,
+            "plan_source": smp.plan_source,
+            "step_targets": smp.step_targets,
+            "step_words": smp.step_words,
+            "step_finish_reasons": smp.step_finish,
+            "response_words": words,
+            "response_chars": len(smp.text),
+            "response_tokens": ntok,
+            "length_score": length_score(smp.goal, words),
+            "finish_reason": smp.step_finish[-1] if smp.step_finish else "error",
+            "engine": engine.name,
+            "model": engine.model_id,
+            "source": smp.source,
+        }
+        why = [smp.failed] if smp.failed else defects(smp, words, s)
+        if why:
+            quarantine.append({"id": smp.id, "stage": "filter" if not smp.failed else "generate",
+                               "reason": "; ".join(why), "source": smp.source,
+                               "record": json.dumps(row, ensure_ascii=False, default=str)})
+        else:
+            rows.append(row)
+    return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA), quarantine
+
+
+def agentwrite(
+    rows: Sequence[dict[str, Any]], engine: Engine, s: Settings | None = None,
+    on_result: OnResult | None = None,
+) -> tuple[pa.Table, list[dict[str, Any]], list[Sample]]:
+    """The whole method: (kept rows, quarantine records, every sample with its plan and steps)."""
+    s = s or Settings()
+    samples = prepare(rows, s)
+    make_plans(samples, engine, s, on_result)
+    write(samples, engine, s, on_result)
+    table, quarantine = to_table(samples, engine, s)
+    return table, quarantine, samples

@@ -1,0 +1,71 @@
+"""Response checks shared by the long-output methods: sentence endings, repeated n-grams, meta words."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+# zh endings include ASCII .!? (the Self-Lengthen reference omits them, rejecting valid zh text)
+_END_EN = ".!?\"')]}*`»”’"
+_END_ZH = "。！？…”’」』）】.!?\"')"
+_WORD = re.compile(r"[A-Za-z0-9']+")
+_ZH_UNIT = re.compile(r"[\u4e00-\u9fff]|[A-Za-z0-9]+")
+
+
+def ends_sentence(text: str, lang: str = "en") -> bool:
+    t = text.rstrip()
+    return bool(t) and t[-1] in (_END_ZH if lang == "zh" else _END_EN)
+
+
+def units(text: str, lang: str = "en") -> list[str]:
+    """Words for en; single ideographs and ASCII runs for zh."""
+    return _ZH_UNIT.findall(text) if lang == "zh" else [w.lower() for w in _WORD.findall(text)]
+
+
+def max_ngram_repeats(text: str, n: int, lang: str = "en") -> tuple[int, str]:
+    """(how often the most frequent n-gram occurs, that n-gram)."""
+    u = units(text, lang)
+    if len(u) < n:
+        return 0, ""
+    counts = Counter(tuple(u[i : i + n]) for i in range(len(u) - n + 1))
+    gram, k = counts.most_common(1)[0]
+    return k, ("" if lang == "zh" else " ").join(gram)
+
+
+def default_n(lang: str) -> int:
+    """10-gram over words for en, 13-gram over characters/ASCII runs for zh (Self-Lengthen)."""
+    return 13 if lang == "zh" else 10
+
+
+def trim_to_sentence(text: str, lang: str = "en", keep_at_least: float = 0.5) -> str:
+    """Cut a text that stopped mid-sentence back to its last sentence end (if that keeps enough of it)."""
+    t = text.rstrip()
+    if ends_sentence(t, lang):
+        return t
+    ends = _END_ZH if lang == "zh" else ".!?"
+    cut = max(t.rfind(c) for c in ends)
+    if cut >= 0 and cut + 1 >= keep_at_least * len(t):
+        return t[: cut + 1]
+    return t
+
+
+_LABEL = re.compile(
+    r"^\s*(?:#+\s*)?(?:\*\*)?\s*(?:paragraph|step|part|section|段落|第\s*\d+\s*段)\s*\d*\s*[:：.\-—]?\s*(?:\*\*)?\s*",
+    re.I,
+)
+
+
+def strip_step_label(text: str) -> str:
+    """Remove a leading "Paragraph 2:" / "Step 3 -" / "**Paragraph 1**" label the model adds."""
+    out = _LABEL.sub("", text.lstrip(), count=1)
+    return out.lstrip()
+
+
+META_WORDS = ("revised", "version", "paragraph", "rewrite", "rewritten", "expanded", "word count", "here is")
+
+
+def meta_word_lines(text: str, first: int = 2, last: int = 3) -> list[str]:
+    """Lines among the first/last few that talk about the text instead of being it (en)."""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    picked = lines[:first] + lines[-last:] if len(lines) > first + last else lines
+    return [ln for ln in picked if any(w in ln.lower() for w in META_WORDS)]

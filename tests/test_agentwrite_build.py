@@ -1,0 +1,72 @@
+"""`lendata build agentwrite` end to end with the bundled model, and `lendata score`."""
+
+import json
+
+import pytest
+
+from tests.test_build_cli import last_json, run
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    d = tmp_path_factory.mktemp("aw")
+    src = d / "prompts.jsonl"
+    src.write_text(
+        json.dumps({"prompt": "Write a 150-word note about the history of bridges."}) + "\n"
+        + json.dumps({"prompt": "写一篇不少于120字的短文，介绍长江。"}) + "\n"
+    )
+    store = d / "store"
+    args = ["build", "agentwrite", "--set", f"input={src}", "--set", "target_field=null", "--json"]
+    return store, run(*args, store=store), run(*args, store=store)
+
+
+def test_agentwrite_build_and_free_rerun(built):
+    store, first, second = built
+    a, b = last_json(first), last_json(second)
+    assert a["rows"] + a["quarantined"] == 2 and a["engine_calls"] >= 4  # 2 plans + at least 2 steps
+    assert b["engine_calls"] == 0 and b["cache_hits"] == a["engine_calls"]
+    assert (b["version"], b["rows"], b["quarantined"]) == (a["version"], a["rows"], a["quarantined"])
+
+
+def test_agentwrite_rows_carry_plans_constraints_and_steps(built):
+    from lendata import store as st
+
+    store, _, _ = built
+    ver = st.open_version(store, "agentwrite")
+    rows = ver.read("train").to_pylist()
+    if "quarantine" in ver.splits:  # rows a filter rejected still carry every column, as JSON
+        rows += [json.loads(q["record"]) for q in ver.read("quarantine").to_pylist() if q["stage"] == "filter"]
+    rows.sort(key=lambda r: r["target_words"])
+    assert [(r["constraint_type"], r["target_words"]) for r in rows] == [("above", 132), ("about", 150)]
+    for r in rows:
+        assert len(r["plan"]) == 1 and r["plan_source"] in {"model", "model_repaired", "fallback"}
+        assert len(r["step_words"]) == len(r["step_targets"]) == 1
+        assert r["length_score"] >= 60, r  # a 135M model, length held by the pipeline
+    p = run("query", "SELECT count(*) AS n FROM agentwrite WHERE len(plan) = 1", "--format", "json", store=store)
+    assert json.loads(p.stdout)[0]["n"] == ver.rows()
+
+
+def test_score_cli(tmp_path):
+    f = tmp_path / "resp.jsonl"
+    f.write_text(
+        json.dumps({"target_words": 10, "response": " ".join(["word"] * 10)}) + "\n"
+        + json.dumps({"messages": [{"role": "user", "content": "Write about 30 words"},
+                                   {"role": "assistant", "content": " ".join(["word"] * 10)}]}) + "\n"
+        + json.dumps({"response": "no target here"}) + "\n"
+        + "{broken\n"
+    )
+    p = run("score", str(f), "--metric", "sl", "--json", store=tmp_path)
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["rows"] == 2 and summary["mean"] == pytest.approx((100 + 0) / 2)  # 10 of 30 words: S_l 0
+    assert len(summary["skipped"]) == 2 and any("invalid JSON" in s for s in summary["skipped"])
+    p = run("score", str(f), "--metric", "ruler", "--json", store=tmp_path)
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["pm"] == pytest.approx(50.0) and summary["fm"] == pytest.approx(50.0)
+    longen = tmp_path / "longen.jsonl"
+    longen.write_text(json.dumps({"type": "below", "constraint": "少于100字", "query": "写短文",
+                                  "response": "长" * 40}) + "\n")
+    p = run("score", str(longen), "--metric", "longen", "--json", store=tmp_path)
+    # below 100 accepts [50, 100]; 40 is under a=50: max(0, 2 * 40 / 50 - 1) = 0.6
+    assert json.loads(p.stdout.strip().splitlines()[-1])["mean"] == pytest.approx(60.0)
+    bad = run("score", str(f), "--metric", "nope", store=tmp_path, check=False)
+    assert bad.returncode == 1 and "choose from" in bad.stderr

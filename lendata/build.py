@@ -110,11 +110,13 @@ def finish(
             f"{len(quarantine)} of {total} rows quarantined ({share:.0%} > max_quarantine_share {limit:.0%}); "
             f"top reasons: {'; '.join(f'{r} ({n})' for r, n in reasons)}"
         )
-    tables = {"train": valid}
-    if quarantine:
-        tables["quarantine"] = pa.Table.from_pylist(
+    # always written (even empty) so `<dataset>__quarantine` can be queried for every build
+    tables = {
+        "train": valid,
+        "quarantine": pa.Table.from_pylist(
             [{k: q.get(k) for k in QUARANTINE_SCHEMA.names} for q in quarantine], schema=QUARANTINE_SCHEMA
-        )
+        ),
+    }
     recipe_meta = {k: v for k, v in recipe.items() if not k.startswith("_")}
     meta = {
         "recipe": recipe["_name"],

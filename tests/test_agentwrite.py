@@ -63,7 +63,7 @@ def test_step_labels_are_stripped(raw, clean):
     assert checks.strip_step_label(raw) == clean
 
 
-def _words(n):
+def _words(n, start=0):
     """n distinct alphabetic words (LongWriter counts only letter runs, and distinct words cannot loop)."""
     def word(i):
         w = ""
@@ -72,7 +72,7 @@ def _words(n):
             i, r = divmod(i, 26)
             w = chr(97 + r) + w
         return w
-    return " ".join(word(i) for i in range(n))
+    return " ".join(word(i) for i in range(start, start + n))
 
 
 def _writer(fail_on=None, label=True):
@@ -85,7 +85,7 @@ def _writer(fail_on=None, label=True):
         if fail_on and fail_on in prompt and "Write section 2" in prompt:
             return Result.failed("server exploded")
         words = max(1, req.min_tokens)
-        body = _words(words - 1) + " end."
+        body = _words(words - 1, start=len(prompt) * 1000) + " end."  # new words every step
         return Result(text=("Paragraph 9: " if label else "") + body, completion_tokens=words,
                       finish_reason="stop")
     return answer
@@ -130,7 +130,8 @@ def test_step_targets_absorb_earlier_errors(scripted):
             return Result(text=json.dumps({"paragraphs": [{"main_point": "a", "words": 1},
                                                           {"main_point": "b", "words": 1}]}))
         n = req.min_tokens // 2 if "(nothing yet)" in req.messages[0]["content"] else req.min_tokens
-        return Result(text=_words(n - 1) + " end.", completion_tokens=n)
+        return Result(text=_words(n - 1, start=len(req.messages[0]["content"]) * 1000) + " end.",
+                      completion_tokens=n)
 
     s = S(min_paragraph=100, max_paragraph=300, min_ratio=1.0, max_ratio=1.0, write_prompt="concise")
     smp = aw.prepare([{"instruction": "Write 400 words on x.", "source": ""}], s)
@@ -188,3 +189,11 @@ def test_real_model_hits_its_target(llama):
 
     assert length_score(300, words) >= 80, (smp.step_targets, smp.step_words)
     assert len(smp.step_words) == len(smp.plan) == len(smp.step_finish)
+
+
+def test_new_text_repeats_counts_what_a_paragraph_copies_from_the_text_before_it():
+    before = "the quick brown fox jumps over the lazy dog near the river bank today."
+    assert checks.new_text_repeats(before, "A wholly different sentence about mountains and clouds and rain "
+                                   "falling slowly on the old town.", 10) == 1
+    assert checks.new_text_repeats(before, "Again: the quick brown fox jumps over the lazy dog near the river.",
+                                   10) == 2

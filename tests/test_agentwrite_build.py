@@ -70,3 +70,16 @@ def test_score_cli(tmp_path):
     assert json.loads(p.stdout.strip().splitlines()[-1])["mean"] == pytest.approx(60.0)
     bad = run("score", str(f), "--metric", "nope", store=tmp_path, check=False)
     assert bad.returncode == 1 and "choose from" in bad.stderr
+
+
+def test_longwrite_ruler_probe_reports_length_per_requested_length(tmp_path):
+    # a 1024-token window bounds the unforced generations, so the test stays short
+    p = run("build", "longwrite_ruler", "--set", "n=2", "--set", "engine_options.n_ctx=1024", "--json",
+            store=tmp_path)
+    report = last_json(p)
+    assert report["dataset"] == "longwrite_ruler" and report["rows"] + report["quarantined"] == 2
+    summary = report["summary"]
+    assert [s["requested_words"] for s in summary] == [1000]
+    assert summary[0]["rows"] == report["rows"] and summary[0]["mean_words"] > 0
+    q = run("query", "SELECT min_tokens, max_tokens FROM longwrite_ruler", "--format", "json", store=tmp_path)
+    assert all(r["min_tokens"] == 0 and r["max_tokens"] <= 1024 for r in json.loads(q.stdout))  # unforced

@@ -108,3 +108,11 @@ def test_build_fails_past_the_quarantine_threshold(tmp_path):
             check=False)
     assert p.returncode == 1 and "max_quarantine_share" in p.stderr
     assert not (tmp_path / "direct").exists() or not any((tmp_path / "direct").glob("*/manifest.json"))
+
+
+def test_engines_lists_all_and_times_the_default(tmp_path):
+    p = run("engines", "--tokens", "16", store=tmp_path)
+    text = " ".join(p.stdout.split())  # rich wraps lines at the terminal width
+    for name in ("llamacpp", "openai", "vllm"):
+        assert name in text
+    assert "SmolLM2-135M" in text and "tok/s" in text and "context 8192 tokens" in text

@@ -392,15 +392,17 @@ def write(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResul
         reqs = step_requests(active, step, engine, s, tpw_prior)
         results = engine.generate(reqs, on_result=on_result)
         # failed or looping paragraphs are sampled again (bounded); the least repetitive candidate wins
-        redo = [i for i, r in enumerate(results) if _step_badness(r, active[i].language, s) > 0]
+        # a paragraph that repeats itself or re-writes the recent text counts as a loop
+        bad = lambda i, r, active=active: _step_badness(r, active[i], s)  # noqa: E731
+        redo = [i for i, r in enumerate(results) if bad(i, r) > 0]
         for attempt in range(1, s.step_attempts):
             if not redo:
                 break
             again = engine.generate([_resample(reqs[i], attempt) for i in redo])
             for i, r in zip(redo, again, strict=True):
-                if _step_badness(r, active[i].language, s) < _step_badness(results[i], active[i].language, s):
+                if bad(i, r) < bad(i, results[i]):
                     results[i] = r
-            redo = [i for i in redo if _step_badness(results[i], active[i].language, s) > 0]
+            redo = [i for i in redo if bad(i, results[i]) > 0]
         for smp, res in zip(active, results, strict=True):
             if not res.ok:  # never a placeholder in the data: the row fails
                 smp.failed = f"step {step + 1} failed: {res.error}"
@@ -418,11 +420,13 @@ def write(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResul
             smp.step_finish.append(res.finish_reason)
 
 
-def _step_badness(res: Any, lang: str, s: Settings) -> float:
-    """0 for a usable paragraph; higher is worse (an error is worst, then how often an n-gram repeats)."""
+def _step_badness(res: Any, smp: Sample, s: Settings) -> float:
+    """0 for a usable paragraph; higher is worse: an error, else how often one of its n-grams occurs in the
+    paragraph plus the sample's recent text (the last ~2 paragraphs' worth)."""
     if not res.ok:
         return math.inf
-    reps, _ = checks.max_ngram_repeats(res.text, checks.default_n(lang), lang)
+    before = smp.text[-3000:]
+    reps = checks.new_text_repeats(before, res.text, checks.default_n(smp.language), smp.language)
     return max(0, reps - 1)
 
 

@@ -32,6 +32,16 @@ def max_ngram_repeats(text: str, n: int, lang: str = "en") -> tuple[int, str]:
     return k, ("" if lang == "zh" else " ").join(gram)
 
 
+def new_text_repeats(before: str, new: str, n: int, lang: str = "en") -> int:
+    """How often the new text's most repeated n-gram occurs in `before` + `new` (1 = no repeat at all)."""
+    grams = lambda u: [tuple(u[i : i + n]) for i in range(len(u) - n + 1)]  # noqa: E731
+    fresh = Counter(grams(units(new, lang)))
+    if not fresh:
+        return 0
+    seen = Counter(grams(units(before, lang)))
+    return max(k + seen[g] for g, k in fresh.items())
+
+
 def default_n(lang: str) -> int:
     """10-gram over words for en, 13-gram over characters/ASCII runs for zh (Self-Lengthen)."""
     return 13 if lang == "zh" else 10

@@ -30,7 +30,7 @@ from lendata.lengths import WordCounter, count_tokens, count_words, length_score
 from lendata.methods import checks
 from lendata.methods.budget import language_of, measure_tokens_per_word
 from lendata.methods.constraints import Constraint, constrain, draw, extract
-from lendata.methods.direct import MESSAGE, row_id
+from lendata.methods.direct import MESSAGE, RESPONSE_FIELDS, row_id
 
 PLAN_PROMPT = """I need you to help me break down the following long-form writing instruction into multiple \
 subtasks. Each subtask will guide the writing of one paragraph in the essay, and should include the main point \
@@ -452,14 +452,7 @@ OUTPUT_SCHEMA = pa.schema([
     ("step_targets", pa.list_(pa.int32())),
     ("step_words", pa.list_(pa.int32())),
     ("step_finish_reasons", pa.list_(pa.string())),
-    ("response_words", pa.int32()),
-    ("response_chars", pa.int32()),
-    ("response_tokens", pa.int32()),
-    ("length_score", pa.float64()),
-    ("finish_reason", pa.string()),
-    ("engine", pa.string()),
-    ("model", pa.string()),
-    ("source", pa.string()),
+    *RESPONSE_FIELDS,
 ])
 
 

@@ -19,6 +19,18 @@ from lendata.methods.budget import budget_for, language_of, measure_tokens_per_w
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.large_string())])
 
+# the response's lengths, score and provenance: the last columns of every long-output SFT table
+RESPONSE_FIELDS = [
+    ("response_words", pa.int32()),
+    ("response_chars", pa.int32()),
+    ("response_tokens", pa.int32()),
+    ("length_score", pa.float64()),
+    ("finish_reason", pa.string()),
+    ("engine", pa.string()),
+    ("model", pa.string()),
+    ("source", pa.string()),
+]
+
 SFT_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -30,14 +42,7 @@ SFT_SCHEMA = pa.schema(
         ("capped", pa.bool_()),
         ("min_tokens", pa.int32()),
         ("max_tokens", pa.int32()),
-        ("response_words", pa.int32()),
-        ("response_chars", pa.int32()),
-        ("response_tokens", pa.int32()),
-        ("length_score", pa.float64()),
-        ("finish_reason", pa.string()),
-        ("engine", pa.string()),
-        ("model", pa.string()),
-        ("source", pa.string()),
+        *RESPONSE_FIELDS,
     ]
 )
 

@@ -34,7 +34,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--words", type=int, default=300)
     args = ap.parse_args()
-    opts = {"model": str(Path(args.model).expanduser()), "max_model_len": 4096} if args.engine == "vllm" else {}
+    # max_num_batched_tokens: no chunked prefill, which crashes seeded requests on the CPU build
+    # ("CPU Generator does not use offset")
+    opts = ({"model": str(Path(args.model).expanduser()), "max_model_len": 4096, "max_num_batched_tokens": 65536}
+            if args.engine == "vllm" else {})
     engine = make_engine(args.engine, **opts)
     s = aw.Settings(min_paragraph=100, max_paragraph=150, temperature=0.7, repetition_penalty=1.2,
                     write_prompt="concise", step_attempts=1, plan_attempts=1)

@@ -10,14 +10,10 @@ from prefect import flow as prefect_flow
 from prefect import task
 from prefect.cache_policies import NONE
 
-from lendata.build import BuildReport, finish, load_inputs, open_engine
+from flows._tasks import commit, load
+from lendata.build import BuildReport, open_engine
 from lendata.methods import agentwrite as aw
 from lendata.progress import GenerationProgress
-
-
-@task(cache_policy=NONE, name="load instructions")
-def load(recipe: dict[str, Any]):
-    return load_inputs(recipe)
 
 
 @task(cache_policy=NONE, name="plan")
@@ -32,11 +28,6 @@ def write(samples, engine, settings, progress: bool):
     with GenerationProgress(sum(len(x.plan) for x in samples), "writing", enabled=progress) as bar:
         aw.write(samples, engine, settings, on_result=bar.update)
     return samples
-
-
-@task(cache_policy=NONE, name="validate and commit")
-def commit(recipe, store, table, quarantine, engine, started, overwrite) -> BuildReport:
-    return finish(recipe, Path(store), table, quarantine, engine, started, overwrite)
 
 
 @prefect_flow(name="agentwrite", log_prints=False)

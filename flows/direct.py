@@ -10,14 +10,10 @@ from prefect import flow as prefect_flow
 from prefect import task
 from prefect.cache_policies import NONE
 
-from lendata.build import BuildReport, finish, load_inputs, open_engine
+from flows._tasks import commit, load
+from lendata.build import BuildReport, open_engine
 from lendata.methods.direct import direct
 from lendata.progress import GenerationProgress
-
-
-@task(cache_policy=NONE, name="load instructions")
-def load(recipe: dict[str, Any]):
-    return load_inputs(recipe)
 
 
 @task(cache_policy=NONE, name="generate")
@@ -34,11 +30,6 @@ def generate(recipe: dict[str, Any], rows: list[dict[str, Any]], engine, progres
             max_ratio=recipe.get("max_ratio", 1.3),
             on_result=bar.update,
         )
-
-
-@task(cache_policy=NONE, name="validate and commit")
-def commit(recipe, store, table, quarantine, engine, started, overwrite) -> BuildReport:
-    return finish(recipe, Path(store), table, quarantine, engine, started, overwrite)
 
 
 @prefect_flow(name="direct", log_prints=False)

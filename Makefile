@@ -4,7 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 # llama-cpp-python has no binary wheel on PyPI: it compiles for ~5 min on 2 cores. Built once, the wheel is
 # kept here so later venvs (and fresh clones) reuse it; if it is missing it is simply built again.
-WHEELS ?= $(HOME)/.cache/lendata/wheels
+# It is built for a portable x86-64 AVX2 baseline rather than -march=native: a native build on a CPU with AMX
+# segfaults in ggml's AMX matmul on the first multi-token batch (llama.cpp #20824), and a native wheel in a
+# shared cache would crash with an illegal instruction on an older CPU. The directory name carries the flavour
+# so a wheel built with other flags is never picked up.
+LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+WHEELS ?= $(HOME)/.cache/lendata/wheels/avx2
 LLAMA_CPP_VERSION := 0.3.36
 # torch: the CPU build that lies on disk; an unpinned torch pulls GBs of CUDA packages (ENVIRONMENT.md)
 PINS := torch==2.13.0 "fastapi<0.155" llama-cpp-python[server]==$(LLAMA_CPP_VERSION)
@@ -31,7 +36,8 @@ wheel:
 	else \
 	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (about 5 minutes, once)"; \
 	  tmp=$$(mktemp -d) && \
-	  CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip wheel -q --no-deps llama-cpp-python==$(LLAMA_CPP_VERSION) -w $$tmp && \
+	  CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	    $(PY) -m pip wheel -q --no-cache-dir --no-deps llama-cpp-python==$(LLAMA_CPP_VERSION) -w $$tmp && \
 	  mkdir -p $(WHEELS) && mv $$tmp/*.whl $(WHEELS)/ && rm -rf $$tmp; \
 	fi
 

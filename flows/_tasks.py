@@ -17,5 +17,6 @@ def load(recipe: dict[str, Any]):
 
 
 @task(cache_policy=NONE, name="validate and commit")
-def commit(recipe, store, table, quarantine, engine, started, overwrite) -> BuildReport:
-    return finish(recipe, Path(store), table, quarantine, engine, started, overwrite)
+def commit(recipe, store, table, quarantine, engine, started, overwrite, schemas=None, meta=None) -> BuildReport:
+    return finish(recipe, Path(store), table, quarantine, engine, started, overwrite, extra_meta=meta,
+                  schemas=schemas)

@@ -75,6 +75,46 @@ def open_engine(recipe: dict[str, Any], store: Path) -> CachedEngine:
     return CachedEngine(engine, cache)
 
 
+class RoleEngines:
+    """Engines for named roles (Self-Lengthen's Generator and Extender): roles with the same engine and
+    options share one loaded engine and one response cache; calls and hits are summed for the report."""
+
+    def __init__(self, recipe: dict[str, Any], store: Path):
+        self.recipe, self.store = recipe, store
+        self._open: dict[str, CachedEngine] = {}
+
+    def get(self, engine: str, options: dict[str, Any] | None = None) -> CachedEngine:
+        key = json.dumps([engine, options or {}], sort_keys=True, default=str)
+        if key not in self._open:
+            self._open[key] = open_engine({**self.recipe, "engine": engine, "engine_options": options or {}},
+                                          self.store)
+        return self._open[key]
+
+    @property
+    def first(self) -> CachedEngine | None:
+        return next(iter(self._open.values()), None)
+
+    @property
+    def name(self) -> str:
+        return "+".join(dict.fromkeys(e.name for e in self._open.values()))
+
+    @property
+    def model_id(self) -> str:
+        return "+".join(dict.fromkeys(e.model_id for e in self._open.values()))
+
+    @property
+    def calls(self) -> int:
+        return sum(e.calls for e in self._open.values())
+
+    @property
+    def hits(self) -> int:
+        return sum(e.hits for e in self._open.values())
+
+    def close(self) -> None:
+        for e in self._open.values():
+            e.close()
+
+
 def load_inputs(recipe: dict[str, Any]) -> Loaded:
     return read_instructions(
         resolve_input(recipe, str(recipe["input"])),
@@ -87,19 +127,28 @@ def load_inputs(recipe: dict[str, Any]) -> Loaded:
 def finish(
     recipe: dict[str, Any],
     store: Path,
-    table: pa.Table,
+    table: pa.Table | dict[str, pa.Table],
     quarantine: list[dict[str, Any]],
-    engine: CachedEngine | None,
+    engine: CachedEngine | RoleEngines | None,
     started: float,
     overwrite: bool = False,
     extra_meta: dict[str, Any] | None = None,
+    schemas: dict[str, str] | None = None,
 ) -> BuildReport:
-    """Validate against the recipe's schema, enforce the quarantine threshold, commit, report."""
+    """Validate each split against its schema, enforce the quarantine threshold, commit, report.
+
+    `table` is the `train` split (checked with the recipe's `schema`), or several named splits whose schema
+    kinds `schemas` gives.
+    """
     from schemas import split_valid
 
-    valid, failed = split_valid(table, recipe.get("schema", "sft"))
-    quarantine = [*quarantine, *failed]
-    total = valid.num_rows + len(quarantine)
+    splits = table if isinstance(table, dict) else {"train": table}
+    kinds = schemas or {"train": recipe.get("schema", "sft")}
+    valid: dict[str, pa.Table] = {}
+    for name, tbl in splits.items():
+        valid[name], failed = split_valid(tbl, kinds[name])
+        quarantine = [*quarantine, *failed]
+    total = sum(t.num_rows for t in valid.values()) + len(quarantine)
     share = len(quarantine) / total if total else 0.0
     limit = float(recipe.get("max_quarantine_share", 0.5))
     if total == 0:
@@ -112,7 +161,7 @@ def finish(
         )
     # always written (even empty) so `<dataset>__quarantine` can be queried for every build
     tables = {
-        "train": valid,
+        **valid,
         "quarantine": pa.Table.from_pylist(
             [{k: q.get(k) for k in QUARANTINE_SCHEMA.names} for q in quarantine], schema=QUARANTINE_SCHEMA
         ),

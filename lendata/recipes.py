@@ -11,7 +11,7 @@ import yaml
 from lendata.paths import project_root
 
 # mappings whose keys are free-form (passed through to an engine or method): any sub-key may be set
-OPEN_KEYS = {"engine_options"}
+OPEN_KEYS = {"engine_options", "generator", "extender", "iteration_roles", "trainer"}
 
 
 class RecipeError(ValueError):

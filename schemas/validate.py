@@ -10,9 +10,16 @@ import pandera.errors
 import polars as pl
 import pyarrow as pa
 
+from schemas.self_lengthen import InstructionsSchema, PairsSchema, QueriesSchema, ResponsesSchema
 from schemas.sft import SFTSchema
 
-SCHEMAS = {"sft": SFTSchema}
+SCHEMAS = {
+    "sft": SFTSchema,
+    "sl_instructions": InstructionsSchema,
+    "sl_responses": ResponsesSchema,
+    "sl_pairs": PairsSchema,
+    "sl_queries": QueriesSchema,
+}
 
 
 def split_valid(table: pa.Table, kind: str) -> tuple[pa.Table, list[dict[str, Any]]]:

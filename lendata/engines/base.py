@@ -4,6 +4,9 @@ Methods advance all rows one step per call ("rounds") so that an engine that bat
 concurrency) can work on many samples at once; engines that cannot batch still work, one row at a time.
 Per-row failures are results with `finish_reason="error"`, never exceptions, so one bad row cannot sink a
 batch.
+
+A chat whose last message is from the assistant is a *prefill*: the engine continues that message instead of
+opening a new turn, and returns only the continuation (Self-Lengthen's extender writes after a given prefix).
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ class Request:
         for m in self.messages:
             if set(m) != {"role", "content"} or not isinstance(m["content"], str):
                 raise ValueError(f"a message is {{role, content}} with string content, got {m!r}")
+
+    @property
+    def prefill(self) -> str | None:
+        """The assistant text to continue, when the chat ends with an assistant message."""
+        last = self.messages[-1] if self.messages else None
+        return last["content"] if last and last["role"] == "assistant" else None
 
     def sampling(self) -> dict[str, Any]:
         d = asdict(self)

@@ -45,6 +45,7 @@ class LlamaCppEngine:
         n_threads: int | None = None,
         model_id: str | None = None,
         tokenizer: str | None = None,
+        prefix_reuse: bool = False,
     ):
         from llama_cpp import Llama
 
@@ -64,6 +65,8 @@ class LlamaCppEngine:
         self.context_window = self._llm.n_ctx()
         self._eos = sorted({self._llm.token_eos(), *self._end_of_turn_ids()})
         self._tokenizer_path = tokenizer
+        self._formatter = None
+        self.prefix_reuse = prefix_reuse
 
     def _end_of_turn_ids(self) -> list[int]:
         ids = []
@@ -83,17 +86,28 @@ class LlamaCppEngine:
             kwargs["response_format"] = {"type": "json_object", "schema": req.json_schema}
         if req.min_tokens > 0:
             kwargs["logits_processor"] = LogitsProcessorList([_MinTokens(req.min_tokens, self._eos)])
+        sampling = dict(
+            max_tokens=req.max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            repeat_penalty=req.repetition_penalty,
+            seed=req.seed if req.seed is not None else 0,
+            stop=list(req.stop) or None,
+            **kwargs,
+        )
+        if not self.prefix_reuse:
+            # llama-cpp-python reuses the KV cache of the previous prompt's common prefix. Logits of tokens
+            # decoded in a different batch split differ in the last bits, which can flip a sampled token: the
+            # same seeded request would then depend on what ran before it. A full re-evaluation does not.
+            self._llm.reset()
         try:
-            out = self._llm.create_chat_completion(
-                messages=list(req.messages),
-                max_tokens=req.max_tokens,
-                temperature=req.temperature,
-                top_p=req.top_p,
-                repeat_penalty=req.repetition_penalty,
-                seed=req.seed if req.seed is not None else 0,
-                stop=list(req.stop) or None,
-                **kwargs,
-            )
+            if req.prefill is not None:
+                if req.json_schema is not None:
+                    return Result.failed("a prefill request cannot also ask for JSON output")
+                out = self._llm.create_completion(prompt=self._prefill_prompt(req), **sampling)
+                out["choices"][0]["message"] = {"content": out["choices"][0]["text"]}
+            else:
+                out = self._llm.create_chat_completion(messages=list(req.messages), **sampling)
         except ValueError as e:  # llama-cpp-python raises ValueError when the prompt exceeds n_ctx
             return Result.failed(f"prompt does not fit the context window: {e}")
         except Exception as e:  # a per-row failure must not sink the batch
@@ -106,6 +120,20 @@ class LlamaCppEngine:
             completion_tokens=out["usage"]["completion_tokens"],
             finish_reason="length" if reason == "length" else "stop",
         )
+
+    def _prefill_prompt(self, req: Request) -> str:
+        """The chat template up to the assistant turn, then the prefill text the model is to continue."""
+        if self._formatter is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            template = self._llm.metadata.get("tokenizer.chat_template")
+            if not template:
+                raise RuntimeError(f"{self.model_path.name} has no chat template to continue a message in")
+            text = self._llm._model.token_get_text  # the special tokens' spelling, as llama-cpp-python does
+            self._formatter = Jinja2ChatFormatter(
+                template, eos_token=text(self._llm.token_eos()), bos_token=text(self._llm.token_bos())
+            )
+        return self._formatter(messages=list(req.messages[:-1])).prompt + (req.prefill or "")
 
     def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Result]:
         results = []

@@ -98,6 +98,9 @@ class OpenAIEngine:
                     "type": "json_schema",
                     "json_schema": {"name": "output", "schema": req.json_schema, "strict": True},
                 }
+        if req.prefill is not None:  # vLLM / SGLang chat extension; servers without it open a new turn
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
         if req.lora:
             body["model"] = req.lora  # vLLM serves each LoRA adapter under its own model name
         return body

@@ -96,15 +96,21 @@ class VLLMEngine:
                 )
             else:
                 fits.append(i)
-        if fits:
-            loras = [self._lora(requests[i].lora) for i in fits]
+        # `continue_final_message` is one flag per call: prefill chats and fresh turns go in separate batches
+        cont_rows = [i for i in fits if requests[i].prefill is not None]
+        for group, cont in (([i for i in fits if i not in set(cont_rows)], False), (cont_rows, True)):
+            if not group:
+                continue
+            loras = [self._lora(requests[i].lora) for i in group]
             outs = self._llm.chat(
-                [list(requests[i].messages) for i in fits],
-                [self._params(requests[i], prompt_tokens[i]) for i in fits],
+                [list(requests[i].messages) for i in group],
+                [self._params(requests[i], prompt_tokens[i]) for i in group],
                 use_tqdm=False,
                 lora_request=loras if any(loras) else None,
+                add_generation_prompt=not cont,
+                continue_final_message=cont,
             )
-            for i, out in zip(fits, outs, strict=True):
+            for i, out in zip(group, outs, strict=True):
                 comp = out.outputs[0]
                 results[i] = Result(
                     text=comp.text,
@@ -121,7 +127,8 @@ class VLLMEngine:
     def _prompt_lengths(self, requests: Sequence[Request]) -> list[int]:
         tok = self._llm.get_tokenizer()
         # render to text, then encode: apply_chat_template(tokenize=True) returns a dict in transformers 5
-        texts = [tok.apply_chat_template(list(r.messages), tokenize=False, add_generation_prompt=True)
+        texts = [tok.apply_chat_template(list(r.messages), tokenize=False, add_generation_prompt=r.prefill is None,
+                                         continue_final_message=r.prefill is not None)
                  for r in requests]
         return [len(tok.encode(t, add_special_tokens=False)) for t in texts]
 

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from lendata.engines.base import Engine, OnResult, Request, estimate_prompt_tokens
 from lendata.lengths import WordCounter, count_tokens, count_words, length_score
-from lendata.methods import checks
+from lendata.methods import checks, settings
 from lendata.methods.budget import language_of, measure_tokens_per_word
 from lendata.methods.constraints import Constraint, constrain, draw, extract
 from lendata.methods.direct import MESSAGE, RESPONSE_FIELDS, row_id
@@ -105,13 +105,7 @@ class Settings:
 
     @classmethod
     def from_recipe(cls, recipe: dict[str, Any]) -> Settings:
-        known = {f for f in cls.__dataclass_fields__}
-        values = {k: v for k, v in recipe.items() if k in known}
-        if "target_types" in values:
-            values["target_types"] = tuple(values["target_types"])
-        if "word_counter" in recipe:
-            values["counter"] = recipe["word_counter"]
-        return cls(**values)
+        return settings.from_recipe(cls, recipe)
 
 
 @dataclass

@@ -9,7 +9,8 @@ from collections import Counter
 _END_EN = ".!?\"')]}*`»”’"
 _END_ZH = "。！？…”’」』）】.!?\"')"
 _WORD = re.compile(r"[A-Za-z0-9']+")
-_ZH_UNIT = re.compile(r"[\u4e00-\u9fff]|[A-Za-z0-9]+")
+# zh: every non-ASCII character is a unit and a run of ASCII characters is one unit (Self-Lengthen)
+_ZH_UNIT = re.compile(r"[\x00-\x7f]+|[^\x00-\x7f]")
 
 
 def ends_sentence(text: str, lang: str = "en") -> bool:
@@ -18,7 +19,7 @@ def ends_sentence(text: str, lang: str = "en") -> bool:
 
 
 def units(text: str, lang: str = "en") -> list[str]:
-    """Words for en; single ideographs and ASCII runs for zh."""
+    """Lower-cased words for en; single non-ASCII characters and ASCII runs for zh."""
     return _ZH_UNIT.findall(text) if lang == "zh" else [w.lower() for w in _WORD.findall(text)]
 
 
@@ -79,3 +80,37 @@ def meta_word_lines(text: str, first: int = 2, last: int = 3) -> list[str]:
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     picked = lines[:first] + lines[-last:] if len(lines) > first + last else lines
     return [ln for ln in picked if any(w in ln.lower() for w in META_WORDS)]
+
+
+def response_check(text: str, lang: str = "en", n: int | None = None) -> str | None:
+    """Self-Lengthen's response check: None when the text passes, else the reason it is rejected.
+
+    It must end a sentence, repeat no n-gram (10 words for en, 13 units for zh) and, for en, not talk about
+    itself ("revised", "version", "paragraph"...) in its first 2 or last 3 lines.
+    """
+    if not text.strip():
+        return "empty response"
+    if not ends_sentence(text, lang):
+        return f"no sentence ending: ends with {text.rstrip()[-20:]!r}"
+    n = n or default_n(lang)
+    reps, gram = max_ngram_repeats(text, n, lang)
+    if reps > 1:
+        return f"repeated {n}-gram ({reps}x): {gram[:80]!r}"
+    if lang != "zh":
+        meta = meta_word_lines(text)
+        if meta:
+            return f"meta words: {meta[0][:80]!r}"
+    return None
+
+
+def drop_short(lengths: list[int], rng) -> list[bool]:
+    """Self-Lengthen's drop_short: which items to keep, favouring long ones.
+
+    rank = 1 - (index of the item's length in the ascending order) / N; keep when random() > 2 rank^3. The
+    shortest ~20.6% are always dropped (2 rank^3 >= 1) and ~59.5% are kept overall.
+    """
+    order = sorted(lengths)
+    first = {}
+    for i, n in enumerate(order):
+        first.setdefault(n, i)  # ties share the rank of their first occurrence, as in the reference
+    return [rng.random() > 2 * (1 - first[n] / len(order)) ** 3 for n in lengths]

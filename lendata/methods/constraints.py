@@ -167,3 +167,49 @@ def ruler_instruction(instruction: str, level: int) -> str:
     if level > 800:
         return f"{instruction.rstrip()} The output should contain more than 800 words."
     return f"{instruction.rstrip()} The output should contain approximately {level} words."
+
+
+_LEAD_EN = re.compile(r"(?:,?\s*(?:aiming|aim|targeting|target|with|in|of|for|using|keeping|keep it|that is|"
+                      r"which is|and|the (?:response|answer|article|essay|story|text) should be|"
+                      r"(?:it|this) should be|please|ensure|make sure|limit(?:ed)? (?:it )?to|"
+                      r"(?:the )?(?:total )?(?:length|word count)(?: should be| is| of)?)\s*)+$", re.I)
+_SENTENCE = re.compile(r"[^。！？.!?]*[。！？.!?]?")
+
+
+def strip_constraint(text: str) -> str:
+    """The instruction without its stated length.
+
+    A later sentence that states a length is dropped whole ("Ensure the response is about 2000 words."); in
+    the first sentence only the length phrase and the words leading into it are cut ("Write a 2000-word story
+    about X" -> "Write a story about X").
+    """
+    out: list[str] = []
+    for sent in (m.group(0) for m in _SENTENCE.finditer(text) if m.group(0)):
+        span = _span(sent)
+        if span is None:
+            out.append(sent)
+            continue
+        before, after = sent[: span[0]], sent[span[1]:]
+        if out or len(re.sub(r"[\W\d_]+", "", before + after)) < 12:
+            continue
+        before = _LEAD_EN.sub("", before.rstrip()) if not _is_zh(sent) else re.sub(
+            r"(?:[，,]?\s*(?:建议|请|全文|字数|篇幅|长度|控制在|要求|在)\s*)+$", "", before)
+        after = re.sub(r"^\s*(?:左右|以上|以内|之间)", "", after)
+        gap = " " if before.strip() and (after[:1].isspace() or after[:1].isalnum()) else ""
+        joined = before.rstrip(" ,，") + gap + after.lstrip()
+        out.append(re.sub(r"\s{2,}", " ", joined).replace(" .", ".").replace(" ,", ","))
+    text = "".join(out).strip()
+    text = re.sub(r"[（(]\s*(?:总字数|字数|提交内容|内容)?\s*(?:需|要求|为)?\s*[）)]", "", text)  # "（）", "（需）"
+    return re.sub(r"(?<=[\u4e00-\u9fff]) (?=[\u4e00-\u9fff])", "", text)
+
+
+def _is_zh(text: str) -> bool:
+    return bool(re.search(r"[\u4e00-\u9fff]", text))
+
+
+def _span(text: str) -> tuple[int, int] | None:
+    for _, pat in _ZH + _EN:
+        m = pat.search(text)
+        if m:
+            return m.span()
+    return None

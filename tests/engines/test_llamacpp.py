@@ -61,3 +61,23 @@ def test_make_engine_rejects_unknown_names():
 
     with pytest.raises(ValueError, match="llamacpp"):
         make_engine("gpt5")
+
+
+def test_prefill_continues_the_assistant_message(llama):
+    # greedy: continuing the first words of an answer must give back the rest of that same answer
+    full = llama.generate([ask("Write two sentences about cats.", max_tokens=40, temperature=0.0)])[0].text
+    words = full.split(" ")
+    head = " ".join(words[: len(words) // 2])
+    chat = ({"role": "user", "content": "Write two sentences about cats."}, {"role": "assistant", "content": head})
+    cont = llama.generate([Request(messages=chat, max_tokens=40, temperature=0.0)])[0]
+    assert cont.ok and cont.text.strip()
+    assert (head + cont.text).startswith(full[: len(head) + 20])
+    assert not cont.text.lstrip().startswith(head[:15])  # the continuation, not the prefix again
+
+
+def test_seeded_request_does_not_depend_on_what_ran_before(llama):
+    x = ask("Write one sentence about dogs.", max_tokens=30, seed=5, temperature=0.9)
+    alone = llama.generate([x])[0]
+    other = ask("Write one sentence about dogs and their owners.", max_tokens=20, seed=1)  # shares a prefix
+    after = llama.generate([other, x])[1]
+    assert alone.text == after.text

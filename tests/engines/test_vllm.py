@@ -106,3 +106,42 @@ def test_max_tokens_past_the_window_is_capped_not_fatal(engine):
     res = engine.generate([ask("word " * 1900, max_tokens=500, seed=1), ask("Say yes.", max_tokens=8, seed=1)])
     assert res[0].ok and res[0].prompt_tokens + res[0].completion_tokens <= engine.context_window
     assert res[1].ok
+
+
+def test_prefill_continues_the_assistant_message(engine):
+    full = engine.generate([ask("Write two sentences about cats.", max_tokens=40, temperature=0.0)])[0].text
+    words = full.split(" ")
+    head = " ".join(words[: len(words) // 2])
+    chat = ({"role": "user", "content": "Write two sentences about cats."}, {"role": "assistant", "content": head})
+    fresh, cont = engine.generate([ask("Say hi.", max_tokens=5), Request(messages=chat, max_tokens=40,
+                                                                             temperature=0.0)])
+    assert fresh.ok and cont.ok and cont.text.strip()
+    assert (head + cont.text).startswith(full[: len(head) + 20])
+
+
+def test_self_lengthen_iteration_two_runs_on_the_trained_adapter(engine, adapter, tmp_path):
+    """Iteration 1 on the base model -> a (trivial) trainer command -> iteration 2 on its adapter."""
+    from pathlib import Path
+
+    from lendata.methods import self_lengthen as sl
+    from lendata.methods import self_lengthen_sets as sets
+    from lendata.trainer import train_between
+
+    seeds_file = Path(__file__).resolve().parents[2] / "pipelines/data/self_lengthen_seeds.jsonl"
+    seeds = [r for r in map(json.loads, seeds_file.read_text().splitlines()) if r["language"] == "en"]
+    s = sl.Settings(instructions=2, samples=1, max_tokens=200, micro_rounds=2, generate_attempts=3,
+                    drop_short=False, judge=False)
+    recipe = {"engine": "vllm", "trainer": f"cp -r {adapter} {{out_adapter}}"}
+    assert sl.role_config(recipe, "extender", 1, None)["lora"] is None
+    ins = sl.self_instruct(seeds, engine, s, 1)[0]
+    kept, _ = sets.keep_long(sl.extend(sl.generate(ins, engine, s), engine, s), s, 1)
+    gen_sft, ext_sft = sets.sft_tables(kept, s)
+    adapters = train_between(recipe["trainer"], tmp_path, 1, gen_sft, ext_sft)
+    lora = sl.role_config(recipe, "generator", 2, adapters["generator"])["lora"]
+    assert lora == adapters["generator"] and (Path(lora) / "adapter_config.json").is_file()
+    ins2 = sl.self_instruct(seeds, engine, s, 2, lora)[0]
+    assert ins2 and all(r["iteration"] == 2 for r in ins2)
+    with_adapter = sl.generate(ins2, engine, s, lora)
+    base = sl.generate(ins2, engine, s)
+    assert not any("LoRA" in (r.failed or "") or "error" in (r.failed or "") for r in with_adapter)
+    assert [(r.initial, r.failed) for r in with_adapter] != [(r.initial, r.failed) for r in base]  # it is used

@@ -1,0 +1,98 @@
+"""Flow for Self-Lengthen: per macro-iteration self-instruct -> generate -> extend -> training sets
+(-> optional trainer whose adapter the next iteration uses); then length-constrained queries; one version."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from prefect import flow as prefect_flow
+from prefect import task
+from prefect.cache_policies import NONE
+
+from flows._tasks import commit
+from lendata.build import RoleEngines, load_inputs
+from lendata.methods import self_lengthen as sl
+from lendata.methods import self_lengthen_sets as sets
+from lendata.methods.budget import language_of
+from lendata.methods.constraints import TYPES
+from lendata.paths import work_dir
+from lendata.progress import GenerationProgress
+from lendata.trainer import train_between
+
+SCHEMAS = {"instructions": "sl_instructions", "responses": "sl_responses", "gen_sft": "sl_pairs",
+           "ext_sft": "sl_pairs", "queries": "sl_queries"}
+
+
+@task(cache_policy=NONE, name="step 0: self-instruct")
+def instruct(seeds, engine, s, iteration, lora, progress):
+    with GenerationProgress(s.instructions, f"iter {iteration} self-instruct", enabled=progress) as bar:
+        return sl.self_instruct(seeds, engine, s, iteration, lora, on_result=bar.update)
+
+
+@task(cache_policy=NONE, name="step 1: generate")
+def generate(instructions, engine, s, lora, progress):
+    label = f"iter {instructions[0]['iteration']} generate" if instructions else "generate"
+    with GenerationProgress(len(instructions) * s.samples, label, enabled=progress) as bar:
+        return sl.generate(instructions, engine, s, lora, on_result=bar.update)
+
+
+@task(cache_policy=NONE, name="step 2: extend")
+def extend(responses, engine, s, lora, progress):
+    todo = sum(r.failed is None for r in responses)
+    # an upper bound: two calls per micro-round; rows that succeed in their first attempt finish early
+    with GenerationProgress(todo * 2 * s.micro_rounds * s.extend_attempts, "extend (calls, at most)",
+                            enabled=progress) as bar:
+        return sl.extend(responses, engine, s, lora, on_result=bar.update)
+
+
+@task(cache_policy=NONE, name="train between iterations")
+def train(recipe, store, iteration, gen_sft, ext_sft) -> dict[str, str]:
+    root = work_dir(Path(store)) / recipe["dataset"] / "trainer"
+    return train_between(recipe["trainer"], root, iteration, gen_sft, ext_sft)
+
+
+@prefect_flow(name="self_lengthen", log_prints=False)
+def flow(recipe: dict[str, Any], store: str, overwrite: bool = False, progress: bool = True):
+    started = time.monotonic()
+    s = sl.Settings.from_recipe(recipe)
+    if recipe.get("n"):
+        s.instructions = int(recipe["n"])
+    loaded = load_inputs({**recipe, "n": None})  # `n` is new instructions per iteration, not seeds to read
+    seeds = [{**r, "language": r.get("language") or language_of(r["instruction"])} for r in loaded.rows]
+    engines = RoleEngines(recipe, Path(store))
+    quarantine = [b.as_quarantine() for b in loaded.bad]
+    out: dict[str, list[pa.Table]] = {name: [] for name in SCHEMAS if name != "queries"}
+    kept_all: list[sl.Response] = []
+    adapters: dict[str, str] = {}
+    roles_used = []
+    try:
+        for it in range(1, int(recipe.get("iterations", 1)) + 1):
+            cfg = {role: sl.role_config(recipe, role, it, adapters.get(role)) for role in sl.ROLES}
+            gen, ext = (engines.get(cfg[r]["engine"], cfg[r]["engine_options"]) for r in sl.ROLES)
+            roles_used.append({"iteration": it, **{r: {"engine": cfg[r]["engine"], "lora": cfg[r]["lora"]}
+                                                   for r in sl.ROLES}})
+            instructions, rejected = instruct(seeds, gen, s, it, cfg["generator"]["lora"], progress)
+            responses = generate(instructions, gen, s, cfg["generator"]["lora"], progress)
+            responses = extend(responses, ext, s, cfg["extender"]["lora"], progress)
+            kept, dropped = sets.keep_long(responses, s, it)
+            quarantine += rejected + sets.failures(responses) + dropped
+            gen_sft, ext_sft = sets.sft_tables(kept, s)
+            out["instructions"].append(pa.Table.from_pylist(instructions, schema=sets.INSTRUCTIONS_SCHEMA))
+            out["responses"].append(sets.responses_table(kept, s, ext.name, ext.model_id))
+            out["gen_sft"].append(gen_sft)
+            out["ext_sft"].append(ext_sft)
+            kept_all += kept
+            if recipe.get("trainer") and it < int(recipe.get("iterations", 1)):
+                adapters = train(recipe, store, it, gen_sft, ext_sft)
+        q = recipe.get("queries") or {}
+        queries = sets.queries_table(kept_all, s, q.get("min_words", 2000), q.get("max_words", 8000),
+                                     tuple(q.get("types", TYPES)), q.get("p1000", 0.8), q.get("zh_numerals", False))
+        tables = {name: pa.concat_tables(parts) for name, parts in out.items()}
+        tables["queries"] = queries
+        return commit(recipe, store, tables, quarantine, engines, started, overwrite, schemas=SCHEMAS,
+                      meta={"roles": roles_used})
+    finally:
+        engines.close()

@@ -1,0 +1,376 @@
+"""Self-Lengthen (METHODS.md §4): a Generator writes, an Extender expands, over macro-iterations.
+
+One macro-iteration, as functions over lists of rows:
+
+0. `self_instruct`: two example instructions from the pool, the model completes a third; kept when it has
+   3 < words < 500, is new, and a judge call says it suits a long article (> 2,000 words).
+1. `generate`: k responses per instruction, each resampled (bounded) until it passes `checks.response_check`.
+2. `extend`: per response up to 2 attempts x 3 micro-rounds of split -> extend the first half, keep 2/3 of
+   it -> continue the extend prompt over the whole text after that prefix; a round is accepted only when it
+   passes the check and is longer; the result is kept only if > 1.2x the original.
+
+Differences from the reference, on purpose: every call carries a seed derived from the row and attempt, so a
+rerun gives the same data (the reference stops each step at 95% completion, so its output depends on timing);
+every step runs in rounds across rows (one engine batch per micro-step) instead of thread pools; zh sentence
+endings accept ASCII `.!?`; no `---` stop string; a one-paragraph text extends as a whole instead of an empty
+first half. Every rejection is returned as a record with its stage and reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lendata.engines.base import Engine, OnResult, Request, estimate_prompt_tokens
+from lendata.lengths import WordCounter, count_words
+from lendata.methods import checks, settings
+from lendata.methods.budget import language_of
+from lendata.methods.direct import row_id
+
+SELF_INSTRUCT = {
+    "en": ("Your task is to write user instructions that lead to the generation of long texts. Each instruction "
+           "must be complete.", "Instruction 1: {a}\nInstruction 2: {b}\nInstruction 3:"),
+    "zh": ("你的任务是构造一些可以引导长文本生成的用户指令，注意指令应该是完整结束的。",
+           "指令1：{a}\n指令2：{b}\n指令3："),
+}
+JUDGE = {
+    "en": ("Given a user instruction, decide whether it is suitable for guiding the generation of a long article "
+           "(for example, more than 2,000 words). Answer only \"yes\" or \"no\", as JSON: {{\"answer\": \"yes\"}} "
+           "or {{\"answer\": \"no\"}}.\n\n<instruction>\n{instruction}\n</instruction>"),
+    "zh": ("给定一条用户的指令，请判断它是否适合指导长篇文章（比如，大于2000字）的生成。只返回“是”或“否”作为你的回答，"
+           "格式为JSON：{{\"answer\": \"是\"}} 或 {{\"answer\": \"否\"}}。\n\n<指令>\n{instruction}\n</指令>"),
+}
+JUDGE_YES = {"en": "yes", "zh": "是"}
+EXTEND = {
+    "en": ("Based on the given instruction and the original outline, enhance the content by carefully expanding "
+           "the original outline: add information, include details and improve the quality of its descriptions. "
+           "Remember, your task is not to continue the content but to enrich the current content. You can do this "
+           "by describing the existing paragraphs in more detail or by creating subheadings. Do not include long "
+           "narration or any repeated content in your reply.\n\nInstruction: {instruction}\n\nOriginal outline:"
+           "\n\n{response}"),
+    "zh": ("根据提供的指令和原始大纲，通过仔细扩展原始大纲来增强内容，增加信息，纳入细节，"
+           "并提高其描述质量。记住，你的任务不是续写内容，而是丰富当前的内容。你可以通过更详细的"
+           "描述丰富已有段落或创建子标题来实现这一点。记住，不要在你的回复中包含冗长的叙述或任何重复的内容。\n\n指令：{instruction}\n\n原始大纲：\n\n{response}"),
+}
+
+
+ROLES = ("generator", "extender")
+
+
+def role_config(recipe: dict[str, Any], role: str, iteration: int, adapter: str | None) -> dict[str, Any]:
+    """engine / engine_options / lora of a role in an iteration: recipe defaults, then the role's own
+    settings, then `iteration_roles[iteration][role]`; a trained adapter applies unless a lora is named."""
+    cfg: dict[str, Any] = {"engine": recipe.get("engine", "llamacpp"),
+                           "engine_options": recipe.get("engine_options") or {}, "lora": None}
+    cfg.update(recipe.get(role) or {})
+    per = recipe.get("iteration_roles") or {}
+    override = (per.get(iteration) or per.get(str(iteration)) or {}).get(role) or {}
+    cfg.update(override)
+    if adapter and "lora" not in override:
+        cfg["lora"] = adapter
+    if cfg["lora"] and cfg["engine"] == "llamacpp":
+        raise ValueError(f"iteration {iteration}: the {role} uses LoRA adapter {cfg['lora']} but its engine is "
+                         f"llamacpp, which cannot load adapters per request; use engine vllm for that role")
+    return cfg
+
+
+@dataclass
+class Settings:
+    instructions: int = 8  # new instructions per iteration (step 0)
+    samples: int = 2  # responses per instruction (step 1)
+    languages: tuple[str, ...] = ("en",)
+    judge: bool = True
+    self_instruct_attempts: int = 10  # rounds of step 0 before giving up on the missing instructions
+    generate_attempts: int = 20  # samples per response until one passes the check
+    extend_attempts: int = 2
+    micro_rounds: int = 3
+    keep_share: float = 2 / 3  # of the extended first half's paragraphs
+    min_growth: float = 1.2  # keep an extension only when longer than this x the original
+    temperature: float = 0.7
+    top_p: float = 0.8
+    repetition_penalty: float = 1.1
+    max_tokens: int = 16384  # per call, further capped by what fits the context window
+    seed: int = 42
+    counter: WordCounter = "longen"
+    drop_short: bool = True
+    line_keep: float = 0.8  # ext_sft input: each line of the initial response kept with this probability
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any]) -> Settings:
+        return settings.from_recipe(cls, recipe)
+
+
+@dataclass
+class Response:
+    id: str
+    instruction_id: str
+    instruction: str
+    language: str
+    iteration: int
+    sample: int
+    initial: str = ""
+    gen_attempts: int = 0
+    extended: str | None = None
+    extend_attempts: int = 0
+    rounds_accepted: int = 0
+    failed: str | None = None  # stage: reason, when the response never became usable
+
+
+@dataclass
+class _ExtendState:
+    resp: Response
+    current: str
+    attempt: int = 0
+    round: int = 0
+    accepted: int = 0
+    prefix: str = ""
+    log: list[str] = field(default_factory=list)
+
+
+def _seed(*parts: Any) -> int:
+    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+def words(text: str, s: Settings) -> int:
+    return count_words(text, s.counter)
+
+
+def rejection(stage: str, reason: str, record: dict[str, Any], rid: str = "") -> dict[str, Any]:
+    """A quarantine record: which stage rejected what, and why."""
+    return {"id": rid or row_id(stage, json.dumps(record, sort_keys=True, ensure_ascii=False)), "stage": stage,
+            "reason": reason, "source": "", "record": json.dumps(record, ensure_ascii=False, default=str)}
+
+
+# --- step 0: self-instruct --------------------------------------------------------------------------------
+
+
+def clean_instruction(text: str) -> str:
+    """The completed third instruction: first line, without a label or quotes."""
+    line = text.strip().split("\n")[0].strip()
+    for label in ("Instruction 3:", "指令3：", "Instruction:"):
+        if line.startswith(label):
+            line = line[len(label):].strip()
+    return line.strip("\"'“”「」 ")
+
+
+def self_instruct(
+    seeds: Sequence[dict[str, Any]],
+    engine: Engine,
+    s: Settings,
+    iteration: int,
+    lora: str | None = None,
+    on_result: OnResult | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`s.instructions` new instructions (id, instruction, language, iteration) and the rejected candidates."""
+    pools = {lang: [r["instruction"] for r in seeds if r["language"] == lang] for lang in s.languages}
+    pools = {lang: p for lang, p in pools.items() if len(p) >= 2}
+    if not pools:
+        raise ValueError(f"self-instruct needs at least 2 seed instructions in one of {list(s.languages)}")
+    known = {x.strip().lower() for p in pools.values() for x in p}
+    kept: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    for attempt in range(s.self_instruct_attempts):
+        need = s.instructions - len(kept)
+        if need <= 0:
+            break
+        reqs, langs = [], []
+        for slot in range(need):
+            rng = random.Random(_seed(s.seed, iteration, "self-instruct", attempt, slot))
+            lang = rng.choice(sorted(pools))
+            a, b = rng.sample(pools[lang], 2)
+            task, shots = SELF_INSTRUCT[lang]
+            reqs.append(Request(
+                messages=({"role": "user", "content": task},
+                          {"role": "assistant", "content": shots.format(a=a, b=b)}),
+                max_tokens=200, temperature=s.temperature, top_p=s.top_p, stop=("\n",),
+                seed=_seed(s.seed, iteration, attempt, slot), lora=lora,
+            ))
+            langs.append(lang)
+        candidates = []
+        for res, lang in zip(engine.generate(reqs, on_result), langs, strict=True):
+            text = clean_instruction(res.text) if res.ok else ""
+            n = words(text, s)
+            why = (res.error if not res.ok else "duplicate of a known instruction" if text.lower() in known
+                   else None if 3 < n < 500 else f"{n} words (needs 3 < words < 500)")
+            if why:
+                rejected.append(rejection("self_instruct", why, {"text": text, "iteration": iteration}))
+            else:
+                known.add(text.lower())
+                candidates.append((text, lang))
+        verdicts = judge([c for c, _ in candidates], [lang for _, lang in candidates], engine, s, lora) \
+            if s.judge else [True] * len(candidates)
+        for (text, lang), ok in zip(candidates, verdicts, strict=True):
+            if ok:
+                rid = row_id("self_lengthen", "instruction", iteration, text)
+                kept.append({"id": rid, "instruction": text, "language": lang, "iteration": iteration})
+                pools[lang].append(text)  # later picks may use it as an example, as in the reference
+            else:
+                rejected.append(rejection("judge", "judge: not suited to a long article",
+                                          {"text": text, "iteration": iteration}))
+    return kept[: s.instructions], rejected
+
+
+def judge(texts: list[str], langs: list[str], engine: Engine, s: Settings, lora: str | None = None) -> list[bool]:
+    """Does each instruction suit a long article? Schema-constrained yes/no, greedy."""
+    if not texts:
+        return []
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no", "是", "否"]}},
+              "required": ["answer"]}
+    reqs = [Request(messages=({"role": "user", "content": JUDGE[lang].format(instruction=t)},), max_tokens=20,
+                    temperature=0.0, json_schema=schema, lora=lora) for t, lang in zip(texts, langs, strict=True)]
+    out = []
+    for res, lang in zip(engine.generate(reqs), langs, strict=True):
+        try:
+            answer = json.loads(res.text, strict=False).get("answer") if res.ok else None
+        except (json.JSONDecodeError, AttributeError):
+            answer = None
+        out.append(answer == JUDGE_YES[lang] or answer == "yes")
+    return out
+
+
+def _finished(res: Any, lang: str) -> str:
+    """The text of a result; one cut off at max_tokens is trimmed back to its last full sentence (the reference
+    allows 16k tokens and has no cut-offs; with smaller budgets this keeps the text, not the cut)."""
+    text = res.text.strip()
+    return checks.trim_to_sentence(text, lang) if res.finish_reason == "length" else text
+
+
+# --- step 1: generate -------------------------------------------------------------------------------------
+
+
+def _max_tokens(engine: Engine, chats: list[tuple[dict[str, str], ...]], s: Settings) -> list[int]:
+    """What each call may generate: the setting, capped by the room left in the context window."""
+    prompt = estimate_prompt_tokens(engine, chats)
+    return [min(s.max_tokens, engine.context_window - p) for p in prompt]
+
+
+def generate(
+    instructions: Sequence[dict[str, Any]],
+    engine: Engine,
+    s: Settings,
+    lora: str | None = None,
+    on_result: OnResult | None = None,
+) -> list[Response]:
+    """k checked responses per instruction; a response that never passes has `failed` set."""
+    todo = [
+        Response(id=row_id("self_lengthen", "response", ins["id"], k), instruction_id=ins["id"],
+                 instruction=ins["instruction"], language=ins.get("language") or language_of(ins["instruction"]),
+                 iteration=int(ins.get("iteration", 1)), sample=k)
+        for ins in instructions for k in range(s.samples)
+    ]
+    pending = list(todo)
+    for attempt in range(s.generate_attempts):
+        if not pending:
+            break
+        chats = [({"role": "user", "content": r.instruction},) for r in pending]
+        caps = _max_tokens(engine, chats, s)
+        reqs = [Request(messages=c, max_tokens=max(1, cap), temperature=s.temperature, top_p=s.top_p,
+                        repetition_penalty=s.repetition_penalty, seed=_seed(s.seed, r.id, "generate", attempt),
+                        sample_index=attempt, lora=lora) for r, c, cap in zip(pending, chats, caps, strict=True)]
+        still = []
+        for r, res in zip(pending, engine.generate(reqs, on_result), strict=True):
+            r.gen_attempts = attempt + 1
+            text = _finished(res, r.language)
+            why = res.error if not res.ok else checks.response_check(text, r.language)
+            if why is None:
+                r.initial, r.failed = text, None
+            else:
+                r.failed = f"generate: {why}"
+                still.append(r)
+        pending = still
+    return todo
+
+
+# --- step 2: extend ---------------------------------------------------------------------------------------
+
+
+def paragraphs(text: str) -> list[str]:
+    """Blank-line paragraphs; single lines when that gives two parts or fewer (as the reference)."""
+    parts = text.split("\n\n")
+    return text.split("\n") if len(parts) <= 2 else parts
+
+
+def first_half(text: str) -> str:
+    """The first half of the paragraphs (at least one, so a one-paragraph text extends as a whole)."""
+    parts = paragraphs(text)
+    return "\n\n".join(parts[: max(1, len(parts) // 2)])
+
+
+def keep_head(text: str, share: float) -> str:
+    """The first `share` of the text's blank-line paragraphs (floor, as the reference's 2/3)."""
+    parts = text.strip().split("\n\n")
+    return "\n\n".join(parts[: int(len(parts) * share)])
+
+
+def extend_chat(instruction: str, response: str, lang: str, prefix: str = "") -> tuple[dict[str, str], ...]:
+    user = {"role": "user", "content": EXTEND["en" if lang != "zh" else "zh"].format(
+        instruction=instruction, response=response)}
+    return (user, {"role": "assistant", "content": prefix}) if prefix else (user,)
+
+
+def extend(
+    responses: Sequence[Response],
+    engine: Engine,
+    s: Settings,
+    lora: str | None = None,
+    on_result: OnResult | None = None,
+) -> list[Response]:
+    """Extend every usable response in rounds: each micro-step is one engine batch across all rows."""
+    states = [_ExtendState(r, r.initial) for r in responses if r.failed is None]
+    active = list(states)
+    while active:
+        # A: extend the first half, keep the head of what comes back
+        chats = [extend_chat(st.resp.instruction, first_half(st.current), st.resp.language) for st in active]
+        caps = _max_tokens(engine, chats, s)
+        key = [(st.resp.id, st.attempt, st.round) for st in active]
+        reqs = [Request(messages=c, max_tokens=max(1, cap), temperature=s.temperature, top_p=s.top_p,
+                        repetition_penalty=s.repetition_penalty, seed=_seed(s.seed, *k, "A"), lora=lora)
+                for c, cap, k in zip(chats, caps, key, strict=True)]
+        for st, res in zip(active, engine.generate(reqs, on_result), strict=True):
+            head = keep_head(res.text, s.keep_share) if res.ok else ""
+            st.prefix = head + "\n\n" if head else ""
+        # B: the extend prompt over the whole text, continued after that head
+        chats = [extend_chat(st.resp.instruction, st.current, st.resp.language, st.prefix) for st in active]
+        caps = _max_tokens(engine, chats, s)
+        reqs = [Request(messages=c, max_tokens=max(1, cap), temperature=s.temperature, top_p=s.top_p,
+                        repetition_penalty=s.repetition_penalty, seed=_seed(s.seed, *k, "B"), lora=lora)
+                for c, cap, k in zip(chats, caps, key, strict=True)]
+        for st, res in zip(active, engine.generate(reqs, on_result), strict=True):
+            out = (st.prefix + _finished(res, st.resp.language)).strip() if res.ok else ""
+            _accept_round(st, out, res.error if not res.ok else None, s)
+        active = [st for st in active if _advance(st, s)]
+    return list(responses)
+
+
+def _accept_round(st: _ExtendState, out: str, error: str | None, s: Settings) -> None:
+    """A round counts only when its output passes the check and is longer than the current text."""
+    why = error or checks.response_check(out, st.resp.language)
+    if why is None and words(out, s) <= words(st.current, s):
+        why = f"not longer ({words(out, s)} <= {words(st.current, s)} words)"
+    st.log.append(why or "accepted")
+    if why is None:
+        st.current, st.accepted = out, st.accepted + 1
+
+
+def _advance(st: _ExtendState, s: Settings) -> bool:
+    """Move to the next round or attempt; False when the response is finished (extended or not)."""
+    st.round += 1
+    if st.round < s.micro_rounds:
+        return True
+    r = st.resp
+    r.extend_attempts = st.attempt + 1
+    before, after = words(r.initial, s), words(st.current, s)
+    if after > s.min_growth * before:
+        r.extended, r.rounds_accepted = st.current, st.accepted
+        return False
+    st.attempt += 1
+    if st.attempt >= s.extend_attempts:
+        r.failed = (f"extend: not > {s.min_growth}x after {s.extend_attempts} attempts "
+                    f"({before} -> {after} words; last rounds: {'; '.join(st.log[-s.micro_rounds:])})")
+        return False
+    st.current, st.round, st.accepted = r.initial, 0, 0
+    return True

@@ -1,0 +1,126 @@
+"""Self-Lengthen end to end with the embedded model and real Prefect, plus the trainer between iterations."""
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from flows import run_recipe
+from lendata import recipes
+from lendata import store as st
+from lendata.methods import self_lengthen as sl
+from lendata.trainer import TrainerFailed, run_trainer, train_between
+
+SMALL = {"n": 1, "iterations": 2, "samples": 1, "max_tokens": 200, "micro_rounds": 2, "generate_attempts": 3,
+         "drop_short": False}
+SPLITS = ("instructions", "responses", "gen_sft", "ext_sft", "queries")
+
+
+def build(tmp_path, name, **sets):
+    recipe = recipes.load("self_lengthen", {**SMALL, **sets})
+    return run_recipe(recipe, tmp_path / name, progress=False)
+
+
+@pytest.fixture(scope="module")
+def two_builds(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sl")
+    first = build(tmp, "a")
+    rerun = build(tmp, "a")
+    other = build(tmp, "b")
+    return tmp, first, rerun, other
+
+
+def test_two_iterations_give_every_split_and_account_for_every_response(two_builds):
+    tmp, first, _, _ = two_builds
+    v = st.open_version(tmp / "a", "self_lengthen")
+    assert set(SPLITS) | {"quarantine"} <= set(v.splits)
+    instructions = v.read("instructions").to_pylist()
+    assert sorted(r["iteration"] for r in instructions) == [1, 2]
+    responses = v.read("responses").to_pylist()
+    failed = [q for q in v.read("quarantine").to_pylist() if q["stage"] in {"generate", "extend"}]
+    # each instruction has `samples` responses: every one is kept or quarantined with its reason
+    assert len(responses) + len(failed) == len(instructions) * SMALL["samples"]
+    assert all(q["reason"] for q in failed)
+    for r in responses:
+        assert r["extended_words"] > 1.2 * r["initial_words"] and r["growth"] > 1.2
+    gen, ext = v.read("gen_sft").to_pylist(), v.read("ext_sft").to_pylist()
+    assert len(gen) == len(ext) == len(responses)
+    for g, e, r in zip(gen, ext, responses, strict=True):
+        assert g["output"] == e["output"] == r["extended_response"]
+        assert g["instruction"] == r["instruction"] and "Original outline" in e["instruction"]
+        assert g["messages"][1]["content"] == g["output"]
+    roles = v.manifest["roles"]
+    assert [x["iteration"] for x in roles] == [1, 2] and roles[0]["generator"]["engine"] == "llamacpp"
+
+
+def test_rerun_makes_no_engine_calls_and_keeps_the_version(two_builds):
+    _, first, rerun, _ = two_builds
+    assert first.engine_calls > 0
+    assert rerun.engine_calls == 0 and rerun.unchanged and rerun.version == first.version
+
+
+def test_same_seed_gives_the_same_rows_in_a_fresh_store(two_builds):
+    tmp, first, _, other = two_builds
+    assert other.engine_calls == first.engine_calls  # nothing shared: the store is new
+    a, b = st.open_version(tmp / "a", "self_lengthen"), st.open_version(tmp / "b", "self_lengthen")
+    for split in (*SPLITS, "quarantine"):
+        assert a.read(split).to_pylist() == b.read(split).to_pylist(), split
+
+
+# --- roles and the trainer ----------------------------------------------------------------------------------
+
+
+def test_role_config_layers_recipe_role_iteration_and_trained_adapter():
+    recipe = {"engine": "vllm", "engine_options": {"model": "m"}, "extender": {"lora": "/ext"},
+              "iteration_roles": {2: {"generator": {"lora": "/gen2"}}}}
+    assert sl.role_config(recipe, "generator", 1, None) == {"engine": "vllm", "engine_options": {"model": "m"},
+                                                            "lora": None}
+    assert sl.role_config(recipe, "extender", 1, None)["lora"] == "/ext"
+    assert sl.role_config(recipe, "generator", 2, "/trained")["lora"] == "/gen2"  # named wins
+    assert sl.role_config(recipe, "generator", 3, "/trained")["lora"] == "/trained"
+    with pytest.raises(ValueError, match="llamacpp, which cannot load adapters"):
+        sl.role_config({"engine": "llamacpp"}, "extender", 2, "/trained")
+
+
+def _pairs(n):
+    from lendata.methods.self_lengthen_sets import PAIR_SCHEMA
+
+    rows = [{"id": str(i), "iteration": 1, "language": "en", "instruction": f"q{i}", "input": "", "output": f"a{i}.",
+             "output_words": 1, "messages": [{"role": "user", "content": f"q{i}"},
+                                             {"role": "assistant", "content": f"a{i}."}]} for i in range(n)]
+    return pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
+
+
+
+
+
+def test_trainer_command_gets_the_sets_and_its_adapter_is_reused(tmp_path):
+    # a trivial "trainer": the adapter it writes is a directory holding the files it was given
+    cmd = ("mkdir -p {out_adapter} && cp {gen_sft} {out_adapter}/g.jsonl && "
+           "cp {ext_sft_messages} {out_adapter}/e.jsonl && echo {iteration} > {out_adapter}/it")
+    out = train_between(cmd, tmp_path, 1, _pairs(3), _pairs(2))
+    adapter = out["generator"]
+    assert out == {"generator": adapter, "extender": adapter}
+    lines = [json.loads(x) for x in open(f"{adapter}/g.jsonl")]
+    assert lines[0] == {"instruction": "q0", "input": "", "output": "a0."} and len(lines) == 3
+    assert json.loads(open(f"{adapter}/e.jsonl").readline())["messages"][1]["role"] == "assistant"
+    assert open(f"{adapter}/it").read().strip() == "1"
+    # the same data again: no second run (the adapter is keyed by command + data)
+    marker = tmp_path / "ran"
+    again = train_between(cmd + f" && touch {marker}", tmp_path, 1, _pairs(3), _pairs(2))
+    assert marker.exists() and again["generator"] != adapter  # a different command is a different key
+    assert train_between(cmd, tmp_path, 1, _pairs(3), _pairs(2)) == out
+
+
+def test_trainer_per_role_and_failures_are_clear(tmp_path):
+    out = train_between({"extender": "mkdir {out_adapter} && echo {role} > {out_adapter}/role"}, tmp_path, 1,
+                        _pairs(1), _pairs(1))
+    assert list(out) == ["extender"] and open(f"{out['extender']}/role").read().strip() == "extender"
+    (tmp_path / "x").write_text("")
+    with pytest.raises(TrainerFailed, match=r"exit 3\): echo boom[\s\S]*boom"):
+        run_trainer("echo boom >&2; exit 3", {"gen_sft": tmp_path / "x"}, tmp_path / "t1")
+    with pytest.raises(TrainerFailed, match="wrote nothing"):
+        run_trainer("true", {"gen_sft": tmp_path / "x"}, tmp_path / "t2")
+    with pytest.raises(TrainerFailed, match="unknown placeholder"):
+        run_trainer("train {nope}", {"gen_sft": tmp_path / "x"}, tmp_path / "t3")
+    assert not list((tmp_path / "t1").rglob("adapter"))  # nothing half-made is left where a reader looks

@@ -42,7 +42,8 @@ def connect(store: Path) -> duckdb.DuckDBPyConnection:
                 files = ver.files(split)
                 if not files:
                     continue
-                body = f"SELECT * FROM read_parquet({_files_sql(files)})"
+                hive = any(st.partitions(f["path"]) for f in ver.splits[split]["files"])
+                body = f"SELECT * FROM read_parquet({_files_sql(files)}{', hive_partitioning = true' if hive else ''})"
                 con.execute(f"CREATE VIEW {_q(f'{dataset}@{v}/{split}')} AS {body}")
                 if split == "train":
                     con.execute(f"CREATE VIEW {_q(f'{dataset}@{v}')} AS {body}")

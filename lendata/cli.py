@@ -252,6 +252,48 @@ def score(
     out.print(f"{metric}: mean {summary['mean']:.2f} over {summary['rows']} rows{extra}")
 
 
+@app.command()
+def report(
+    ref: str = typer.Argument(..., help="DATASET or DATASET@VERSION of a decompose build"),
+    png: Path = typer.Option(None, "--png", help="histogram file (default: <store>/_work/<dataset>/report-<ver>.png)"),
+    as_json: bool = typer.Option(False, "--json", help="print the statistics as JSON"),
+    store: StoreOpt = None,
+) -> None:
+    """Statistics of a decomposition: token share per bucket, average sequence and context length,
+    attention cost against concat-and-chunk, cross-document attention; and a PNG histogram."""
+    import json
+
+    from lendata import store as st
+    from lendata.methods.decompose_report import histogram, report_data
+    from lendata.paths import work_dir
+
+    root = _store(store)
+    try:
+        data = report_data(st.open_version(root, ref))
+    except (st.StoreError, ValueError) as e:
+        _fail(str(e))
+    target = histogram(data, png or work_dir(root) / data["dataset"] / f"report-{data['version']}.png")
+    if as_json:
+        print(json.dumps({**data, "png": str(target)}))
+        return
+    s = data["summary"]
+    t = Table("bucket", "tokens/seq", "sequences", "tokens", "share")
+    for k, v in sorted(data["buckets"].items(), key=lambda kv: int(kv[0])):
+        t.add_row(f"D{k}", f"{1 << int(k):,}", f"{v['sequences']:,}", f"{v['tokens']:,}",
+                  f"{s['token_share'][f'D{k}']:.1%}")
+    out.print(t)
+    out.print(f"documents {data['documents']:,}; tokens {data['input_tokens']:,}, kept {data['kept_tokens']:,} "
+              f"({s['kept_share']:.1%}), dropped {data['dropped_tokens']:,}")
+    out.print(f"average sequence length {s['avg_sequence_length']:,}; average context length "
+              f"{s['avg_context_length']:,}; attention cost vs concat-and-chunk at 2^max "
+              f"{s['attention_cost_vs_concat']:.3f}x; cross-document attention 0")
+    if "baseline" in s:
+        b = s["baseline"]
+        out.print(f"baseline concat-and-chunk at {b['length']:,}: average context length {b['avg_context_length']:,}; "
+                  f"cross-document attention {b['cross_document_attention_share']:.1%} of attention pairs")
+    out.print(f"histogram: {target}")
+
+
 @app.command("convert-model")
 def convert_model(
     out_dir: Annotated[Path, typer.Argument(help="Directory for the safetensors checkpoint.")],

@@ -116,10 +116,23 @@ class Version:
     def read(self, split: str = "train") -> pa.Table:
         if split not in self.splits:
             raise NotFound(f"{self.dataset}@{self.version} has no split {split!r}; it has {sorted(self.splits)}")
-        files = self.files(split)
+        files = self.splits[split]["files"]
         if not files:
             return pa.schema([]).empty_table()
-        return pa.concat_tables([pq.read_table(f) for f in files])
+        return pa.concat_tables([_with_partitions(pq.read_table(self.path / f["path"]), f["path"]) for f in files])
+
+
+def partitions(rel: str) -> dict[str, str]:
+    """Hive partition values in a shard's path: `train/bucket=8/part-00000.parquet` -> {"bucket": "8"}."""
+    return dict(part.split("=", 1) for part in rel.split("/")[:-1] if "=" in part)
+
+
+def _with_partitions(table: pa.Table, rel: str) -> pa.Table:
+    for key, value in partitions(rel).items():
+        if key not in table.column_names:
+            typed: Any = int(value) if value.lstrip("-").isdigit() else value
+            table = table.append_column(key, pa.array([typed] * table.num_rows))
+    return table
 
 
 def list_datasets(store: Path) -> list[str]:
@@ -183,6 +196,150 @@ def _content_hash(splits: Mapping[str, Mapping[str, Any]]) -> str:
     return h.hexdigest()
 
 
+class ShardWriter:
+    """Streams record batches of one split (optionally one partition, e.g. `bucket=8`) into shards of
+    `rows_per_shard` rows; each shard appears under its final name only once complete and fsynced."""
+
+    def __init__(self, stage: Stage, split: str, schema: pa.Schema, partition: str | None, rows_per_shard: int):
+        self.stage, self.split, self.schema = stage, split, schema
+        self.dir = f"{split}/{partition}" if partition else split
+        self.rows_per_shard = rows_per_shard
+        self._writer: pq.ParquetWriter | None = None
+        self._tmp: Path | None = None
+        self._rows = 0
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        while table.num_rows:
+            if self._writer is None:
+                self._open()
+            take = min(table.num_rows, self.rows_per_shard - self._rows)
+            self._writer.write_table(table.slice(0, take))  # type: ignore[union-attr]
+            self._rows += take
+            table = table.slice(take)
+            if self._rows >= self.rows_per_shard:
+                self._close_shard()
+
+    def _open(self) -> None:
+        d = self.stage.path / self.dir
+        d.mkdir(parents=True, exist_ok=True)
+        self._tmp = d / f".shard-{uuid.uuid4().hex[:8]}.tmp"
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        self._rows = 0
+
+    def _close_shard(self) -> None:
+        if self._writer is None or self._tmp is None:
+            return
+        self._writer.close()
+        with open(self._tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        files = self.stage.splits.setdefault(self.split, {"rows": 0, "files": []})["files"]
+        rel = f"{self.dir}/part-{sum(f['path'].startswith(self.dir + '/') for f in files):05d}.parquet"
+        path = self.stage.path / rel
+        os.replace(self._tmp, path)
+        files.append({"path": rel, "rows": self._rows, "bytes": path.stat().st_size, "sha256": _sha256(path)})
+        self.stage.splits[self.split]["rows"] += self._rows
+        self._writer, self._tmp, self._rows = None, None, 0
+
+    def close(self) -> None:
+        self._close_shard()
+        self.stage.splits.setdefault(self.split, {"rows": 0, "files": []})
+        self.stage.schemas[self.split] = [{"name": f.name, "type": str(f.type)} for f in self.schema]
+
+
+class Stage:
+    """A version being assembled in a hidden directory; `publish` makes it visible atomically.
+
+    Use as a context manager: whatever is not published is deleted on exit, so a failed build leaves nothing
+    a reader could see.
+    """
+
+    def __init__(self, store: Path, dataset: str):
+        check_name(dataset, "dataset")
+        self.store, self.dataset = store, dataset
+        self.splits: dict[str, Any] = {}
+        self.schemas: dict[str, Any] = {}
+        self._lock = dataset_lock(store, dataset)
+        self.path = store / dataset / f".staging-{uuid.uuid4().hex[:12]}"
+
+    def __enter__(self) -> Stage:
+        self.store.mkdir(parents=True, exist_ok=True)
+        self._lock.__enter__()
+        self.path.mkdir(parents=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            self._lock.__exit__(*exc)
+
+    def add_table(self, split: str, table: pa.Table, rows_per_shard: int = 10_000) -> None:
+        check_name(split, "split")
+        files = []
+        n = max(1, -(-table.num_rows // rows_per_shard))
+        for i in range(n):
+            part = table.slice(i * rows_per_shard, rows_per_shard)
+            rel = f"{split}/part-{i:05d}.parquet"
+            files.append({"path": rel, **write_parquet_atomic(part, self.path / rel)})
+        self.splits[split] = {"rows": table.num_rows, "files": files}
+        self.schemas[split] = [{"name": f.name, "type": str(f.type)} for f in table.schema]
+
+    def writer(
+        self, split: str, schema: pa.Schema, partition: str | None = None, rows_per_shard: int = 10_000
+    ) -> ShardWriter:
+        check_name(split, "split")
+        return ShardWriter(self, split, schema, partition, rows_per_shard)
+
+    def publish(self, version: str = AUTO, overwrite: bool = False, meta: Mapping[str, Any] | None = None) -> Version:
+        from lendata import __version__
+
+        store, dataset, stage = self.store, self.dataset, self.path
+        if version != AUTO:
+            parse_version(version)
+        for split in self.splits.values():  # a stable order, whatever order partitions were written in
+            split["files"].sort(key=lambda f: f["path"])
+        content = _content_hash(self.splits)
+        existing = list_versions(store, dataset)
+        for v in reversed(existing):
+            old = open_version(store, f"{dataset}@{v}")
+            if old.manifest.get("content_hash") == content and (version in (AUTO, v)):
+                old.unchanged = True
+                return old
+        if version == AUTO:
+            version = bump(existing[-1]) if existing else "0.1.0"
+        target = store / dataset / version
+        if target.exists() and not overwrite:
+            raise VersionExists(
+                f"{dataset}@{version} is already committed with other content; versions are immutable "
+                "(pass --overwrite to replace it, or choose another version)"
+            )
+        manifest = {
+            "dataset": dataset,
+            "version": version,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "lendata_version": __version__,
+            "content_hash": content,
+            "splits": self.splits,
+            "schema": self.schemas,
+            **(meta or {}),
+        }
+        mpath = stage / MANIFEST
+        mpath.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
+        with open(mpath, "rb+") as f:
+            os.fsync(f.fileno())
+        _fsync_dir(stage)
+        if target.exists():  # overwrite: move the old version aside, swap, then delete it
+            trash = store / dataset / f".trash-{uuid.uuid4().hex[:12]}"
+            os.rename(target, trash)
+            os.rename(stage, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(stage, target)
+        _fsync_dir(store / dataset)
+        return Version(store, dataset, version, manifest)
+
+
 def commit(
     store: Path,
     dataset: str,
@@ -199,66 +356,9 @@ def commit(
     (0.1.0 for the first). An explicit version that exists with other content raises `VersionExists`
     unless `overwrite`.
     """
-    from lendata import __version__
-
-    check_name(dataset, "dataset")
     if version != AUTO:
         parse_version(version)
-    for split in tables:
-        check_name(split, "split")
-    store.mkdir(parents=True, exist_ok=True)
-    with dataset_lock(store, dataset):
-        stage = store / dataset / f".staging-{uuid.uuid4().hex[:12]}"
-        try:
-            splits: dict[str, Any] = {}
-            schemas: dict[str, Any] = {}
-            for split, table in tables.items():
-                files = []
-                n = max(1, -(-table.num_rows // rows_per_shard))
-                for i in range(n):
-                    part = table.slice(i * rows_per_shard, rows_per_shard)
-                    rel = f"{split}/part-{i:05d}.parquet"
-                    files.append({"path": rel, **write_parquet_atomic(part, stage / rel)})
-                splits[split] = {"rows": table.num_rows, "files": files}
-                schemas[split] = [{"name": f.name, "type": str(f.type)} for f in table.schema]
-            content = _content_hash(splits)
-            existing = list_versions(store, dataset)
-            for v in reversed(existing):
-                old = open_version(store, f"{dataset}@{v}")
-                if old.manifest.get("content_hash") == content and (version in (AUTO, v)):
-                    old.unchanged = True
-                    return old
-            if version == AUTO:
-                version = bump(existing[-1]) if existing else "0.1.0"
-            target = store / dataset / version
-            if target.exists() and not overwrite:
-                raise VersionExists(
-                    f"{dataset}@{version} is already committed with other content; versions are immutable "
-                    "(pass --overwrite to replace it, or choose another version)"
-                )
-            manifest = {
-                "dataset": dataset,
-                "version": version,
-                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "lendata_version": __version__,
-                "content_hash": content,
-                "splits": splits,
-                "schema": schemas,
-                **(meta or {}),
-            }
-            mpath = stage / MANIFEST
-            mpath.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
-            with open(mpath, "rb+") as f:
-                os.fsync(f.fileno())
-            _fsync_dir(stage)
-            if target.exists():  # overwrite: move the old version aside, swap, then delete it
-                trash = store / dataset / f".trash-{uuid.uuid4().hex[:12]}"
-                os.rename(target, trash)
-                os.rename(stage, target)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.rename(stage, target)
-            _fsync_dir(store / dataset)
-            return Version(store, dataset, version, manifest)
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+    with Stage(store, dataset) as stage:
+        for split, table in tables.items():
+            stage.add_table(split, table, rows_per_shard)
+        return stage.publish(version, overwrite, meta)

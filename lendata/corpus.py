@@ -1,0 +1,191 @@
+"""Corpora for pre-training data: documents streamed in batches, tokenised in parallel, as flat token arrays.
+
+Inputs: a directory of text files (a glob picks them), JSONL or Parquet with a text field, or Parquet that
+is already tokenised (a list-of-integers field). A batch is a flat token buffer plus one length per document,
+so downstream code works on arrays, never on per-document Python lists. A document that cannot be read
+(invalid UTF-8, bad JSON, a missing or non-text field) is skipped and reported with its file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lendata.inputs import InputError, records
+
+
+@dataclass
+class DocBatch:
+    sources: list[str]  # "file" or "file:line", one per document
+    flat: np.ndarray  # all tokens of the batch, documents end to end
+    lengths: np.ndarray  # tokens per document (int64)
+    bad: list[dict[str, Any]] = field(default_factory=list)  # quarantine records of unreadable documents
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64) if self.lengths.size else (
+            np.zeros(0, np.int64))
+
+
+def _bad(source: str, reason: str, raw: str = "") -> dict[str, Any]:
+    return {"id": None, "stage": "input", "reason": reason, "source": source, "record": raw[:500]}
+
+
+# a batch ends at `batch_docs` documents or this many characters, whichever comes first: tokenizers keeps
+# each token's string until the batch is converted, so the batch's text size bounds peak memory
+BATCH_CHARS = 8_000_000
+
+
+def text_batches(
+    path: Path, text_field: str = "text", glob: str = "**/*.txt", batch_docs: int = 2048
+) -> Iterator[tuple[list[str], list[str], list[dict[str, Any]]]]:
+    """(sources, texts, bad) per batch of readable documents, in a stable order."""
+    sources: list[str] = []
+    texts: list[str] = []
+    bad: list[dict[str, Any]] = []
+    chars = 0
+
+    def flush():
+        nonlocal sources, texts, bad, chars
+        out = (sources, texts, bad)
+        sources, texts, bad, chars = [], [], [], 0
+        return out
+
+    def full(text: str) -> bool:
+        nonlocal chars
+        chars += len(text)
+        return len(texts) >= batch_docs or chars >= BATCH_CHARS
+
+    if path.is_dir():
+        files = sorted(p for p in path.glob(glob) if p.is_file())
+        if not files:
+            raise InputError(f"{path}: no file matches {glob!r}")
+        for f in files:
+            try:
+                texts.append(f.read_text(encoding="utf-8"))
+                sources.append(str(f.relative_to(path)))
+            except UnicodeDecodeError as e:
+                bad.append(_bad(str(f), f"not valid UTF-8 (byte {e.start})"))
+                continue
+            if full(texts[-1]):
+                yield flush()
+    elif path.suffix == ".parquet":
+        pf = pq.ParquetFile(path)
+        if text_field not in pf.schema_arrow.names:
+            raise InputError(f"{path}: no column {text_field!r}; columns: {', '.join(pf.schema_arrow.names)}")
+        row = 0
+        for batch in pf.iter_batches(batch_size=batch_docs, columns=[text_field]):
+            for value in batch.column(0).to_pylist():
+                row += 1
+                if isinstance(value, str):
+                    texts.append(value)
+                    sources.append(f"{path.name}:{row}")
+                else:
+                    bad.append(_bad(f"{path}:{row}", f"{text_field!r} is not text"))
+            yield flush()
+    elif path.suffix in {".jsonl", ".json"}:
+        for lineno, rec, problem, raw in records(path):
+            value = rec.get(text_field) if rec is not None else None
+            if rec is None or not isinstance(value, str):
+                why = problem or (f"missing field {text_field!r}" if text_field not in rec else
+                                  f"{text_field!r} is not text")
+                bad.append(_bad(f"{path}:{lineno}", why, raw or json.dumps(rec, default=str)))
+                continue
+            texts.append(value)
+            sources.append(f"{path.name}:{lineno}")
+            if full(value):
+                yield flush()
+    elif not path.exists():
+        raise InputError(f"input not found: {path}")
+    else:
+        raise InputError(f"{path}: unsupported corpus {path.suffix!r}; use a directory, .jsonl or .parquet")
+    if texts or bad:
+        yield flush()
+
+
+def tokenize(texts: list[str], tokenizer: Any, eos_id: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(flat tokens, lengths) for a batch of texts; `tokenizers` encodes the batch in parallel threads."""
+    encs = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    arrays = [np.asarray(e.ids, dtype=np.uint32) for e in encs]
+    if eos_id is not None:
+        eos = np.array([eos_id], dtype=np.uint32)
+        arrays = [a for pair in zip(arrays, [eos] * len(arrays), strict=True) for a in pair]
+        lengths = np.fromiter((len(e.ids) + 1 for e in encs), dtype=np.int64, count=len(encs))
+    else:
+        lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+    flat = np.concatenate(arrays) if arrays else np.zeros(0, np.uint32)
+    return flat, lengths
+
+
+def token_batches(path: Path, token_field: str, eos_id: int | None, batch_docs: int) -> Iterator[DocBatch]:
+    """Already tokenised Parquet: the list column's offsets and values are used as they are (no copy)."""
+    pf = pq.ParquetFile(path)
+    if token_field not in pf.schema_arrow.names:
+        raise InputError(f"{path}: no column {token_field!r}; columns: {', '.join(pf.schema_arrow.names)}")
+    row = 0
+    for batch in pf.iter_batches(batch_size=batch_docs, columns=[token_field]):
+        col = batch.column(0)
+        if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)) or not pa.types.is_integer(
+                col.type.value_type):
+            raise InputError(f"{path}: column {token_field!r} is {col.type}, not a list of integers")
+        col = col.fill_null([]) if col.null_count else col
+        offsets = np.asarray(col.offsets)
+        flat = np.asarray(col.values)[offsets[0]:offsets[-1]].astype(np.uint32, copy=False)
+        lengths = np.diff(offsets).astype(np.int64)
+        if eos_id is not None:  # one eos after each document: shift each document by its index
+            ends = np.cumsum(lengths)
+            flat = np.insert(flat, ends, eos_id).astype(np.uint32)
+            lengths = lengths + 1
+        sources = [f"{path.name}:{row + i + 1}" for i in range(len(lengths))]
+        row += len(lengths)
+        yield DocBatch(sources, flat, lengths)
+
+
+def prefetch(batches: Iterator[DocBatch], depth: int = 2) -> Iterator[DocBatch]:
+    """Tokenise ahead in a thread: `tokenizers` releases the GIL, so the next batch is encoded while the
+    caller cuts and writes the current one."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def work() -> None:
+        try:
+            for b in batches:
+                q.put(b)
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+        q.put(done)
+
+    t = threading.Thread(target=work, name="lendata-tokenise", daemon=True)
+    t.start()
+    while (item := q.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+    t.join()
+
+
+def doc_batches(
+    path: Path,
+    tokenizer: Any,
+    eos_id: int | None,
+    text_field: str = "text",
+    token_field: str | None = None,
+    glob: str = "**/*.txt",
+    batch_docs: int = 2048,
+) -> Iterator[DocBatch]:
+    """Tokenised batches of a corpus, whatever its form."""
+    if token_field:
+        yield from token_batches(path, token_field, eos_id, batch_docs)
+        return
+    for sources, texts, bad in text_batches(path, text_field, glob, batch_docs):
+        flat, lengths = tokenize(texts, tokenizer, eos_id)
+        yield DocBatch(sources, flat, lengths, bad)

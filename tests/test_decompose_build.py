@@ -105,3 +105,20 @@ def test_unreadable_documents_are_quarantined_with_their_file(tmp_path):
     assert report.quarantined == 1 and q[0]["source"].endswith("bad.txt") and "UTF-8" in q[0]["reason"]
     assert v.manifest["decomposition"]["documents"] == 1
 
+
+
+def test_curriculum_sampler_reads_a_committed_build(built):
+    from lendata.methods.curriculum import CurriculumSampler
+
+    store, _ = built
+    v = st.open_version(store, "decompose")
+    smp = CurriculumSampler.from_version(v, tokens_per_step=1024, odds="grow_p2", cycles=2, seed=1)
+    by_bucket = {}
+    for row in v.read("train").to_pylist():
+        by_bucket.setdefault(row["bucket"], []).append(row["tokens"])
+    steps = 0
+    for batch in smp:
+        assert batch.tokens.shape == (1024 >> batch.log2, 1 << batch.log2)  # constant tokens per step
+        assert batch.tokens[0].tolist() == by_bucket[batch.log2][batch.rows[0]]
+        steps += 1
+    assert steps == len(smp) > 0

@@ -220,7 +220,8 @@ def validate(
 @app.command()
 def score(
     file: Annotated[Path, typer.Argument(help="JSONL or Parquet of responses.")],
-    metric: Annotated[str, typer.Option(help="sl (LongBench-Write S_l), longen, or ruler (PM/FM).")] = "sl",
+    metric: Annotated[str, typer.Option(
+        help="sl (LongBench-Write S_l), longen, ruler (PM/FM), or lveval (keyword-recall gated F1).")] = "sl",
     target_field: Annotated[str | None, typer.Option(help="Field with the target length.")] = None,
     response_field: Annotated[str | None, typer.Option(help="Field with the response (default: messages).")] = None,
     counter: Annotated[str | None, typer.Option(help="Word counter: longwriter, longen or ruler.")] = None,
@@ -255,7 +256,7 @@ def score(
 @app.command()
 def report(
     ref: str = typer.Argument(..., help="DATASET or DATASET@VERSION of a decompose build"),
-    png: Path = typer.Option(None, "--png", help="histogram file (default: <store>/_work/<dataset>/report-<ver>.png)"),
+    png: Path = typer.Option(None, "--png", help="histogram file (default: <store>/_work/<ds>/report-<ver>.png)"),
     as_json: bool = typer.Option(False, "--json", help="print the statistics as JSON"),
     store: StoreOpt = None,
 ) -> None:
@@ -289,8 +290,9 @@ def report(
               f"{s['attention_cost_vs_concat']:.3f}x; cross-document attention 0")
     if "baseline" in s:
         b = s["baseline"]
-        out.print(f"baseline concat-and-chunk at {b['length']:,}: average context length {b['avg_context_length']:,}; "
-                  f"cross-document attention {b['cross_document_attention_share']:.1%} of attention pairs")
+        out.print(f"baseline concat-and-chunk at {b['length']:,}: average context length "
+                  f"{b['avg_context_length']:,}; cross-document attention "
+                  f"{b['cross_document_attention_share']:.1%} of attention pairs")
     out.print(f"histogram: {target}")
 
 

@@ -1,4 +1,4 @@
-"""Scoring any file of responses for length: S_l, LonGen length-following, Ruler PM/FM."""
+"""Scoring any file of responses: S_l, LonGen length-following, Ruler PM/FM (length), LV-Eval (answers)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from lendata import lengths as L
 from lendata.inputs import InputError, records
 from lendata.methods.constraints import extract
 
-METRICS = ("sl", "longen", "ruler")
+METRICS = ("sl", "longen", "ruler", "lveval")
 _TARGET_FIELDS = ("target_words", "target", "length", "words")
 _TEXT_FIELDS = ("instruction", "prompt", "query", "constraint")
 
@@ -47,10 +47,12 @@ def score_file(
     """(per-row scores, summary). Rows without a response or a target are listed as skipped with why."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    counter = counter or {"sl": "longwriter", "longen": "longen", "ruler": "ruler"}[metric]
     path = Path(path)
     if not path.is_file():
         raise InputError(f"file not found: {path}")
+    if metric == "lveval":
+        return _score_lveval(path, response_field)
+    counter = counter or {"sl": "longwriter", "longen": "longen", "ruler": "ruler"}[metric]
     rows, skipped = [], []
     for lineno, rec, problem, _ in records(path):
         where = f"{path}:{lineno}"
@@ -97,4 +99,43 @@ def score_file(
     if metric == "ruler" and rows:
         summary["pm"] = statistics.fmean(r["pm"] for r in rows)
         summary["fm"] = statistics.fmean(r["fm"] for r in rows)
+    return rows, summary
+
+
+def _score_lveval(path: Path, response_field: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """LV-Eval records with a prediction (`pred`, or --response-field), `answers`, `answer_keywords` (or the
+    reference's `gold_ans`) and `language`; grouped by `length` (the level) when present."""
+    from lendata.methods.lveval_metric import score
+
+    rows, skipped = [], []
+    for lineno, rec, problem, _ in records(path):
+        where = f"{path}:{lineno}"
+        if rec is None:
+            skipped.append(f"{where}: {problem}")
+            continue
+        pred = rec.get(response_field) if response_field else rec.get("pred", _response(rec, None))
+        answers = rec.get("answers")
+        if not isinstance(pred, str):
+            skipped.append(f"{where}: no prediction (`pred`, or set --response-field)")
+            continue
+        if isinstance(answers, str):
+            answers = [answers]
+        if not isinstance(answers, list) or not answers:
+            skipped.append(f"{where}: no `answers` list")
+            continue
+        lang = "zh" if str(rec.get("language", "")).startswith("zh") else "en"
+        keywords = rec.get("answer_keywords", rec.get("gold_ans"))
+        level = rec.get("level", rec.get("length")) or 0
+        rows.append({"source": where, "target": level, "words": L.count_words(pred, "longwriter"), "language": lang,
+                     "score": 100 * score(pred, [str(a) for a in answers], keywords or None, lang)})
+    by_level: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_level[r["target"]].append(r)
+    summary = {
+        "metric": "lveval", "counter": "longwriter", "rows": len(rows), "skipped": skipped,
+        "mean": statistics.fmean(r["score"] for r in rows) if rows else None,
+        "by_target": {t: {"rows": len(rs), "mean_words": statistics.fmean(r["words"] for r in rs),
+                          "mean_score": statistics.fmean(r["score"] for r in rs)}
+                      for t, rs in sorted(by_level.items(), key=lambda kv: str(kv[0]))},
+    }
     return rows, summary

@@ -1,0 +1,80 @@
+"""LV-Eval's keyword-recall gated F1 (METHODS.md §6), as the reference implements it.
+
+en: normalise (lower case, no punctuation, no articles, single spaces), split on spaces. If the item has
+answer keywords, the share of keyword tokens found in the prediction must reach 0.2, where matches on
+blacklisted function words do not count (the denominator is all keyword tokens); below it the score is 0.
+Otherwise the score is token F1 against the answer. zh: jieba tokens, each normalised (lower case, no
+punctuation, no spaces), empty ones removed; the keywords default to the answer and the gate is 0.4.
+An item's score is its best over its answers (the reference's loop stops after the first answer: a defect).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+
+BLACKLIST_EN = frozenset(
+    "and to of in her was with for it from is that his he by she they or at because be on are their what as had "
+    "were about being this who but have has when which does".split()
+)
+BLACKLIST_ZH = frozenset(
+    "的 和 是 等 在 年 可以 为 与 ‰ 了 或 一种 月 c 至 日 有 进行 于 不 中 × 根据 小 由 亩 也 要 指 法 会 元 主要 以及 "
+    "通过 首先 对 然后 号 以 所 后 丁 包括 无 将 用 能 形 方面 因素 位于 而 从 到 一定 用于 但 "
+    "使用 让 具有 并 亿元 万元 上 类 基于 才 来 地 片 其他 个 或者 变得 时 给 你 使 条 受 已经 带 度".split()
+)
+_ZH_PUNCT = ("！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】"
+             "〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏.")
+_ALL_PUNCT = set(string.punctuation + _ZH_PUNCT)
+THRESHOLD = {"en": 0.2, "zh": 0.4}
+
+
+def normalize_en(s: str) -> str:
+    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
+
+
+def normalize_zh(s: str) -> str:
+    return "".join("".join(ch for ch in s.lower() if ch not in _ALL_PUNCT).split())
+
+
+def tokens(text: str, lang: str) -> list[str]:
+    if lang == "zh":
+        import jieba
+
+        return [t for t in (normalize_zh(x) for x in jieba.cut(text, cut_all=False)) if t]
+    return normalize_en(text).split()
+
+
+def f1(pred: Sequence[str], gold: Sequence[str]) -> float:
+    same = sum((Counter(pred) & Counter(gold)).values())
+    if same == 0:
+        return 0.0
+    p, r = same / len(pred), same / len(gold)
+    return 2 * p * r / (p + r)
+
+
+def keyword_recall(pred: Sequence[str], keywords: Sequence[str], lang: str) -> float:
+    """Share of keyword tokens found in the prediction, matches on blacklisted words not counted."""
+    if not keywords:
+        return 0.0
+    black = BLACKLIST_ZH if lang == "zh" else BLACKLIST_EN
+    common = Counter(pred) & Counter(keywords)
+    return sum(n for t, n in common.items() if t not in black) / len(keywords)
+
+
+def score_one(prediction: str, answer: str, keywords: str | None, lang: str = "en") -> float:
+    """One prediction against one answer, in [0, 1]."""
+    pred, gold = tokens(prediction, lang), tokens(answer, lang)
+    if lang == "zh" and not keywords:
+        keywords = answer
+    if keywords:
+        if keyword_recall(pred, tokens(keywords, lang), lang) < THRESHOLD[lang]:
+            return 0.0
+    return f1(pred, gold)
+
+
+def score(prediction: str, answers: Sequence[str], keywords: str | None, lang: str = "en") -> float:
+    """An item's score: the best over its answers."""
+    return max((score_one(prediction, a, keywords, lang) for a in answers), default=0.0)

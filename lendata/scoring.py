@@ -40,6 +40,15 @@ def _target(rec: dict[str, Any], field: str | None):
     return None, None, None
 
 
+def _readable(path: Path, skipped: list[str]):
+    """(file:line, record) for each readable record; unreadable ones are added to `skipped` with why."""
+    for lineno, rec, problem, _ in records(path):
+        if rec is None:
+            skipped.append(f"{path}:{lineno}: {problem}")
+        else:
+            yield f"{path}:{lineno}", rec
+
+
 def score_file(
     path: str | Path, metric: str, target_field: str | None = None, response_field: str | None = None,
     counter: str | None = None,
@@ -54,11 +63,7 @@ def score_file(
         return _score_lveval(path, response_field)
     counter = counter or {"sl": "longwriter", "longen": "longen", "ruler": "ruler"}[metric]
     rows, skipped = [], []
-    for lineno, rec, problem, _ in records(path):
-        where = f"{path}:{lineno}"
-        if rec is None:
-            skipped.append(f"{where}: {problem}")
-            continue
+    for where, rec in _readable(path, skipped):
         text = _response(rec, response_field)
         ctype, target, upper = _target(rec, target_field)
         if not isinstance(text, str):
@@ -108,11 +113,7 @@ def _score_lveval(path: Path, response_field: str | None) -> tuple[list[dict[str
     from lendata.methods.lveval_metric import score
 
     rows, skipped = [], []
-    for lineno, rec, problem, _ in records(path):
-        where = f"{path}:{lineno}"
-        if rec is None:
-            skipped.append(f"{where}: {problem}")
-            continue
+    for where, rec in _readable(path, skipped):
         pred = rec.get(response_field) if response_field else rec.get("pred", _response(rec, None))
         answers = rec.get("answers")
         if not isinstance(pred, str):

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lendata.inputs import InputError, records
+from lendata.inputs import Bad, InputError, records
 
 
 @dataclass
@@ -37,7 +37,7 @@ class DocBatch:
 
 
 def _bad(source: str, reason: str, raw: str = "") -> dict[str, Any]:
-    return {"id": None, "stage": "input", "reason": reason, "source": source, "record": raw[:500]}
+    return Bad(source, reason, raw[:500]).as_quarantine()
 
 
 # a batch ends at `batch_docs` documents or this many characters, whichever comes first: tokenizers keeps

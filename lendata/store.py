@@ -207,6 +207,7 @@ class ShardWriter:
         self._writer: pq.ParquetWriter | None = None
         self._tmp: Path | None = None
         self._rows = 0
+        self._shards = 0  # this writer owns its directory, so it numbers the shards in it
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
@@ -234,7 +235,8 @@ class ShardWriter:
         with open(self._tmp, "rb+") as f:
             os.fsync(f.fileno())
         files = self.stage.splits.setdefault(self.split, {"rows": 0, "files": []})["files"]
-        rel = f"{self.dir}/part-{sum(f['path'].startswith(self.dir + '/') for f in files):05d}.parquet"
+        rel = f"{self.dir}/part-{self._shards:05d}.parquet"
+        self._shards += 1
         path = self.stage.path / rel
         os.replace(self._tmp, path)
         files.append({"path": rel, "rows": self._rows, "bytes": path.stat().st_size, "sha256": _sha256(path)})

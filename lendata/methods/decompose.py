@@ -180,9 +180,10 @@ class ConcatChunker:
         self.carry_docs = np.zeros(0, dtype=np.int64)  # lengths of the document segments in the carry
         self.next_id = 0
         self.schema = pa.schema([("seq_id", pa.int64()), ("documents", pa.int32()), ("tokens", pa.list_(ttype))])
-        self.pairs_within = 0  # causal (query, key) pairs inside one document, over all chunks
+        # causal (query, key) pairs inside one document over all chunks: sum of l(l-1)/2 over the (chunk,
+        # document) segments, which is also the numerator of the average context length
+        self.pairs_within = 0
         self.pairs_total = 0
-        self.context_sum = 0  # sum over segments of l(l-1)/2, for average context length
         self.tokens = 0
 
     def add(self, flat: np.ndarray, lengths: np.ndarray) -> pa.RecordBatch | None:
@@ -199,14 +200,12 @@ class ConcatChunker:
         pieces = np.diff(np.concatenate([[0], cuts]))
         chunk_of = (cuts - 1) // L
         docs_per_chunk = np.bincount(chunk_of, minlength=n).astype(np.int32)
-        within = pieces * (pieces - 1) // 2
-        self.context_sum += int(within.sum())
-        self.pairs_within += int(within.sum())
+        self.pairs_within += int((pieces * (pieces - 1) // 2).sum())
         self.pairs_total += n * (L * (L - 1) // 2)
         self.tokens += n * L
         np_type = numpy_type(self.ttype)
         tokens = pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * L),
-                                          pa.array(buf[: n * L].astype(np_type), type=self.ttype))
+                                          pa.array(buf[: n * L].astype(np_type, copy=False), type=self.ttype))
         batch = pa.RecordBatch.from_arrays(
             [pa.array(np.arange(self.next_id, self.next_id + n)), pa.array(docs_per_chunk), tokens],
             schema=self.schema)

@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from lendata.build import QUARANTINE_SCHEMA
 from lendata.corpus import DocBatch
 from lendata.methods.decompose import (
     ConcatChunker,
+    Pieces,
     Settings,
     bucket_schema,
     decompose_lengths,
@@ -27,15 +29,13 @@ DOCUMENTS_SCHEMA = pa.schema([
     ("doc_id", pa.int64()), ("source", pa.string()), ("tokens", pa.int64()), ("kept", pa.int64()),
     ("dropped", pa.int64()), ("pieces", pa.int32()),
 ])
-QUARANTINE_SCHEMA = pa.schema([("id", pa.string()), ("stage", pa.string()), ("reason", pa.large_string()),
-                               ("source", pa.string()), ("record", pa.large_string())])
 
 
-def check_batch(batch: pa.RecordBatch, k: int, s: Settings) -> None:
-    """Every sequence of bucket k has exactly size(k) tokens: a broken invariant is a bug, never data."""
-    lengths = np.diff(np.asarray(batch.column("tokens").offsets))
-    if lengths.size and (lengths.min() != s.size(k) or lengths.max() != s.size(k)):
-        raise AssertionError(f"bucket {k}: a sequence is not {s.size(k)} tokens long")
+def check_pieces(pieces: Pieces, lengths: np.ndarray, s: Settings) -> None:
+    """Every piece lies inside its own document: a broken invariant is a bug, never data."""
+    ends = pieces.offset + (np.int64(1) << pieces.log2.astype(np.int64)) + s.extra
+    if pieces.doc.size and ((pieces.offset < 0) | (ends > lengths[pieces.doc])).any():
+        raise AssertionError("a decomposed piece reaches outside its document")
 
 
 def decompose_corpus(
@@ -57,10 +57,10 @@ def decompose_corpus(
     for b in batches:
         ids = np.arange(n_docs, n_docs + b.lengths.size, dtype=np.int64)
         pieces = decompose_lengths(b.lengths, s, rng)
-        values = pa.array(b.flat.astype(numpy_type(ttype), copy=False), type=ttype)
-        for k, view in gather(values, b.starts, ids, pieces, s):
+        check_pieces(pieces, b.lengths, s)
+        flat = b.flat.astype(numpy_type(ttype), copy=False)  # once: buckets and baseline share it
+        for k, view in gather(pa.array(flat, type=ttype), b.starts, ids, pieces, s):
             rb = to_lists(view)
-            check_batch(rb, k, s)
             if k not in writers:
                 writers[k] = stage.writer("train", bucket_schema(ttype), f"bucket={k}", s.rows_per_shard)
             writers[k].write(rb)
@@ -70,7 +70,7 @@ def decompose_corpus(
             [pa.array(ids), pa.array(b.sources, pa.string()), pa.array(b.lengths), pa.array(b.lengths - pieces.dropped),
              pa.array(pieces.dropped), pa.array(per_doc)], schema=DOCUMENTS_SCHEMA))
         if chunker is not None and base is not None:
-            out = chunker.add(b.flat, b.lengths)
+            out = chunker.add(flat, b.lengths)
             if out is not None:
                 base.write(out)
         bad += b.bad
@@ -90,7 +90,7 @@ def decompose_corpus(
     if chunker is not None:
         stats["baseline"] = {
             "length": chunker.length, "sequences": chunker.next_id, "tokens": chunker.tokens,
-            "dropped_tokens": chunker.dropped, "context_sum": chunker.context_sum,
+            "dropped_tokens": chunker.dropped, "context_sum": chunker.pairs_within,
             "attention_pairs": chunker.pairs_total, "cross_document_pairs": chunker.pairs_total - chunker.pairs_within,
         }
     return stats

@@ -242,10 +242,17 @@ def _finished(res: Any, lang: str) -> str:
 # --- step 1: generate -------------------------------------------------------------------------------------
 
 
-def _max_tokens(engine: Engine, chats: list[tuple[dict[str, str], ...]], s: Settings) -> list[int]:
-    """What each call may generate: the setting, capped by the room left in the context window."""
+def _sampled(
+    engine: Engine, chats: list[tuple[dict[str, str], ...]], seeds: list[int], s: Settings, lora: str | None,
+    sample_index: int = 0,
+) -> list[Request]:
+    """Generation requests with the method's sampling; each may generate `max_tokens`, capped by the room
+    its prompt leaves in the context window."""
     prompt = estimate_prompt_tokens(engine, chats)
-    return [min(s.max_tokens, engine.context_window - p) for p in prompt]
+    return [Request(messages=c, max_tokens=max(1, min(s.max_tokens, engine.context_window - p)),
+                    temperature=s.temperature, top_p=s.top_p, repetition_penalty=s.repetition_penalty, seed=seed,
+                    sample_index=sample_index, lora=lora)
+            for c, p, seed in zip(chats, prompt, seeds, strict=True)]
 
 
 def generate(
@@ -266,11 +273,8 @@ def generate(
     for attempt in range(s.generate_attempts):
         if not pending:
             break
-        chats = [({"role": "user", "content": r.instruction},) for r in pending]
-        caps = _max_tokens(engine, chats, s)
-        reqs = [Request(messages=c, max_tokens=max(1, cap), temperature=s.temperature, top_p=s.top_p,
-                        repetition_penalty=s.repetition_penalty, seed=_seed(s.seed, r.id, "generate", attempt),
-                        sample_index=attempt, lora=lora) for r, c, cap in zip(pending, chats, caps, strict=True)]
+        reqs = _sampled(engine, [({"role": "user", "content": r.instruction},) for r in pending],
+                        [_seed(s.seed, r.id, "generate", attempt) for r in pending], s, lora, sample_index=attempt)
         still = []
         for r, res in zip(pending, engine.generate(reqs, on_result), strict=True):
             r.gen_attempts = attempt + 1
@@ -324,21 +328,15 @@ def extend(
     active = list(states)
     while active:
         # A: extend the first half, keep the head of what comes back
-        chats = [extend_chat(st.resp.instruction, first_half(st.current), st.resp.language) for st in active]
-        caps = _max_tokens(engine, chats, s)
         key = [(st.resp.id, st.attempt, st.round) for st in active]
-        reqs = [Request(messages=c, max_tokens=max(1, cap), temperature=s.temperature, top_p=s.top_p,
-                        repetition_penalty=s.repetition_penalty, seed=_seed(s.seed, *k, "A"), lora=lora)
-                for c, cap, k in zip(chats, caps, key, strict=True)]
+        chats = [extend_chat(st.resp.instruction, first_half(st.current), st.resp.language) for st in active]
+        reqs = _sampled(engine, chats, [_seed(s.seed, *k, "A") for k in key], s, lora)
         for st, res in zip(active, engine.generate(reqs, on_result), strict=True):
             head = keep_head(res.text, s.keep_share) if res.ok else ""
             st.prefix = head + "\n\n" if head else ""
         # B: the extend prompt over the whole text, continued after that head
         chats = [extend_chat(st.resp.instruction, st.current, st.resp.language, st.prefix) for st in active]
-        caps = _max_tokens(engine, chats, s)
-        reqs = [Request(messages=c, max_tokens=max(1, cap), temperature=s.temperature, top_p=s.top_p,
-                        repetition_penalty=s.repetition_penalty, seed=_seed(s.seed, *k, "B"), lora=lora)
-                for c, cap, k in zip(chats, caps, key, strict=True)]
+        reqs = _sampled(engine, chats, [_seed(s.seed, *k, "B") for k in key], s, lora)
         for st, res in zip(active, engine.generate(reqs, on_result), strict=True):
             out = (st.prefix + _finished(res, st.resp.language)).strip() if res.ok else ""
             _accept_round(st, out, res.error if not res.ok else None, s)
@@ -349,8 +347,10 @@ def extend(
 def _accept_round(st: _ExtendState, out: str, error: str | None, s: Settings) -> None:
     """A round counts only when its output passes the check and is longer than the current text."""
     why = error or checks.response_check(out, st.resp.language)
-    if why is None and words(out, s) <= words(st.current, s):
-        why = f"not longer ({words(out, s)} <= {words(st.current, s)} words)"
+    if why is None:
+        after, before = words(out, s), words(st.current, s)
+        if after <= before:
+            why = f"not longer ({after} <= {before} words)"
     st.log.append(why or "accepted")
     if why is None:
         st.current, st.accepted = out, st.accepted + 1

@@ -29,6 +29,7 @@ from lendata.paths import check_name
 
 MANIFEST = "manifest.json"
 AUTO = "auto"
+AUDIT_SPLITS = frozenset({"quarantine", "rejected"})  # what a build refused: input rows, generated candidates
 
 
 class StoreError(RuntimeError):
@@ -106,9 +107,10 @@ class Version:
         return self.manifest["splits"]
 
     def rows(self, split: str | None = None) -> int:
+        """Rows of one split, or of the data splits (not the audit splits `quarantine` and `rejected`)."""
         if split is not None:
             return self.splits[split]["rows"] if split in self.splits else 0
-        return sum(s["rows"] for name, s in self.splits.items() if name != "quarantine")
+        return sum(s["rows"] for name, s in self.splits.items() if name not in AUDIT_SPLITS)
 
     def files(self, split: str) -> list[Path]:
         return [self.path / f["path"] for f in self.splits[split]["files"]]
@@ -225,7 +227,9 @@ class ShardWriter:
         d = self.stage.path / self.dir
         d.mkdir(parents=True, exist_ok=True)
         self._tmp = d / f".shard-{uuid.uuid4().hex[:8]}.tmp"
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        # long texts (large_string) rarely repeat: a dictionary for them only costs memory while writing
+        plain = [f.name for f in self.schema if not pa.types.is_large_string(f.type)]
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd", use_dictionary=plain)
         self._rows = 0
 
     def _close_shard(self) -> None:

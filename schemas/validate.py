@@ -10,6 +10,7 @@ import pandera.errors
 import polars as pl
 import pyarrow as pa
 
+from schemas.lveval import LevelSchema
 from schemas.self_lengthen import InstructionsSchema, PairsSchema, QueriesSchema, ResponsesSchema
 from schemas.sft import SFTSchema
 
@@ -19,6 +20,7 @@ SCHEMAS = {
     "sl_responses": ResponsesSchema,
     "sl_pairs": PairsSchema,
     "sl_queries": QueriesSchema,
+    "lveval_level": LevelSchema,
 }
 
 

@@ -1,0 +1,220 @@
+"""LV-Eval's raw material: how context length is counted, and the pool of distractor documents.
+
+A context's length is counted in one unit: whitespace words (en), characters (zh) or tokens of a tokenizer.
+Every unit can also *cut* a text to its first n units, which is how the last distractor is trimmed so a
+context lands on its level. The pool holds at most what the longest level needs (times a margin), so memory
+stays bounded however large the distractor corpus is.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import re
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lendata.inputs import InputError
+
+SEP = "\n\n"  # between the documents of a context
+PYTHON_DOCS = "@python-docs"  # the running Python's reference topics and standard-library docstrings
+_RULE = re.compile(r"^\s*[*=~\-^]{3,}\s*$")
+_WORD = re.compile(r"\S+")
+
+
+def reflow(text: str) -> str:
+    """One line per paragraph, single spaces, underline rules dropped: a reference page as running prose."""
+    paras = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = [ln for ln in block.splitlines() if not _RULE.match(ln)]
+        para = " ".join(" ".join(lines).split())
+        if para:
+            paras.append(para)
+    return SEP.join(paras)
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha1(" ".join(text.split()).encode()).hexdigest()
+
+
+class Unit:
+    """Counts and cuts text in one unit; `sep` is what one SEP between documents adds to a count."""
+
+    name = "words"
+    sep = 0
+
+    def count(self, text: str) -> int:
+        # counted without building the list of words: for a 256k-word context that list is ~15 MB
+        return sum(1 for _ in _WORD.finditer(text))
+
+    def counts(self, texts: list[str]) -> list[int]:
+        return [self.count(t) for t in texts]
+
+    def cut(self, text: str, n: int) -> str:
+        """The first n units of `text` (n < count)."""
+        if n <= 0:
+            return ""
+        for i, m in enumerate(_WORD.finditer(text), start=1):
+            if i == n:
+                return text[: m.end()]
+        return text
+
+
+class Chars(Unit):
+    name = "chars"
+    sep = len(SEP)
+
+    def count(self, text: str) -> int:
+        return len(text)
+
+    def cut(self, text: str, n: int) -> str:
+        return text[: max(n, 0)]
+
+
+class Tokens(Unit):
+    name = "tokens"
+
+    def __init__(self, tokenizer_path: str | None = None):
+        from lendata.lengths import load_tokenizer
+
+        self.tok = load_tokenizer(tokenizer_path)
+        # what SEP costs between two documents, which can differ from SEP alone ("\n\n" is one token, but two
+        # after a full stop in SmolLM2's BPE)
+        self.sep = self.count(f"end.{SEP}Start") - self.count("end.") - self.count("Start")
+
+    def count(self, text: str) -> int:
+        return len(self.tok.encode(text, add_special_tokens=False).ids)
+
+    def counts(self, texts: list[str]) -> list[int]:
+        return [len(e.ids) for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def cut(self, text: str, n: int) -> str:
+        if n <= 0:
+            return ""
+        offsets = self.tok.encode(text, add_special_tokens=False).offsets
+        return text[: offsets[min(n, len(offsets)) - 1][1]]
+
+
+def make_unit(name: str, language: str, tokenizer: str | None = None) -> Unit:
+    """`auto`: words for en, characters for zh (LV-Eval's levels)."""
+    if name == "auto":
+        name = "chars" if language == "zh" else "words"
+    if name == "words":
+        return Unit()
+    if name == "chars":
+        return Chars()
+    if name == "tokens":
+        return Tokens(tokenizer)
+    raise ValueError(f"unknown length unit {name!r}; choose auto, words, chars or tokens")
+
+
+def parse_level(level: int | str) -> int:
+    """`16k` -> 16000 (LV-Eval's levels are thousands of words), `2048` -> 2048."""
+    s = str(level).strip().lower().replace("_", "")
+    mult = 1000 if s.endswith("k") else 1
+    try:
+        value = int(float(s[:-1] if mult > 1 else s) * mult)
+    except ValueError:
+        raise ValueError(f"level {level!r} is not a length such as 16k or 20000") from None
+    if value <= 0:
+        raise ValueError(f"level {level!r} must be positive")
+    return value
+
+
+def level_name(level: int | str) -> str:
+    n = parse_level(level)
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+@dataclass
+class Pool:
+    """Distractor documents with their sizes in the build's unit and a hash to exclude an item's own evidence."""
+
+    texts: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    hashes: list[str] = field(default_factory=list)
+    bad: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return int(self.sizes.sum())
+
+
+def python_docs() -> Iterator[tuple[str, str]]:
+    """(source, text): the Language Reference topics, then each standard-library module's docstrings.
+
+    Real English prose on every machine that has Python; the module files are parsed, never imported.
+    """
+    import pydoc_data.topics
+
+    for key in sorted(pydoc_data.topics.topics):
+        yield f"pydoc_data.topics:{key}", reflow(pydoc_data.topics.topics[key])
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(root.glob("**/*.py")):
+        if "site-packages" in path.parts:
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+        docs = [ast.get_docstring(n) for n in ast.walk(tree) if isinstance(n, kinds)]
+        docs = [reflow(d) for d in docs if d and len(d.split()) >= 15]
+        if sum(len(d.split()) for d in docs) >= 100:
+            yield str(path.relative_to(root)), SEP.join(docs)
+
+
+def _corpus_docs(path: Path, text_field: str, glob: str) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+    from lendata.corpus import text_batches
+
+    for sources, texts, bad in text_batches(path, text_field=text_field, glob=glob, batch_docs=512):
+        for s, t in zip(sources, texts, strict=True):
+            yield s, t, []
+        if bad:
+            yield "", "", bad
+
+
+def read_pool(source: str | Path, unit: Unit, cap: int, text_field: str = "text", glob: str = "**/*.txt",
+              min_size: int = 20) -> Pool:
+    """Distractor documents in corpus order until their total reaches `cap` units (or the corpus ends).
+
+    Documents under `min_size` units are skipped (headers, stubs); unreadable ones are kept as quarantine
+    records in `pool.bad`.
+    """
+    if str(source) == PYTHON_DOCS:
+        docs: Iterator[tuple[str, str, list[dict[str, Any]]]] = ((s, t, []) for s, t in python_docs())
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise InputError(f"distractor corpus not found: {path}")
+        docs = _corpus_docs(path, text_field, glob)
+    pool = Pool()
+    sizes: list[int] = []
+    batch: list[tuple[str, str]] = []
+
+    def flush() -> None:
+        for (src, text), size in zip(batch, unit.counts([t for _, t in batch]), strict=True):
+            if size >= min_size:
+                pool.texts.append(text)
+                pool.sources.append(src)
+                pool.hashes.append(text_hash(text))
+                sizes.append(size)
+        batch.clear()
+
+    for src, text, bad in docs:
+        pool.bad.extend(bad)
+        if text.strip():
+            batch.append((src, text))
+        if len(batch) >= 256:
+            flush()
+            if sum(sizes) >= cap:
+                break
+    flush()
+    pool.sizes = np.asarray(sizes, dtype=np.int64)
+    return pool

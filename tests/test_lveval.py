@@ -129,6 +129,7 @@ def test_subject_terms_tie_question_to_evidence_without_the_answer():
     ("The Zorvan Bridge " + "was widened again and again " * 15, "too long"),
     ("] Question: who repainted the Zorvan Bridge at Tessport in 1931?", "does not start a sentence"),
     ("The Zorvan Bridge at Tessport. Question: who repainted it in 1931?", "echoes the prompt"),
+    ("In the Zorvan Bridge at Tessport, the council repainted a", "ends mid-sentence"),
     ("The Zorvan Bridge is a placeholder. The Zorvan Bridge is a placeholder. The Zorvan Bridge is a placeholder.",
      "repeats itself"),
 ])

@@ -147,3 +147,21 @@ def test_256k_contexts_are_streamed_not_held_in_memory(tmp_path):
     assert eight < 24 * context, (one, eight)
     # holding the eight records of the level (the batch is one 256k record) would add ~35 copies
     assert eight - one < 4 * context, (one, eight)
+
+
+def test_engine_proposed_replacements_from_the_embedded_model_obey_every_rule(tmp_path):
+    report = build(tmp_path / "store", "levels=[4k]", "n=4", "kpr=engine", "facts_per_item=0")
+    assert report["engine_calls"] == 4 and report["rows"] == 4
+    v = st.open_version(tmp_path / "store", "lveval")
+    seeds = {it.id: it for it in lv.read_items(REPO / "pipelines/data/lveval_seeds.jsonl").rows}
+    for r in v.read("4k").to_pylist():
+        item = seeds[r["item_id"]]
+        assert all(a in r["context"] for a in r["answers"])
+        for x in r["replacements"]:  # whatever the model proposed, what was applied passed the checks
+            assert not lv.shares_characters(x["original"], x["replacement"])
+            assert lv.contains_term(" ".join(item.documents), x["original"], "en")
+            assert x["replacement"] in r["context"]
+    rejected = [q for q in v.read("rejected").to_pylist() if q["stage"] == "kpr"]
+    applied = sum(len(r["replacements"]) for r in v.read("4k").to_pylist())
+    assert applied + len(rejected) >= 1  # the model proposed something, and each entry was either used or refused
+    assert all(q["reason"] for q in rejected)

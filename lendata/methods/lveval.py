@@ -221,7 +221,7 @@ def fact_problem(fact: str, item: Item, s: Settings, subjects: set[str], evidenc
         return f"too long ({size} > {s.max_fact_words} words): a fact is a sentence or two"
     if not (fact[0].isalnum() or fact[0] in "\"'“‘「《"):
         return f"does not start a sentence ({fact[:20]!r})"
-    words = re.findall(r"[a-z']+", fact.lower()) if lang == "en" else []
+    words = re.findall(r"[a-z0-9']+", fact.lower()) if lang == "en" else []
     if words and words[-1] in STOP_EN - {"it", "them", "him", "us", "you", "this", "that", "these", "those"}:
         return f"ends mid-sentence ({words[-1]!r})"
     if _ECHO.search(fact):

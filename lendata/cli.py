@@ -255,28 +255,45 @@ def score(
 
 @app.command()
 def report(
-    ref: str = typer.Argument(..., help="DATASET or DATASET@VERSION of a decompose build"),
-    png: Path = typer.Option(None, "--png", help="histogram file (default: <store>/_work/<ds>/report-<ver>.png)"),
-    as_json: bool = typer.Option(False, "--json", help="print the statistics as JSON"),
+    ref: str = typer.Argument(..., help="DATASET or DATASET@VERSION"),
+    out_dir: Path = typer.Option(None, "--to", help="folder for index.html and the PNGs "
+                                                     "(default: <store>/_work/<dataset>/report-<version>)"),
+    as_json: bool = typer.Option(False, "--json", help="print the figures as JSON"),
     store: StoreOpt = None,
 ) -> None:
-    """Statistics of a decomposition: token share per bucket, average sequence and context length,
-    attention cost against concat-and-chunk, cross-document attention; and a PNG histogram."""
-    import json
-
+    """An HTML page and PNG plots: length histograms per split (words, tokens), target vs produced length,
+    quarantine reasons, truncation and repetition rates; for a decompose build also its bucket statistics."""
     from lendata import store as st
     from lendata.methods.decompose_report import histogram, report_data
-    from lendata.paths import work_dir
+    from lendata.report import render
 
     root = _store(store)
     try:
-        data = report_data(st.open_version(root, ref))
+        version = st.open_version(root, ref)
     except (st.StoreError, ValueError) as e:
         _fail(str(e))
-    target = histogram(data, png or work_dir(root) / data["dataset"] / f"report-{data['version']}.png")
+    data = render(version, root, out_dir)
+    if "decomposition" in version.manifest:
+        dd = report_data(version)
+        data["decomposition"] = dd
+        data["plots"].append(str(histogram(dd, Path(data["html"]).parent / "buckets.png")))
     if as_json:
-        print(json.dumps({**data, "png": str(target)}))
+        print(json.dumps(data, default=str))
         return
+    t = Table("split", "rows", "main text", "truncated", "repetition", "produced/target (median)")
+    for split, s in data["splits"].items():
+        fit = s.get("target_vs_produced")
+        t.add_row(split, f"{s['rows']:,}", str(s.get("column", "")), str(s.get("truncation_rate", "—")),
+                  str(s.get("repetition_rate", "—")), f"{fit['median_ratio']:.2f}" if fit else "—")
+    out.print(t)
+    if data["rejections"]:
+        out.print("rejections: " + "; ".join(f"{r} ({n})" for r, n in list(data["rejections"].items())[:6]))
+    if "decomposition" in data:
+        _print_decomposition(data["decomposition"])
+    out.print(f"report: {data['html']}")
+
+
+def _print_decomposition(data: dict) -> None:
     s = data["summary"]
     t = Table("bucket", "tokens/seq", "sequences", "tokens", "share")
     for k, v in sorted(data["buckets"].items(), key=lambda kv: int(kv[0])):
@@ -293,7 +310,6 @@ def report(
         out.print(f"baseline concat-and-chunk at {b['length']:,}: average context length "
                   f"{b['avg_context_length']:,}; cross-document attention "
                   f"{b['cross_document_attention_share']:.1%} of attention pairs")
-    out.print(f"histogram: {target}")
 
 
 @app.command("convert-model")
@@ -309,3 +325,5 @@ def convert_model(
 
 def main() -> None:  # pragma: no cover
     app()
+
+from lendata import cli_versions  # noqa: E402,F401  (registers show, diff, export)

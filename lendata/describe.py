@@ -30,7 +30,7 @@ def text_columns(version: st.Version, split: str) -> dict[str, str]:
         if kind in ("string", "large_string"):
             cols[name] = q
         elif name == "messages" and kind.startswith(("list<", "large_list<")) and "content" in kind:
-            cols["messages[assistant]"] = (f"list_filter({q}, m -> m.role = 'assistant')[-1].content")
+            cols["messages[assistant]"] = (f"list_filter({q}, lambda m: m.role = 'assistant')[-1].content")
     return cols
 
 

@@ -123,6 +123,15 @@ class Version:
             return pa.schema([]).empty_table()
         return pa.concat_tables([_with_partitions(pq.read_table(self.path / f["path"]), f["path"]) for f in files])
 
+    def read_file(self, split: str, index: int) -> pa.Table:
+        """One shard of a split, with its hive partition columns."""
+        return _read_shard(self, split, index)
+
+
+def _read_shard(version: Version, split: str, index: int) -> pa.Table:
+    rel = version.splits[split]["files"][index]["path"]
+    return _with_partitions(pq.read_table(version.path / rel), rel)
+
 
 def partitions(rel: str) -> dict[str, str]:
     """Hive partition values in a shard's path: `train/bucket=8/part-00000.parquet` -> {"bucket": "8"}."""

@@ -67,16 +67,16 @@ def test_rerun_is_the_same_version_and_report_prints_the_metrics(built, tmp_path
     store, first = built
     again = build(store)
     assert again.unchanged and again.version == first.version
-    png = tmp_path / "h.png"
-    res = CliRunner().invoke(app, ["report", "decompose", "--store", str(store), "--png", str(png), "--json"])
+    res = CliRunner().invoke(app, ["report", "decompose", "--store", str(store), "--to", str(tmp_path), "--json"])
     assert res.exit_code == 0, res.output
-    data = json.loads(res.output)
+    data = json.loads(res.stdout)["decomposition"]
     share = data["summary"]["token_share"]
     assert set(share) == {f"D{k}" for k in range(6, 11)} and abs(sum(share.values()) - 1) < 1e-3
     assert data["summary"]["cross_document_attention"] == 0
     assert 0 < data["summary"]["baseline"]["cross_document_attention_share"] < 1
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    text = CliRunner().invoke(app, ["report", "decompose", "--store", str(store), "--png", str(png)]).output
+    assert (tmp_path / "buckets.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "index.html").is_file()
+    text = CliRunner().invoke(app, ["report", "decompose", "--store", str(store), "--to", str(tmp_path)]).output
     assert "average context length" in text and "D10" in text
 
 

@@ -1,0 +1,118 @@
+"""Hugging Face Hub layout: `data/<split>-NNNNN-of-NNNNN.parquet` plus a `README.md` dataset card whose YAML
+`configs` lists the splits, so `datasets.load_dataset(DIR)` (or the Hub repo) loads every split as it is."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lendata import store as st
+from lendata.describe import describe
+
+SKIP_SPLITS = {"quarantine", "rejected"}  # audit trail, not data: they stay in the store
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def size_category(rows: int) -> str:
+    """The Hub's `size_categories` tag for a row count."""
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+    return next((tag for bound, tag in bounds if rows < bound), "n>1B")
+
+
+TASKS = {  # recipe -> (task_categories, tags)
+    "agentwrite": (["text-generation"], ["long-output", "sft", "agentwrite"]),
+    "direct": (["text-generation"], ["long-output", "sft"]),
+    "self_lengthen": (["text-generation"], ["long-output", "sft", "self-lengthen"]),
+    "decompose": (["text-generation"], ["pretraining", "variable-sequence-length", "dataset-decomposition"]),
+    "lveval": (["question-answering"], ["long-context", "lv-eval"]),
+    "longwrite_ruler": (["text-generation"], ["long-output", "evaluation"]),
+}
+
+
+def card(version: st.Version, files: dict[str, list[str]], stats: dict[str, Any], licence: str,
+         plots: list[str]) -> str:
+    m = version.manifest
+    recipe = m.get("recipe") or "unknown"
+    tasks, tags = TASKS.get(recipe, (["text-generation"], []))
+    header = {
+        "license": licence,
+        "task_categories": tasks,
+        "tags": ["lendata", *tags],
+        "size_categories": [size_category(version.rows())],
+        "configs": [{"config_name": "default",
+                     "data_files": [{"split": split, "path": f"data/{split}-*.parquet"} for split in files]}],
+    }
+    lines = [
+        "---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
+        f"# {version.dataset} {version.version}", "",
+        f"Built by [lendata](https://github.com/) with the `{recipe}` recipe.", "",
+        "| | |", "|---|---|",
+        f"| version | {version.version} |",
+        f"| created | {m.get('created', '')} |",
+        f"| engine | {m.get('engine') or '—'} |",
+        f"| model | {m.get('model') or '—'} |",
+        f"| content hash | `{m.get('content_hash', '')}` |",
+        "", "## Splits", "", "| split | rows | files |", "|---|---|---|",
+        *[f"| {s} | {stats['splits'][s]['rows']:,} | {len(f)} |" for s, f in files.items()],
+        "", "## Lengths (words)", "", "| split | column | rows | mean | p10 | p50 | p90 | max |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for split in files:
+        for col, ls in stats["splits"][split]["lengths"].items():
+            if ls.get("rows") and ls.get("p90_words", 0) > 1:  # skip ids, labels and other one-word columns
+                lines.append(f"| {split} | {col} | {ls['rows']:,} | {ls['mean_words']:,} | {ls['p10_words']:,} | "
+                             f"{ls['p50_words']:,} | {ls['p90_words']:,} | {ls['max_words']:,} |")
+    lines += ["", *([f"![{Path(p).stem}]({p})" for p in plots]), "",
+              "## Recipe", "", "```json",
+              json.dumps(m.get("recipe_settings", {}), indent=2, ensure_ascii=False, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def export(version: st.Version, target: Path, licence: str = "other", plots: list[Path] | None = None,
+           overwrite: bool = False) -> dict[str, Any]:
+    """Write the Hub layout of `version` into `target`, atomically (a half-written folder is never left)."""
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise ExportError(f"{target} is not empty (pass --overwrite to replace it)")
+    splits = [s for s in version.splits if s not in SKIP_SPLITS and version.splits[s]["files"]]
+    if not splits:
+        raise ExportError(f"{version.dataset}@{version.version} has no data split to export")
+    stats = describe(version)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+    (tmp / "data").mkdir(parents=True)
+    try:
+        files: dict[str, list[str]] = {}
+        for split in splits:
+            sources = version.files(split)
+            n = len(sources)
+            files[split] = []
+            for i, src in enumerate(sources):
+                rel = f"data/{split}-{i:05d}-of-{n:05d}.parquet"
+                if st.partitions(version.splits[split]["files"][i]["path"]):
+                    # hive partition values live in the path: write them into the file, the Hub has no paths
+                    st.write_parquet_atomic(version.read_file(split, i), tmp / rel)
+                else:
+                    shutil.copyfile(src, tmp / rel)
+                files[split].append(rel)
+        copied = []
+        for p in plots or []:
+            (tmp / "plots").mkdir(exist_ok=True)
+            shutil.copyfile(p, tmp / "plots" / p.name)
+            copied.append(f"plots/{p.name}")
+        (tmp / "README.md").write_text(card(version, files, stats, licence, copied), encoding="utf-8")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"path": str(target), "splits": {s: stats["splits"][s]["rows"] for s in splits},
+            "files": sum(len(f) for f in files.values()) + 1 + len(plots or [])}

@@ -1,0 +1,199 @@
+"""`lendata report`: an HTML page and PNG plots for any version: length histograms per split (words and tokens),
+target against produced length where a target exists, quarantine reasons, truncation and repetition rates."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from lendata import store as st
+from lendata.describe import _files, _length_sql, describe, text_columns
+from lendata.paths import work_dir
+
+TOKEN_SAMPLE_CHARS = 4_000_000  # text tokenised per split for the token histogram (a sample on big splits)
+REPEAT_SAMPLE = 2_000  # rows per split checked for repetition loops
+TARGETS = [("target_words", "response_words"), ("level_length", "length")]  # (target, produced) column pairs
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on build machines
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, png: Path) -> str:
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=100)
+    _plt().close(fig)
+    tmp.replace(png)
+    return str(png)
+
+
+def main_column(split_stats: dict[str, Any]) -> str | None:
+    """The split's long text: the text column with the most words on average."""
+    cols = [(ls.get("mean_words", 0), c) for c, ls in split_stats["lengths"].items() if ls.get("rows")]
+    return max(cols)[1] if cols else None
+
+
+def _token_counts(texts: list[str]) -> np.ndarray:
+    from lendata.lengths import count_tokens
+
+    return np.asarray(count_tokens(texts), dtype=np.int64)
+
+
+def split_lengths(con, version: st.Version, split: str, expr: str) -> dict[str, Any]:
+    source = _files(version, split)
+    words = con.execute(f"SELECT {_length_sql(expr, 'words')} AS w FROM {source}").fetchnumpy()["w"]
+    sample, chars = [], 0
+    for (text,) in con.execute(f"SELECT {expr} FROM {source} USING SAMPLE reservoir(5000 ROWS) REPEATABLE (0)"
+                               ).fetchall():
+        if text is None or chars > TOKEN_SAMPLE_CHARS:
+            continue
+        sample.append(text)
+        chars += len(text)
+    from lendata.methods.budget import language_of
+    from lendata.methods.checks import default_n, max_ngram_repeats
+
+    repeats = 0
+    for text in sample[:REPEAT_SAMPLE]:
+        lang = language_of(text[:2000])
+        repeats += max_ngram_repeats(text, default_n(lang), lang)[0] >= 3
+    return {"words": np.asarray(words, dtype=np.int64), "tokens": _token_counts(sample) if sample else None,
+            "token_sample": len(sample), "repetition_rate": round(repeats / len(sample[:REPEAT_SAMPLE]), 4)
+            if sample else None}
+
+
+def _histograms(title: str, lengths: dict[str, Any], png: Path) -> str:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key, label in ((axes[0], "words", "words"), (axes[1], "tokens", "tokens (sample)")):
+        values = lengths[key]
+        if values is None or not len(values):
+            ax.set_axis_off()
+            continue
+        ax.hist(values, bins=min(50, max(5, len(np.unique(values)))), color="#4c72b0")
+        ax.set_xlabel(label)
+        ax.set_ylabel("rows")
+        ax.set_title(f"{label}: mean {values.mean():,.0f}, p50 {np.median(values):,.0f}, n={len(values):,}",
+                     fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, png)
+
+
+def _targets(con, version: st.Version, split: str, cols: tuple[str, str], png: Path) -> tuple[str, dict]:
+    target, produced = cols
+    rows = con.execute(f'SELECT "{target}", "{produced}" FROM {_files(version, split)}').fetchnumpy()
+    t, p = rows[target].astype(float), rows[produced].astype(float)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.scatter(t, p, s=10, alpha=0.6, color="#4c72b0")
+    top = float(max(t.max(), p.max())) if len(t) else 1.0
+    ax.plot([0, top], [0, top], color="#999", lw=1, ls="--", label="produced = target")
+    ax.set_xlabel(target)
+    ax.set_ylabel(produced)
+    ax.legend(fontsize=8)
+    ratio = p / np.maximum(t, 1)
+    ax.set_title(f"{split}: produced/target median {np.median(ratio):.2f}", fontsize=9)
+    return _save(fig, png), {"rows": int(len(t)), "median_ratio": round(float(np.median(ratio)), 4),
+                             "within_10pct": round(float(np.mean(np.abs(ratio - 1) <= 0.1)), 4)}
+
+
+def _reasons(version: st.Version) -> Counter:
+    reasons: Counter = Counter()
+    for split in ("quarantine", "rejected"):
+        if version.rows(split):
+            for r in version.read(split).column("reason").to_pylist():
+                reasons[f"{split}: {str(r).split(':')[0].split('(')[0].strip()[:60]}"] += 1
+    return reasons
+
+
+def _reasons_plot(reasons: Counter, png: Path) -> str:
+    plt = _plt()
+    top = reasons.most_common(12)[::-1]
+    fig, ax = plt.subplots(figsize=(9, 0.4 * len(top) + 1.2))
+    ax.barh([r for r, _ in top], [n for _, n in top], color="#c44e52")
+    ax.set_xlabel("rows")
+    ax.tick_params(axis="y", labelsize=8)
+    return _save(fig, png)
+
+
+def render(version: st.Version, root: Path, out_dir: Path | None = None) -> dict[str, Any]:
+    """Write `index.html`, `report.json` and the PNGs; return their paths and the figures they show."""
+    out_dir = out_dir or work_dir(root) / version.dataset / f"report-{version.version}"
+    stats = describe(version)
+    data: dict[str, Any] = {"dataset": version.dataset, "version": version.version, "splits": {}, "plots": []}
+    con = duckdb.connect(":memory:")
+    try:
+        for split, s in stats["splits"].items():
+            if split in st.AUDIT_SPLITS or not s["rows"]:
+                continue
+            entry: dict[str, Any] = {"rows": s["rows"]}
+            col = main_column(s)
+            if col:
+                lengths = split_lengths(con, version, split, text_columns(version, split)[col])
+                entry.update(column=col, repetition_rate=lengths["repetition_rate"],
+                             token_sample=lengths["token_sample"])
+                data["plots"].append(_histograms(f"{version.dataset}@{version.version} {split}: {col}", lengths,
+                                                 out_dir / f"lengths-{split}.png"))
+            if "finish_reason" in s["schema"]:
+                (share,) = con.execute(f"SELECT avg((finish_reason = 'length')::INT) FROM "
+                                       f"{_files(version, split)}").fetchone()
+                entry["truncation_rate"] = round(share or 0.0, 4)
+            for pair in TARGETS:
+                if all(c in s["schema"] for c in pair):
+                    png, fit = _targets(con, version, split, pair, out_dir / f"target-{split}.png")
+                    data["plots"].append(png)
+                    entry["target_vs_produced"] = {"columns": list(pair), **fit}
+                    break
+            data["splits"][split] = entry
+    finally:
+        con.close()
+    reasons = _reasons(version)
+    data["rejections"] = dict(reasons.most_common())
+    if reasons:
+        data["plots"].append(_reasons_plot(reasons, out_dir / "rejections.png"))
+    (out_dir / "report.json").write_text(json.dumps({**data, "describe": stats}, indent=2, default=str))
+    data["html"] = str(_html(version, stats, data, out_dir / "index.html"))
+    return data
+
+
+def _html(version: st.Version, stats: dict[str, Any], data: dict[str, Any], path: Path) -> Path:
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(split)}</td><td>{s['rows']:,}</td><td>{e(str(s.get('column', '')))}</td>"
+        f"<td>{s.get('truncation_rate', '—')}</td><td>{s.get('repetition_rate', '—')}</td>"
+        f"<td>{e(json.dumps(s.get('target_vs_produced', '—')))}</td></tr>" for split, s in data["splits"].items())
+    lengths = "".join(
+        f"<tr><td>{e(split)}</td><td>{e(col)}</td><td>{ls['rows']:,}</td><td>{ls['mean_words']:,}</td>"
+        f"<td>{ls['p50_words']:,}</td><td>{ls['p90_words']:,}</td><td>{ls['max_words']:,}</td></tr>"
+        for split, s in stats["splits"].items() for col, ls in s["lengths"].items() if ls.get("rows"))
+    reasons = "".join(f"<tr><td>{e(r)}</td><td>{n:,}</td></tr>" for r, n in data["rejections"].items())
+    images = "".join(f'<p><img src="{e(Path(p).name)}" alt="{e(Path(p).stem)}"></p>' for p in data["plots"])
+    m = version.manifest
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(version.dataset)}@{e(version.version)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
+padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}</style></head><body>
+<h1>{e(version.dataset)}@{e(version.version)}</h1>
+<p>recipe {e(str(m.get('recipe')))} · engine {e(str(m.get('engine')))} · model {e(str(m.get('model')))} ·
+created {e(str(m.get('created')))} · content hash <code>{e(str(m.get('content_hash')))}</code></p>
+<h2>Splits</h2><table><tr><th>split</th><th>rows</th><th>main text</th><th>truncated</th><th>repetition</th>
+<th>target vs produced</th></tr>{rows}</table>
+<h2>Lengths (words)</h2><table><tr><th>split</th><th>column</th><th>rows</th><th>mean</th><th>p50</th><th>p90</th>
+<th>max</th></tr>{lengths}</table>
+<h2>Quarantine and rejections</h2><table><tr><th>reason</th><th>rows</th></tr>{reasons or
+'<tr><td>none</td><td>0</td></tr>'}</table>
+<h2>Plots</h2>{images}</body></html>"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,130 @@
+"""`lendata show`, `diff`, `report` and `export` on real committed versions (Parquet, DuckDB, datasets)."""
+
+import json
+
+import pyarrow as pa
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from lendata import store as st
+from lendata.cli import app
+from lendata.describe import ks_statistic
+
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+def sft(n, words, finish=None, extra=None):
+    rows = {
+        "id": [f"r{i}" for i in range(n)],
+        "messages": pa.array([[{"role": "user", "content": f"write {w} words"},
+                               {"role": "assistant", "content": " ".join(["word"] * w)}] for w in words], MESSAGES),
+        "target_words": pa.array([100] * n, pa.int32()),
+        "response_words": pa.array(words, pa.int32()),
+        "finish_reason": finish or ["stop"] * n,
+        **(extra or {}),
+    }
+    return pa.table(rows)
+
+
+@pytest.fixture
+def store(tmp_path):
+    q = pa.table({"id": ["x", "y", "z"], "stage": ["input"] * 3, "reason": ["invalid JSON: x", "invalid JSON: y",
+                                                                            "too short (3 < 5)"],
+                  "source": ["f:1", "f:2", "f:3"], "record": ["", "", ""]})
+    st.commit(tmp_path, "ds", {"train": sft(4, [100, 90, 110, 80], ["stop", "length", "stop", "stop"]),
+                               "quarantine": q}, meta={"recipe": "direct", "engine": "llamacpp", "model": "m"})
+    st.commit(tmp_path, "ds", {"train": sft(6, [300, 310, 290, 305, 295, 300],
+                                            extra={"language": ["en"] * 6}),
+                               "test": sft(2, [50, 60])}, meta={"recipe": "direct"})
+    return tmp_path
+
+
+def run(*args):
+    res = CliRunner().invoke(app, [*args])
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def test_show_gives_schema_rows_and_lengths(store):
+    d = json.loads(run("show", "ds@0.1.0", "--store", str(store), "--json").stdout)
+    train = d["splits"]["train"]
+    assert train["rows"] == 4 and train["schema"]["target_words"] == "int32"
+    ls = train["lengths"]["messages[assistant]"]
+    assert ls["mean_words"] == 95.0 and ls["min_words"] == 80 and ls["max_words"] == 110
+    assert d["splits"]["quarantine"]["rows"] == 3
+    text = run("show", "ds", "--store", str(store)).output
+    assert "ds@0.1.1" in text and "messages" in text and "110" not in text  # latest: 300 words
+
+
+def test_diff_reports_rows_schema_and_length_shift(store):
+    d = json.loads(run("diff", "ds@0.1.0", "ds@0.1.1", "--store", str(store), "--json").stdout)
+    train = d["splits"]["train"]
+    assert (train["rows_a"], train["rows_b"]) == (4, 6)
+    assert train["added_columns"] == {"language": "string"} and train["removed_columns"] == {}
+    shift = train["length_shift"]["messages[assistant]"]
+    assert shift["mean_words"] == [95.0, 300.0] and shift["ks"] == 1.0  # no overlap at all
+    assert d["splits"]["test"]["rows_a"] is None and not d["same_content"]
+    assert "1.000" in run("diff", "ds@0.1.0", "ds@0.1.1", "--store", str(store)).output
+
+
+def test_ks_statistic():
+    import numpy as np
+
+    a = np.sort(np.arange(100.0))
+    assert ks_statistic(a, a) == 0.0 and ks_statistic(a, a + 1000) == 1.0
+    assert 0.45 < ks_statistic(a, a + 50) <= 0.5
+
+
+def test_report_writes_html_and_plots_with_the_rates(store, tmp_path):
+    out = tmp_path / "rep"
+    data = json.loads(run("report", "ds@0.1.0", "--store", str(store), "--to", str(out), "--json").stdout)
+    train = data["splits"]["train"]
+    assert train["truncation_rate"] == 0.25 and train["column"] == "messages[assistant]"
+    assert train["target_vs_produced"]["median_ratio"] == 0.95 and train["target_vs_produced"]["within_10pct"] == 0.5
+    assert train["repetition_rate"] == 1.0  # "word word word ..." is one long loop
+    assert data["rejections"] == {"quarantine: invalid JSON": 2, "quarantine: too short": 1}
+    for name in ("lengths-train.png", "target-train.png", "rejections.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    page = (out / "index.html").read_text()
+    assert "ds@0.1.0" in page and 'src="lengths-train.png"' in page and "invalid JSON" in page
+
+
+def test_export_is_loadable_by_datasets_offline(store, tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    target = tmp_path / "hub"
+    run("export", "ds@0.1.1", str(target), "--store", str(store), "--license", "apache-2.0")
+    assert sorted(p.name for p in (target / "data").iterdir()) == [
+        "test-00000-of-00001.parquet", "train-00000-of-00001.parquet"]
+    text = (target / "README.md").read_text()
+    header = yaml.safe_load(text.split("---")[1])
+    assert header["license"] == "apache-2.0" and header["size_categories"] == ["n<1K"]
+    assert {c["split"] for c in header["configs"][0]["data_files"]} == {"train", "test"}
+    assert "quarantine" not in text.split("## Splits")[1].split("##")[0]
+    assert "![lengths-train](plots/lengths-train.png)" in text and (target / "plots/lengths-train.png").is_file()
+    loaded = datasets.load_dataset(str(target))
+    v = st.open_version(store, "ds@0.1.1")
+    assert {s: loaded[s].num_rows for s in loaded} == {"train": v.rows("train"), "test": v.rows("test")}
+    assert loaded["train"][0]["messages"][1]["role"] == "assistant"
+    res = CliRunner().invoke(app, ["export", "ds@0.1.1", str(target), "--store", str(store)])
+    assert res.exit_code == 1 and "not empty" in res.output
+
+
+def test_export_writes_hive_partitions_into_the_files(tmp_path):
+    with st.Stage(tmp_path, "dd") as stage:
+        for k in (8, 9):
+            w = stage.writer("train", pa.schema([("tokens", pa.list_(pa.uint16()))]), partition=f"bucket={k}")
+            w.write(pa.table({"tokens": pa.array([[1] * (1 << k)] * 3, pa.list_(pa.uint16()))}))
+            w.close()
+        stage.publish()
+    target = tmp_path / "hub"
+    run("export", "dd", str(target), "--store", str(tmp_path), "--no-plots")
+    header = yaml.safe_load((target / "README.md").read_text().split("---")[1])
+    assert header["configs"][0]["data_files"] == [{"split": "train", "path": "data/train-*.parquet"}]
+    import pyarrow.parquet as pq
+
+    table = pa.concat_tables(pq.read_table(p) for p in sorted((target / "data").iterdir()))
+    assert sorted(table.column("bucket").to_pylist()) == [8, 8, 8, 9, 9, 9]

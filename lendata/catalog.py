@@ -2,7 +2,8 @@
 
 Views: `<dataset>` is the latest version's `train` split, `<dataset>__<split>` its other splits, and
 `"<dataset>@<version>"` / `"<dataset>@<version>/<split>"` any committed version. `lendata_versions` lists
-every version. After the views are defined the connection is locked down: file access only inside the store,
+every version. The macros of `catalog/*.sql` (`words`, `assistant`, `prompt`, `bin`) are defined too.
+After the views are defined the connection is locked down: file access only inside the store,
 no configuration changes, and only SELECT-like statements are accepted.
 """
 
@@ -30,8 +31,20 @@ def _files_sql(files: list[Path]) -> str:
     return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
 
 
+def macros() -> list[str]:
+    """The statements of `catalog/*.sql` (SQL macros every query can use)."""
+    from lendata.paths import project_root
+
+    out = []
+    for path in sorted((project_root() / "catalog").glob("*.sql")):
+        out += [s.query for s in duckdb.extract_statements(path.read_text())]
+    return out
+
+
 def connect(store: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
+    for statement in macros():
+        con.execute(statement)
     rows = []
     for dataset in st.list_datasets(store):
         versions = st.list_versions(store, dataset)

@@ -26,6 +26,9 @@ StoreOpt = Annotated[
     Path | None,
     typer.Option("--store", "--out", help="Store directory (default $LENDATA_STORE, else ./data)."),
 ]
+# `lendata query` writes its result with --out FILE, so there the store is --store only
+QueryStoreOpt = Annotated[
+    Path | None, typer.Option("--store", help="Store directory (default $LENDATA_STORE, else ./data).")]
 
 
 def _store(store: Path | None) -> Path:
@@ -157,9 +160,9 @@ class Format(StrEnum):
 @app.command()
 def query(
     sql: Annotated[str, typer.Argument(help='SQL over the store, e.g. "SELECT count(*) FROM direct".')],
-    store: StoreOpt = None,
+    store: QueryStoreOpt = None,
     fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
-    out_file: Annotated[Path | None, typer.Option("--to", help="Write the result to this file.")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", "--to", help="Write the result to this file.")] = None,
 ) -> None:
     """Read-only SQL (DuckDB) over every dataset version; a view per dataset for its latest version."""
     from lendata.catalog import QueryError
@@ -171,7 +174,7 @@ def query(
         _fail(str(e))
     if fmt is Format.parquet:
         if out_file is None:
-            _fail("--format parquet needs --to FILE")
+            _fail("--format parquet needs --out FILE")
         df.write_parquet(out_file)
         err.print(f"wrote {df.height} rows to {out_file}")
         return

@@ -114,3 +114,43 @@ def export(
         _fail(str(e))
     out.print(f"[bold green]{version.dataset}@{version.version}[/] exported to {res['path']}: "
               + ", ".join(f"{s} {n:,} rows" for s, n in res["splits"].items()) + f"; {res['files']} files")
+
+
+@app.command()
+def push(
+    ref: Annotated[str, typer.Argument(help="DATASET@VERSION (or DATASET for the latest).")],
+    repo: Annotated[str, typer.Option("--repo", help="The Hub dataset repo, ORG/NAME.")],
+    store: StoreOpt = None,
+    private: Annotated[bool, typer.Option(help="Create the repo as private.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Export and list the files; no network.")] = False,
+    licence: Annotated[str, typer.Option("--license", help="The card's licence (a Hub licence id).")] = "",
+    plots: Annotated[bool, typer.Option(help="Render the length report's plots into the card.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Publish a version to the Hugging Face Hub: one commit with the data files and the dataset card, tagged
+    v<VERSION>. The token comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT points at another Hub."""
+    from lendata.hub import ExportError, PushError
+    from lendata.hub import push as run
+
+    root = _store(store)
+    version = _open(root, ref)
+    pngs = []
+    if plots:
+        from lendata.report import render
+
+        pngs = [Path(p) for p in render(version, root)["plots"]]
+    licence = licence or str(version.manifest.get("recipe_settings", {}).get("license") or "other")
+    try:
+        res = run(version, repo, private=private, dry_run=dry_run, licence=licence, plots=pngs)
+    except (PushError, ExportError) as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(res))
+        return
+    if res["dry_run"]:
+        out.print(f"dry run: would upload {len(res['files'])} files to {repo} and tag {res['tag']}:")
+        for f in res["files"]:
+            out.print(f"  {f}")
+        return
+    out.print(f"[bold green]{version.dataset}@{version.version}[/] pushed to {repo}: commit {res['commit']}, "
+              f"tag {res['tag']} ({len(res['files'])} files)")

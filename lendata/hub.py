@@ -116,3 +116,66 @@ def export(version: st.Version, target: Path, licence: str = "other", plots: lis
         shutil.rmtree(tmp, ignore_errors=True)
     return {"path": str(target), "splits": {s: stats["splits"][s]["rows"] for s in splits},
             "files": sum(len(f) for f in files.values()) + 1 + len(plots or [])}
+
+
+class PushError(RuntimeError):
+    pass
+
+
+def hub_token() -> str | None:
+    """`HF_TOKEN`, else the token `hf auth login` stored. Never printed or written anywhere by lendata."""
+    from huggingface_hub import get_token
+
+    return os.environ.get("HF_TOKEN") or get_token()
+
+
+def push(version: st.Version, repo: str, private: bool = False, dry_run: bool = False, licence: str = "other",
+         plots: list[Path] | None = None, endpoint: str | None = None) -> dict[str, Any]:
+    """Upload the Hub layout of `version` to dataset repo `repo` in one commit tagged `v<version>`.
+
+    The repo is created if needed. A tag that already exists is never moved: versions are immutable on the
+    Hub as in the store. `dry_run` exports and lists the files without any network call.
+    """
+    import tempfile
+
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if "/" not in repo or repo.count("/") != 1 or not all(repo.split("/")):
+        raise PushError(f"--repo takes ORG/NAME, got {repo!r}")
+    tag = f"v{version.version}"
+    with tempfile.TemporaryDirectory(prefix="lendata-push-") as tmp:
+        folder = Path(tmp) / "hub"
+        exported = export(version, folder, licence=licence, plots=plots)
+        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        plan = {"repo": repo, "tag": tag, "files": files, "splits": exported["splits"], "private": private}
+        if dry_run:
+            return {**plan, "dry_run": True}
+        token = hub_token()
+        if not token:
+            raise PushError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
+        if constants.is_offline_mode():
+            raise PushError("HF_HUB_OFFLINE is set: unset it to push")
+        api = HfApi(endpoint=endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT, token=token)
+        try:
+            user = api.whoami()
+        except HfHubHTTPError as e:
+            status = e.response.status_code if e.response is not None else None
+            raise PushError(f"the Hub at {api.endpoint} refused the token (HTTP {status}): check HF_TOKEN or "
+                            "`hf auth login`") from None
+        try:
+            api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
+            tags = {t.name for t in api.list_repo_refs(repo, repo_type="dataset").tags}
+            if tag in tags:
+                raise PushError(f"{repo} already has tag {tag}: a published version is never replaced; "
+                                "build a new version and push that")
+            commit = api.upload_folder(repo_id=repo, repo_type="dataset", folder_path=folder,
+                                       commit_message=f"{version.dataset} {version.version} (lendata)",
+                                       commit_description=f"content hash {version.manifest.get('content_hash')}")
+            api.create_tag(repo, tag=tag, revision=commit.oid, repo_type="dataset",
+                           tag_message=f"{version.dataset} {version.version}")
+        except HfHubHTTPError as e:
+            status = e.response.status_code if e.response is not None else None
+            raise PushError(f"the Hub refused the push of {repo} (HTTP {status}): {str(e).splitlines()[0]}") from None
+    return {**plan, "dry_run": False, "commit": commit.oid, "commit_url": commit.commit_url,
+            "user": user.get("name")}

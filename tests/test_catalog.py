@@ -41,3 +41,32 @@ def test_query_is_read_only_and_confined_to_the_store(store, sql, why):
 
 def test_files_inside_the_store_stay_readable(store):
     assert query(store, f"SELECT count(*) AS n FROM read_csv('{store}/secret.csv')")["n"][0] == 1
+
+
+def test_catalog_macros_count_words_and_pick_turns(tmp_path):
+    msgs = pa.array([[{"role": "user", "content": "write"}, {"role": "assistant", "content": "one two  three"}]],
+                    pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))
+    st.commit(tmp_path, "chat", {"train": pa.table({"messages": msgs})})
+    row = query(tmp_path, "SELECT prompt(messages) AS p, words(assistant(messages)) AS w, bin(1234, 500) AS b "
+                          "FROM chat").to_dicts()
+    assert row == [{"p": "write", "w": 3, "b": 1000}]
+
+
+def test_query_command_writes_each_format_to_out(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from lendata.cli import app
+
+    for fmt in ("csv", "json", "parquet", "table"):
+        out = tmp_path / f"r.{fmt}"
+        res = CliRunner().invoke(app, ["query", "SELECT x FROM ds ORDER BY x", "--store", str(store), "--format", fmt,
+                                       "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            assert pq.read_table(out).column("x").to_pylist() == [10, 20]
+        else:
+            assert "20" in out.read_text()
+    res = CliRunner().invoke(app, ["query", "COPY (SELECT 1) TO 'x.csv'", "--store", str(store)])
+    assert res.exit_code == 1 and "read-only" in res.output

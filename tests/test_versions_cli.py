@@ -128,3 +128,50 @@ def test_export_writes_hive_partitions_into_the_files(tmp_path):
 
     table = pa.concat_tables(pq.read_table(p) for p in sorted((target / "data").iterdir()))
     assert sorted(table.column("bucket").to_pylist()) == [8, 8, 8, 9, 9, 9]
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    import huggingface_hub.constants
+
+    from tests.hub_server import FakeHub
+
+    with FakeHub() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_TOKEN", server.token)
+        # the suite runs offline; this test talks to the loopback Hub only
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        yield server
+
+
+def test_push_uploads_one_tagged_commit_and_never_moves_a_tag(store, hub):
+    res = run("push", "ds@0.1.1", "--repo", "lendata/ds", "--store", str(store), "--private", "--json")
+    pushed = json.loads(res.stdout)
+    repo = hub.repos["lendata/ds"]
+    assert repo.private and len(repo.commits) == 1 and repo.tags == {"v0.1.1": pushed["commit"]}
+    assert sorted(repo.files) == sorted(pushed["files"]) == sorted(
+        ["README.md", "data/test-00000-of-00001.parquet", "data/train-00000-of-00001.parquet",
+         "plots/lengths-test.png", "plots/lengths-train.png", "plots/target-test.png", "plots/target-train.png"])
+    v = st.open_version(store, "ds@0.1.1")
+    assert repo.files["data/train-00000-of-00001.parquet"] == v.files("train")[0].read_bytes()
+    assert b"configs:" in repo.files["README.md"]
+    assert hub.token not in res.output
+    # the same version again: refused before anything is uploaded
+    again = CliRunner().invoke(app, ["push", "ds@0.1.1", "--repo", "lendata/ds", "--store", str(store)])
+    assert again.exit_code == 1 and "already has tag v0.1.1" in again.output
+    assert len(repo.commits) == 1
+    # another version goes in as a second commit with its own tag
+    run("push", "ds@0.1.0", "--repo", "lendata/ds", "--store", str(store), "--no-plots")
+    assert len(repo.commits) == 2 and set(repo.tags) == {"v0.1.1", "v0.1.0"}
+
+
+def test_push_with_a_bad_token_or_a_dry_run(store, hub, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong_secret")
+    res = CliRunner().invoke(app, ["push", "ds", "--repo", "lendata/ds", "--store", str(store)])
+    assert res.exit_code == 1 and "refused the token (HTTP 401)" in res.output
+    assert "hf_wrong_secret" not in res.output and hub.repos == {}
+    dry = run("push", "ds", "--repo", "lendata/ds", "--store", str(store), "--dry-run", "--no-plots")
+    assert "would upload 3 files to lendata/ds and tag v0.1.1" in dry.output
+    assert len(hub.requests) == 1  # only the refused whoami: a dry run makes no call
+    bad = CliRunner().invoke(app, ["push", "ds", "--repo", "nameonly", "--store", str(store)])
+    assert bad.exit_code == 1 and "ORG/NAME" in bad.output

@@ -1,0 +1,121 @@
+"""A loopback stand-in for the Hugging Face Hub: the endpoints `lendata push` calls through huggingface_hub
+(whoami, create repo, refs, validate-yaml, preupload, commit, tag), with repos kept in memory.
+
+Every file is accepted as a regular (base64) upload, as the Hub does for small files, so no LFS or Xet
+storage is involved. Requests are recorded so a test can check what was sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Repo:
+    private: bool
+    files: dict[str, bytes] = field(default_factory=dict)
+    commits: list[dict[str, Any]] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)  # tag -> commit
+
+    @property
+    def head(self) -> str:
+        return self.commits[-1]["oid"] if self.commits else "0" * 40
+
+
+class FakeHub:
+    def __init__(self, token: str = "hf_test_token"):
+        self.token = token
+        self.repos: dict[str, Repo] = {}
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                hub.requests.append((method, self.path, dict(self.headers)))
+                if self.headers.get("Authorization") != f"Bearer {hub.token}":
+                    return self._send(401, {"error": "Invalid credentials in Authorization header"})
+                status, reply = hub.route(method, self.path.split("?")[0], body, self.base)
+                self._send(status, reply)
+
+            @property
+            def base(self) -> str:
+                return f"http://{self.server.server_address[0]}:{self.server.server_address[1]}"
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._handle("GET")
+
+            def do_POST(self) -> None:  # noqa: N802
+                self._handle("POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeHub:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def route(self, method: str, path: str, body: bytes, base: str) -> tuple[int, Any]:
+        if method == "GET" and path == "/api/whoami-v2":
+            return 200, {"type": "user", "name": "tester", "orgs": [], "auth": {"type": "access_token"}}
+        if method == "POST" and path == "/api/repos/create":
+            req = json.loads(body)
+            repo_id = f"{req['organization']}/{req['name']}" if req.get("organization") else req["name"]
+            if repo_id in self.repos:
+                return 409, {"error": "You already created this dataset repo", "url": f"{base}/datasets/{repo_id}"}
+            self.repos[repo_id] = Repo(private=req.get("visibility") == "private" or bool(req.get("private")))
+            return 200, {"url": f"{base}/datasets/{repo_id}"}
+        if method == "POST" and path == "/api/validate-yaml":
+            return 200, {"errors": [], "warnings": []}
+        m = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/(refs|preupload|commit|tag)(?:/(.+))?", path)
+        if not m or m.group(1) not in self.repos:
+            return 404, {"error": f"Repository not found: {path}"}
+        repo, action = self.repos[m.group(1)], m.group(2)
+        if action == "refs":
+            tags = [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": c} for t, c in repo.tags.items()]
+            return 200, {"branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": repo.head}],
+                         "converts": [], "pullRequests": [], "tags": tags}
+        if action == "preupload":
+            files = json.loads(body)["files"]
+            return 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+                                   for f in files]}
+        if action == "commit":
+            lines = [json.loads(x) for x in body.splitlines() if x.strip()]
+            header = next(x["value"] for x in lines if x["key"] == "header")
+            added = {x["value"]["path"]: base64.b64decode(x["value"]["content"]) for x in lines if x["key"] == "file"}
+            oid = hashlib.sha1(repo.head.encode() + json.dumps(sorted(added)).encode()).hexdigest()
+            repo.files.update(added)
+            repo.commits.append({"oid": oid, "summary": header.get("summary"), "files": sorted(added)})
+            return 200, {"commitUrl": f"{base}/datasets/{m.group(1)}/commit/{oid}", "commitOid": oid,
+                         "pullRequestUrl": None}
+        if action == "tag":
+            tag = json.loads(body)["tag"]
+            if tag in repo.tags:
+                return 409, {"error": f"Tag {tag} already exists"}
+            repo.tags[tag] = m.group(3)
+            return 200, {}
+        return 404, {"error": "unknown endpoint"}

@@ -118,6 +118,8 @@ def read_instructions(
         out.rows.append(row)
         if n is not None and len(out.rows) >= n:
             break
+    if not out.rows and not out.bad and not seen_fields:
+        raise InputError(f"{path}: the file has no records (it is empty or blank)")
     if not saw_instruction and (out.rows or seen_fields):
         raise InputError(
             f"{path}: no record has the field {instruction_field!r}; fields found: "

@@ -1,0 +1,106 @@
+"""Bad input, fuzzed: every line is a row or a quarantine record naming its file and line; file-level problems
+are one clear error; the CLI never shows a traceback as its only message and never leaves a broken store."""
+
+import json
+import string
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+from typer.testing import CliRunner
+
+from lendata import store as st
+from lendata.cli import app
+from lendata.inputs import InputError, read_instructions
+from tests.faults.fault_server import FaultServer
+from tests.faults.harness import DATASET, visible_versions_are_whole
+
+GOOD = hs.builds(lambda t, n: json.dumps({"prompt": t, "length": n}).encode(),
+                 hs.text(string.ascii_letters + " ", min_size=1, max_size=40).filter(str.strip),
+                 hs.integers(1, 5000))
+BAD = hs.one_of(
+    hs.binary(min_size=1, max_size=60).filter(lambda b: b.strip() and b"\n" not in b and b"\r" not in b),
+    hs.builds(lambda v: json.dumps(v).encode(), hs.one_of(hs.integers(), hs.lists(hs.integers(), max_size=3),
+                                                          hs.text(max_size=10), hs.none())),
+    hs.builds(lambda v: json.dumps({"prompt": v, "length": 10}).encode(),
+              hs.one_of(hs.integers(), hs.none(), hs.just(""), hs.lists(hs.text(max_size=3), max_size=2))),
+    hs.builds(lambda v: json.dumps({"prompt": "write", "length": v}).encode(),
+              hs.one_of(hs.just(0), hs.just(-3), hs.just("many"), hs.floats(allow_nan=True), hs.just([1]))),
+    hs.just(b'{"length": 10}'),
+    hs.just(b"\xff\xfe not utf-8 \xc3\x28"),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=hs.lists(hs.one_of(GOOD, BAD), min_size=1, max_size=25).filter(
+    lambda ls: any(b'"prompt"' in x for x in ls)))
+def test_every_line_is_a_row_or_a_quarantined_line_with_its_number(tmp_path, lines):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    try:
+        loaded = read_instructions(path, instruction_field="prompt", target_field="length")
+    except InputError as e:  # a file-level problem: one message naming the file
+        assert str(path) in str(e)
+        return
+    got = sorted([int(r["source"].rsplit(":", 1)[1]) for r in loaded.rows]
+                 + [int(b.source.rsplit(":", 1)[1]) for b in loaded.bad])
+    assert got == [i for i, line in enumerate(lines, 1) if line.strip()]
+    assert all(b.reason and b.source.startswith(f"{path}:") for b in loaded.bad)
+    assert all(isinstance(r["instruction"], str) and r["target"] > 0 for r in loaded.rows)
+
+
+def test_huge_lines_are_read_or_quarantined_not_fatal(tmp_path):
+    path = tmp_path / "huge.jsonl"
+    big = "word " * 2_000_000  # 10 MB
+    path.write_text(json.dumps({"prompt": "short", "length": 5}) + "\n" + json.dumps({"prompt": big, "length": 5})
+                    + "\n" + '{"prompt": "' + big + "\n")  # the last one never closes its string
+    loaded = read_instructions(path, instruction_field="prompt", target_field="length")
+    assert [r["source"] for r in loaded.rows] == [f"{path}:1", f"{path}:2"]
+    assert [(b.source, b.reason.split(":")[0]) for b in loaded.bad] == [(f"{path}:3", "invalid JSON")]
+    assert len(loaded.bad[0].raw) <= 500  # the quarantine keeps a preview, not 10 MB
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FaultServer() as s:
+        yield s
+
+
+def build(tmp_path, server, input_path, *sets):
+    options = f"{{base_url: '{server.url}', concurrency: 2}}"
+    return CliRunner().invoke(app, ["build", "direct", "--store", str(tmp_path / "store"), "--no-progress",
+                                    "--set", f"input={input_path}", "--set", "engine=openai", "--set",
+                                    f"engine_options={options}", "--set", f"dataset={DATASET}", *sets])
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("empty.jsonl", b"", "has no records"),
+    ("blank.jsonl", b"\n  \n", "has no records"),
+    ("columns.parquet", None, "no record has the field 'prompt'"),
+    ("words.txt", b"hello", "unsupported input format"),
+    ("allbad.jsonl", b"{broken\n[1, 2]\n", "quarantined"),
+])
+def test_bad_files_fail_with_one_clear_message_and_no_store_damage(tmp_path, server, name, content, message):
+    path = tmp_path / name
+    if content is None:
+        pq.write_table(pa.table({"text": ["a", "b"], "n": [1, 2]}), path)
+    else:
+        path.write_bytes(content)
+    res = build(tmp_path, server, path)
+    assert res.exit_code == 1, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert visible_versions_are_whole(tmp_path / "store") == []
+
+
+def test_a_mixed_file_builds_and_quarantines_each_bad_line(tmp_path, server):
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{"prompt": "Write about rivers.", "length": 30}\n\xff\xfe\n{"prompt": 3, "length": 30}\n'
+                     b'{"prompt": "Write about towers.", "length": 30}\n{"prompt": "x", "length": "lots"}\n')
+    res = build(tmp_path, server, path, "--set", "max_quarantine_share=0.8")
+    assert res.exit_code == 0, res.output
+    v = st.open_version(tmp_path / "store", DATASET)
+    assert v.rows("train") == 2
+    assert sorted(q["source"] for q in v.read("quarantine").to_pylist()) == [f"{path}:{i}" for i in (2, 3, 5)]
+    assert visible_versions_are_whole(tmp_path / "store") == [v.version]

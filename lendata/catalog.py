@@ -27,8 +27,11 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _files_sql(files: list[Path]) -> str:
-    return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
+def read_parquet_sql(version: st.Version, split: str) -> str:
+    """`read_parquet([...])` over a split's shards, with hive partition columns when its paths have them."""
+    paths = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in version.files(split)) + "]"
+    hive = any(st.partitions(f["path"]) for f in version.splits[split]["files"])
+    return f"read_parquet({paths}{', hive_partitioning = true' if hive else ''})"
 
 
 def macros() -> list[str]:
@@ -52,11 +55,9 @@ def connect(store: Path) -> duckdb.DuckDBPyConnection:
             ver = st.open_version(store, f"{dataset}@{v}")
             latest = v == versions[-1]
             for split in ver.splits:
-                files = ver.files(split)
-                if not files:
+                if not ver.splits[split]["files"]:
                     continue
-                hive = any(st.partitions(f["path"]) for f in ver.splits[split]["files"])
-                body = f"SELECT * FROM read_parquet({_files_sql(files)}{', hive_partitioning = true' if hive else ''})"
+                body = f"SELECT * FROM {read_parquet_sql(ver, split)}"
                 con.execute(f"CREATE VIEW {_q(f'{dataset}@{v}/{split}')} AS {body}")
                 if split == "train":
                     con.execute(f"CREATE VIEW {_q(f'{dataset}@{v}')} AS {body}")

@@ -9,16 +9,10 @@ import duckdb
 import numpy as np
 
 from lendata import store as st
+from lendata.catalog import read_parquet_sql
 
 QUANTILES = (0.1, 0.5, 0.9, 0.99)
 SAMPLE = 200_000  # values per side for the distribution distance of `diff`
-
-
-def _files(version: st.Version, split: str) -> str:
-    files = version.files(split)
-    hive = any(st.partitions(f["path"]) for f in version.splits[split]["files"])
-    paths = "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
-    return f"read_parquet({paths}{', hive_partitioning = true' if hive else ''})"
 
 
 def text_columns(version: st.Version, split: str) -> dict[str, str]:
@@ -66,7 +60,7 @@ def describe(version: st.Version) -> dict[str, Any]:
                                      "schema": {f["name"]: f["type"] for f in version.manifest.get("schema", {})
                                                 .get(split, [])}, "lengths": {}}
             if info["files"] and info["rows"]:
-                source = _files(version, split)
+                source = read_parquet_sql(version, split)
                 for name, expr in text_columns(version, split).items():
                     entry["lengths"][name] = length_stats(con, source, expr)
             splits[split] = entry
@@ -79,7 +73,7 @@ def describe(version: st.Version) -> dict[str, Any]:
 
 
 def _sample(con: duckdb.DuckDBPyConnection, version: st.Version, split: str, expr: str) -> np.ndarray:
-    values = con.execute(f"SELECT {_length_sql(expr, 'words')} FROM {_files(version, split)} "
+    values = con.execute(f"SELECT {_length_sql(expr, 'words')} FROM {read_parquet_sql(version, split)} "
                          f"USING SAMPLE reservoir({SAMPLE} ROWS) REPEATABLE (0)").fetchnumpy()
     return np.sort(next(iter(values.values())).astype(np.float64))
 

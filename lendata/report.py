@@ -13,7 +13,8 @@ import duckdb
 import numpy as np
 
 from lendata import store as st
-from lendata.describe import _files, _length_sql, describe, text_columns
+from lendata.catalog import read_parquet_sql
+from lendata.describe import _length_sql, describe, text_columns
 from lendata.paths import work_dir
 
 TOKEN_SAMPLE_CHARS = 4_000_000  # text tokenised per split for the token histogram (a sample on big splits)
@@ -53,7 +54,7 @@ def _token_counts(texts: list[str]) -> np.ndarray:
 
 
 def split_lengths(con, version: st.Version, split: str, expr: str) -> dict[str, Any]:
-    source = _files(version, split)
+    source = read_parquet_sql(version, split)
     words = con.execute(f"SELECT {_length_sql(expr, 'words')} AS w FROM {source}").fetchnumpy()["w"]
     sample, chars = [], 0
     for (text,) in con.execute(f"SELECT {expr} FROM {source} USING SAMPLE reservoir(5000 ROWS) REPEATABLE (0)"
@@ -93,7 +94,7 @@ def _histograms(title: str, lengths: dict[str, Any], png: Path) -> str:
 
 def _targets(con, version: st.Version, split: str, cols: tuple[str, str], png: Path) -> tuple[str, dict]:
     target, produced = cols
-    rows = con.execute(f'SELECT "{target}", "{produced}" FROM {_files(version, split)}').fetchnumpy()
+    rows = con.execute(f'SELECT "{target}", "{produced}" FROM {read_parquet_sql(version, split)}').fetchnumpy()
     t, p = rows[target].astype(float), rows[produced].astype(float)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 4.5))
@@ -148,7 +149,7 @@ def render(version: st.Version, root: Path, out_dir: Path | None = None) -> dict
                                                  out_dir / f"lengths-{split}.png"))
             if "finish_reason" in s["schema"]:
                 (share,) = con.execute(f"SELECT avg((finish_reason = 'length')::INT) FROM "
-                                       f"{_files(version, split)}").fetchone()
+                                       f"{read_parquet_sql(version, split)}").fetchone()
                 entry["truncation_rate"] = round(share or 0.0, 4)
             for pair in TARGETS:
                 if all(c in s["schema"] for c in pair):

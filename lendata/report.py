@@ -16,29 +16,11 @@ from lendata import store as st
 from lendata.catalog import read_parquet_sql
 from lendata.describe import _length_sql, describe, text_columns
 from lendata.paths import work_dir
+from lendata.plots import pyplot, save_png
 
 TOKEN_SAMPLE_CHARS = 4_000_000  # text tokenised per split for the token histogram (a sample on big splits)
 REPEAT_SAMPLE = 2_000  # rows per split checked for repetition loops
 TARGETS = [("target_words", "response_words"), ("level_length", "length")]  # (target, produced) column pairs
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on build machines
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, png: Path) -> str:
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=100)
-    _plt().close(fig)
-    tmp.replace(png)
-    return str(png)
 
 
 def main_column(split_stats: dict[str, Any]) -> str | None:
@@ -76,7 +58,7 @@ def split_lengths(con, version: st.Version, split: str, expr: str) -> dict[str, 
 
 
 def _histograms(title: str, lengths: dict[str, Any], png: Path) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, key, label in ((axes[0], "words", "words"), (axes[1], "tokens", "tokens (sample)")):
         values = lengths[key]
@@ -89,14 +71,14 @@ def _histograms(title: str, lengths: dict[str, Any], png: Path) -> str:
         ax.set_title(f"{label}: mean {values.mean():,.0f}, p50 {np.median(values):,.0f}, n={len(values):,}",
                      fontsize=9)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, png)
+    return str(save_png(fig, png))
 
 
 def _targets(con, version: st.Version, split: str, cols: tuple[str, str], png: Path) -> tuple[str, dict]:
     target, produced = cols
     rows = con.execute(f'SELECT "{target}", "{produced}" FROM {read_parquet_sql(version, split)}').fetchnumpy()
     t, p = rows[target].astype(float), rows[produced].astype(float)
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.scatter(t, p, s=10, alpha=0.6, color="#4c72b0")
     top = float(max(t.max(), p.max())) if len(t) else 1.0
@@ -106,7 +88,7 @@ def _targets(con, version: st.Version, split: str, cols: tuple[str, str], png: P
     ax.legend(fontsize=8)
     ratio = p / np.maximum(t, 1)
     ax.set_title(f"{split}: produced/target median {np.median(ratio):.2f}", fontsize=9)
-    return _save(fig, png), {"rows": int(len(t)), "median_ratio": round(float(np.median(ratio)), 4),
+    return str(save_png(fig, png)), {"rows": int(len(t)), "median_ratio": round(float(np.median(ratio)), 4),
                              "within_10pct": round(float(np.mean(np.abs(ratio - 1) <= 0.1)), 4)}
 
 
@@ -120,13 +102,13 @@ def _reasons(version: st.Version) -> Counter:
 
 
 def _reasons_plot(reasons: Counter, png: Path) -> str:
-    plt = _plt()
+    plt = pyplot()
     top = reasons.most_common(12)[::-1]
     fig, ax = plt.subplots(figsize=(9, 0.4 * len(top) + 1.2))
     ax.barh([r for r, _ in top], [n for _, n in top], color="#c44e52")
     ax.set_xlabel("rows")
     ax.tick_params(axis="y", labelsize=8)
-    return _save(fig, png)
+    return str(save_png(fig, png))
 
 
 def render(version: st.Version, root: Path, out_dir: Path | None = None) -> dict[str, Any]:

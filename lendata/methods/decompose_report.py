@@ -18,11 +18,9 @@ def report_data(version: Version) -> dict[str, Any]:
 
 def histogram(data: dict[str, Any], png: Path) -> Path:
     """Token share per bucket (bars) with the sequences per bucket on top."""
-    import matplotlib
+    from lendata.plots import pyplot, save_png
 
-    matplotlib.use("Agg")  # no display on build machines
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     buckets = sorted(data["buckets"].items(), key=lambda kv: int(kv[0]))
     shares = [data["summary"]["token_share"][f"D{k}"] * 100 for k, _ in buckets]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -35,10 +33,4 @@ def histogram(data: dict[str, Any], png: Path) -> Path:
     ax.set_title(f"{data['dataset']}@{data['version']}: {data['kept_tokens']:,} tokens in buckets "
                  f"(avg context {s['avg_context_length']:,}, attention cost {s['attention_cost_vs_concat']:.2f}x)",
                  fontsize=9)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png)
-    return png
+    return save_png(fig, png, dpi=110)

@@ -29,6 +29,12 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
+def quarantine_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Quarantine (or rejected-candidate) records as a table of QUARANTINE_SCHEMA; missing keys are null."""
+    return pa.Table.from_pylist([{k: r.get(k) for k in QUARANTINE_SCHEMA.names} for r in rows],
+                                schema=QUARANTINE_SCHEMA)
+
+
 class BuildFailed(RuntimeError):
     pass
 
@@ -162,9 +168,7 @@ def finish(
     # always written (even empty) so `<dataset>__quarantine` can be queried for every build
     tables = {
         **valid,
-        "quarantine": pa.Table.from_pylist(
-            [{k: q.get(k) for k in QUARANTINE_SCHEMA.names} for q in quarantine], schema=QUARANTINE_SCHEMA
-        ),
+        "quarantine": quarantine_table(quarantine),
     }
     recipe_meta = {k: v for k, v in recipe.items() if not k.startswith("_")}
     meta = {

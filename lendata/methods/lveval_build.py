@@ -104,14 +104,10 @@ def write_levels(items: list[Item], facts: dict[str, list[str]], tables: dict[st
 
 def publish(stage: st.Stage, recipe: dict[str, Any], rejected: list[dict[str, Any]],
             quarantine: list[dict[str, Any]], meta: dict[str, Any], overwrite: bool = False) -> st.Version:
-    from lendata.build import QUARANTINE_SCHEMA
+    from lendata.build import quarantine_table
 
-    def table(rows: list[dict[str, Any]]) -> pa.Table:
-        return pa.Table.from_pylist([{k: r.get(k) for k in QUARANTINE_SCHEMA.names} for r in rows],
-                                    schema=QUARANTINE_SCHEMA)
-
-    stage.add_table("rejected", table(rejected))  # generated candidates that failed a check (CFI, KPR)
-    stage.add_table("quarantine", table(quarantine))  # input rows and records that could not be built
+    stage.add_table("rejected", quarantine_table(rejected))  # generated candidates that failed a check (CFI, KPR)
+    stage.add_table("quarantine", quarantine_table(quarantine))  # input rows and records that could not be built
     return stage.publish(str(recipe.get("version", st.AUTO)), overwrite, meta)
 
 

@@ -21,6 +21,20 @@ def _open(root: Path, ref: str):
         _fail(str(e))
 
 
+def _card_inputs(version, root: Path, licence: str, plots: bool) -> tuple[str, list[Path], dict]:
+    """What a dataset card needs: the licence (option, else the recipe's, else `other`), the report's plots,
+    and the version's description, computed once for both."""
+    from lendata.describe import describe
+
+    stats = describe(version)
+    pngs = []
+    if plots:
+        from lendata.report import render
+
+        pngs = [Path(p) for p in render(version, root, stats=stats)["plots"]]
+    return licence or str(version.manifest.get("recipe_settings", {}).get("license") or "other"), pngs, stats
+
+
 @app.command()
 def show(
     ref: Annotated[str, typer.Argument(help="DATASET or DATASET@VERSION.")],
@@ -102,14 +116,9 @@ def export(
 
     root = _store(store)
     version = _open(root, ref)
-    pngs = []
-    if plots:
-        from lendata.report import render
-
-        pngs = render(version, root)["plots"]
-    licence = licence or str(version.manifest.get("recipe_settings", {}).get("license") or "other")
+    licence, pngs, stats = _card_inputs(version, root, licence, plots)
     try:
-        res = run(version, target, licence=licence, plots=[Path(p) for p in pngs], overwrite=overwrite)
+        res = run(version, target, licence=licence, plots=pngs, overwrite=overwrite, stats=stats)
     except ExportError as e:
         _fail(str(e))
     out.print(f"[bold green]{version.dataset}@{version.version}[/] exported to {res['path']}: "
@@ -134,14 +143,9 @@ def push(
 
     root = _store(store)
     version = _open(root, ref)
-    pngs = []
-    if plots:
-        from lendata.report import render
-
-        pngs = [Path(p) for p in render(version, root)["plots"]]
-    licence = licence or str(version.manifest.get("recipe_settings", {}).get("license") or "other")
+    licence, pngs, stats = _card_inputs(version, root, licence, plots)
     try:
-        res = run(version, repo, private=private, dry_run=dry_run, licence=licence, plots=pngs)
+        res = run(version, repo, private=private, dry_run=dry_run, licence=licence, plots=pngs, stats=stats)
     except (PushError, ExportError) as e:
         _fail(str(e))
     if as_json:

@@ -79,14 +79,15 @@ def card(version: st.Version, files: dict[str, list[str]], stats: dict[str, Any]
 
 
 def export(version: st.Version, target: Path, licence: str = "other", plots: list[Path] | None = None,
-           overwrite: bool = False) -> dict[str, Any]:
-    """Write the Hub layout of `version` into `target`, atomically (a half-written folder is never left)."""
+           overwrite: bool = False, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the Hub layout of `version` into `target`, atomically (a half-written folder is never left).
+    `stats` is the version's `describe()`, when the caller has it already."""
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise ExportError(f"{target} is not empty (pass --overwrite to replace it)")
     splits = [s for s in version.splits if s not in SKIP_SPLITS and version.splits[s]["files"]]
     if not splits:
         raise ExportError(f"{version.dataset}@{version.version} has no data split to export")
-    stats = describe(version)
+    stats = stats or describe(version)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
     (tmp / "data").mkdir(parents=True)
     try:
@@ -130,7 +131,8 @@ def hub_token() -> str | None:
 
 
 def push(version: st.Version, repo: str, private: bool = False, dry_run: bool = False, licence: str = "other",
-         plots: list[Path] | None = None, endpoint: str | None = None) -> dict[str, Any]:
+         plots: list[Path] | None = None, endpoint: str | None = None,
+         stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Upload the Hub layout of `version` to dataset repo `repo` in one commit tagged `v<version>`.
 
     The repo is created if needed. A tag that already exists is never moved: versions are immutable on the
@@ -146,7 +148,7 @@ def push(version: st.Version, repo: str, private: bool = False, dry_run: bool = 
     tag = f"v{version.version}"
     with tempfile.TemporaryDirectory(prefix="lendata-push-") as tmp:
         folder = Path(tmp) / "hub"
-        exported = export(version, folder, licence=licence, plots=plots)
+        exported = export(version, folder, licence=licence, plots=plots, stats=stats)
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
         plan = {"repo": repo, "tag": tag, "files": files, "splits": exported["splits"], "private": private}
         if dry_run:

@@ -111,10 +111,12 @@ def _reasons_plot(reasons: Counter, png: Path) -> str:
     return str(save_png(fig, png))
 
 
-def render(version: st.Version, root: Path, out_dir: Path | None = None) -> dict[str, Any]:
-    """Write `index.html`, `report.json` and the PNGs; return their paths and the figures they show."""
+def render(version: st.Version, root: Path, out_dir: Path | None = None,
+           stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write `index.html`, `report.json` and the PNGs; return their paths and the figures they show.
+    `stats` is the version's `describe()`, when the caller has it already."""
     out_dir = out_dir or work_dir(root) / version.dataset / f"report-{version.version}"
-    stats = describe(version)
+    stats = stats or describe(version)
     data: dict[str, Any] = {"dataset": version.dataset, "version": version.version, "splits": {}, "plots": []}
     con = duckdb.connect(":memory:")
     try:

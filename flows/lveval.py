@@ -19,6 +19,7 @@ from lendata.build import BuildFailed, BuildReport, open_engine
 from lendata.inputs import InputError
 from lendata.methods import lveval as lv
 from lendata.methods.lveval_build import input_path, publish, write_levels
+from lendata.methods.lveval_context import depth_plan
 from lendata.methods.lveval_pool import make_unit, parse_level, read_pool
 from lendata.methods.settings import from_recipe
 from lendata.progress import GenerationProgress
@@ -51,7 +52,7 @@ def replacements(items, s, engine, progress):
 
 @task(cache_policy=NONE, name="assemble levels and publish")
 def levels(recipe, store, items, found, tables, rejected, quarantine, pool, unit, s, meta, overwrite, progress):
-    total = len(s.levels) * len(items) * (len(s.depths) if s.depth == "grid" else 1)
+    total = sum(len(depth_plan(s, len(it.documents))) for it in items) * len(s.levels)
     with Progress(TextColumn("[bold]contexts {task.fields[level]}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=Console(stderr=True), disable=not progress) as bar:
         job = bar.add_task("contexts", total=total, level="")

@@ -286,8 +286,7 @@ def confusing_facts(items: list[Item], engine: Engine, s: Settings,
                         top_p=s.top_p, seed=s.seed + attempt, sample_index=attempt,
                         json_schema=facts_schema(s.facts_per_item, it.language))
                 for c, r, it in zip(chats, room, todo, strict=True)]
-        for i, (it, res) in enumerate(zip(todo, engine.generate(reqs, on_result=on_result), strict=True)):
-            del i
+        for it, res in zip(todo, engine.generate(reqs, on_result=on_result), strict=True):
             candidates, problem = parse_facts(res)
             if problem:
                 out.rejected.append(_rejected(it, "cfi", problem, res.text))
@@ -349,10 +348,10 @@ def check_table(table: dict[str, str], item: Item) -> tuple[dict[str, str], list
     known = "\n".join([evidence, item.question, *item.answers])
     accepted: dict[str, str] = {}
     rejected = []
+    word = (lambda t, w: w in t) if lang == "zh" else (
+        lambda t, w: re.search(rf"(?<!\w){re.escape(w)}(?!\w)", t) is not None)
     for orig, repl in table.items():
         orig_s, repl_s = orig.strip(), repl.strip()
-        word = (lambda t, w: w in t) if lang == "zh" else (
-            lambda t, w: re.search(rf"(?<!\w){re.escape(w)}(?!\w)", t) is not None)
         common = shares_characters(orig_s, repl_s)
         why = (
             "empty term" if not orig_s or not repl_s

@@ -71,6 +71,21 @@ def records(path: Path):
             yield lineno, rec, None, text
 
 
+def positive_whole(value: Any) -> int | None:
+    """`value` as a positive int when it is one (12, 12.0, "12"), else None: JSON allows Infinity, NaN, 2.5 and
+    true, and none of them is a length."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and value > 0 else None
+    if isinstance(value, str):
+        value = value.strip()
+        return int(value) if value.isascii() and value.isdigit() and int(value) > 0 else None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    return None
+
+
 def read_instructions(
     path: str | Path,
     instruction_field: str = "instruction",
@@ -104,11 +119,8 @@ def read_instructions(
         target = None
         if target_field:
             value = rec.get(target_field)
-            try:
-                target = int(value) if value is not None else None
-                if target is not None and target <= 0:
-                    raise ValueError
-            except (TypeError, ValueError):
+            target = positive_whole(value) if value is not None else None
+            if value is not None and target is None:
                 out.bad.append(
                     Bad(src, f"{target_field!r} is {value!r}, not a positive whole number", raw or str(rec))
                 )

@@ -14,7 +14,15 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from hypothesis import settings  # noqa: E402
+
 from lendata.engines.base import OnResult, Request, Result  # noqa: E402
+
+# The default suite fuzzes with a fixed seed so CI and a developer's run see the same cases; explore new ones
+# with HYPOTHESIS_PROFILE=explore (a random seed each run).
+settings.register_profile("default", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,13 +7,13 @@ import string
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as hs
 from typer.testing import CliRunner
 
 from lendata import store as st
 from lendata.cli import app
-from lendata.inputs import InputError, read_instructions
+from lendata.inputs import InputError, positive_whole, read_instructions
 from tests.faults.fault_server import FaultServer
 from tests.faults.harness import DATASET, visible_versions_are_whole
 
@@ -34,6 +34,8 @@ BAD = hs.one_of(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(lines=[b'{"prompt":"w","length":Infinity}', b'{"prompt":"w","length":NaN}', b'{"prompt":"w","length":2.5}',
+                b'{"prompt":"w","length":true}', b'{"prompt":"w","length":"12"}', b'{"prompt":"w","length":7.0}'])
 @given(lines=hs.lists(hs.one_of(GOOD, BAD), min_size=1, max_size=25).filter(
     lambda ls: any(b'"prompt"' in x for x in ls)))
 def test_every_line_is_a_row_or_a_quarantined_line_with_its_number(tmp_path, lines):
@@ -48,7 +50,15 @@ def test_every_line_is_a_row_or_a_quarantined_line_with_its_number(tmp_path, lin
                  + [int(b.source.rsplit(":", 1)[1]) for b in loaded.bad])
     assert got == [i for i, line in enumerate(lines, 1) if line.strip()]
     assert all(b.reason and b.source.startswith(f"{path}:") for b in loaded.bad)
-    assert all(isinstance(r["instruction"], str) and r["target"] > 0 for r in loaded.rows)
+    assert all(isinstance(r["instruction"], str) and type(r["target"]) is int and r["target"] > 0
+               for r in loaded.rows)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (12, 12), (12.0, 12), ("12", 12), (" 7 ", 7), (0, None), (-3, None), (2.5, None), (float("inf"), None),
+    (float("nan"), None), (True, None), ("many", None), ("-4", None), ("²", None), ([1], None)])
+def test_a_length_is_a_positive_whole_number(value, expected):
+    assert positive_whole(value) == expected
 
 
 def test_huge_lines_are_read_or_quarantined_not_fatal(tmp_path):

@@ -21,4 +21,16 @@ def run_recipe(
         if e.name != f"flows.{name}":
             raise
         raise ValueError(f"recipe {recipe['_name']!r} names flow {name!r}, which does not exist") from None
-    return module.flow(recipe=recipe, store=str(store), overwrite=overwrite, progress=progress)
+    ray, shards = recipe.get("runner", "local") == "ray", int(recipe.get("shards") or 1)
+    if (ray or shards > 1) and not getattr(module, "SHARDED", False):
+        raise ValueError(f"recipe {recipe['_name']!r}: the {name} flow runs on the local runner in one shard "
+                         f"only (runner: ray and shards are supported by the direct and agentwrite flows)")
+    run = {"recipe": recipe, "store": str(store), "overwrite": overwrite, "progress": progress}
+    if not ray:
+        return module.flow(**run)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows._runner import prefect_api, task_runner
+
+    with prefect_api(recipe, store) as url, temporary_settings({PREFECT_API_URL: url}):
+        return module.flow.with_options(task_runner=task_runner(recipe, url))(**run)

@@ -74,9 +74,9 @@ def configure_prefect(store: Path, verbose: bool = False) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def open_engine(recipe: dict[str, Any], store: Path) -> CachedEngine:
+def open_engine(recipe: dict[str, Any], store: Path, cache_file: str = "responses.sqlite") -> CachedEngine:
     dataset = check_name(recipe["dataset"], "dataset")
-    cache = ResponseCache(work_dir(store) / dataset / "responses.sqlite")
+    cache = ResponseCache(work_dir(store) / dataset / cache_file)
     engine = make_engine(recipe.get("engine", "llamacpp"), **(recipe.get("engine_options") or {}))
     return CachedEngine(engine, cache)
 

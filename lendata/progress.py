@@ -41,3 +41,9 @@ class GenerationProgress:
             self.tokens += result.completion_tokens
         elapsed = max(time.monotonic() - self.started, 1e-6)
         self._progress.update(self._task, advance=1, rate=self.tokens / elapsed)
+
+    def advance(self, rows: int, tokens: int) -> None:
+        """`rows` and their `tokens` finished elsewhere (a shard on a Ray worker)."""
+        self.tokens += tokens
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        self._progress.update(self._task, advance=rows, rate=self.tokens / elapsed)

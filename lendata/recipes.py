@@ -14,6 +14,17 @@ from lendata.paths import project_root
 OPEN_KEYS = {"engine_options", "generator", "extender", "iteration_roles", "trainer"}
 
 
+# How a recipe runs; every recipe takes these keys (README "Scale-out on Ray").
+RUN_DEFAULTS: dict[str, Any] = {
+    "runner": "local",  # local | ray
+    "shards": 1,  # generation cut into this many tasks; under runner: ray each is a Ray task
+    # address: an existing cluster ("auto", "HOST:6379", "ray://HOST:10001"); none starts a local one with
+    # num_cpus CPUs (default: all). Each shard asks Ray for cpus_per_shard CPUs and gpus_per_shard GPUs.
+    "ray": {"address": None, "num_cpus": None, "cpus_per_shard": 1, "gpus_per_shard": 0},
+}
+RUNNERS = ("local", "ray")
+
+
 class RecipeError(ValueError):
     pass
 
@@ -60,6 +71,10 @@ def load(name_or_path: str, sets: dict[str, Any] | None = None) -> dict[str, Any
         raise RecipeError(f"{path}: invalid YAML: {e}") from e
     if "flow" not in recipe:
         raise RecipeError(f"{path}: a recipe must name its `flow`")
+    for key, default in RUN_DEFAULTS.items():
+        value = recipe.setdefault(key, copy.deepcopy(default))
+        if isinstance(default, dict) and isinstance(value, dict):
+            recipe[key] = {**default, **value}
     valid = _flatten(recipe)
     recipe = copy.deepcopy(recipe)
     for key, value in (sets or {}).items():
@@ -71,9 +86,25 @@ def load(name_or_path: str, sets: dict[str, Any] | None = None) -> dict[str, Any
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
+    _check_run(recipe, path)
     recipe["_path"] = str(path)
     recipe["_name"] = path.stem
     return recipe
+
+
+def _check_run(recipe: dict[str, Any], path: Path) -> None:
+    if recipe["runner"] not in RUNNERS:
+        raise RecipeError(f"{path}: runner is {recipe['runner']!r}; use one of: {', '.join(RUNNERS)}")
+    shards = recipe["shards"]
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise RecipeError(f"{path}: shards is {shards!r}; it must be a whole number of at least 1")
+    ray = recipe["ray"]
+    if not isinstance(ray, dict):
+        raise RecipeError(f"{path}: ray must be a mapping ({', '.join(RUN_DEFAULTS['ray'])}), got {ray!r}")
+    for key in ("num_cpus", "cpus_per_shard", "gpus_per_shard"):
+        n, least = ray.get(key), 0 if key == "gpus_per_shard" else 1e-9
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int | float) or n < least):
+            raise RecipeError(f"{path}: ray.{key} is {n!r}; it must be a positive number")
 
 
 def resolve_input(recipe: dict[str, Any], value: str) -> Path:

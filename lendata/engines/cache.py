@@ -88,6 +88,7 @@ class CachedEngine:
         self.context_window = engine.context_window
         self.calls = 0  # requests actually sent to the engine
         self.hits = 0
+        self.tokens = 0  # completion tokens the engine generated (not replayed)
 
     def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Result]:
         keys = [request_key(self.name, self.model_id, r) for r in requests]
@@ -108,6 +109,7 @@ class CachedEngine:
                 # stored as each row finishes, so a crash mid-batch keeps the finished ones
                 i = misses[j]
                 stored.add(i)
+                self.tokens += res.completion_tokens
                 self.cache.put(keys[i], self.name, self.model_id, res)
                 if on_result:
                     on_result(i, res)

@@ -58,12 +58,16 @@ def direct(
     temperature: float = 0.5,
     top_p: float = 0.95,
     seed: int = 42,
+    first_index: int = 0,
     counter: WordCounter = "longwriter",
     min_ratio: float = 0.85,
     max_ratio: float = 1.3,
     on_result: OnResult | None = None,
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
-    """(SFT table, quarantine records for rows the engine failed on). Each row needs `instruction`, `target`."""
+    """(SFT table, quarantine records for rows the engine failed on). Each row needs `instruction`, `target`.
+
+    Row i is sampled with seed `seed + first_index + i`: a shard passes its first row's place in the whole
+    input, so its rows get the seeds they would have had in one unsharded run."""
     tpw = measure_tokens_per_word(engine, counter)
     chats = [({"role": "user", "content": r["instruction"]},) for r in rows]
     prompt_tokens = estimate_prompt_tokens(engine, chats)
@@ -85,7 +89,7 @@ def direct(
                 min_tokens=b.min_tokens,
                 temperature=temperature,
                 top_p=top_p,
-                seed=seed + i,
+                seed=seed + first_index + i,
             )
         )
     results = engine.generate(requests, on_result=on_result)

@@ -1,0 +1,166 @@
+"""Scale-out on Ray: a local Ray cluster (2 CPUs) and a Prefect server, both on 127.0.0.1, and a sharded recipe
+built with the embedded SmolLM2 on the local runner and on Ray: the same data, and on Ray every shard ran in a
+Ray worker and reported to the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from flows._runner import cache_file, cut
+from lendata.cli import app
+from tests.conftest import free_port
+
+PROMPTS = ["Describe a lighthouse at dawn.", "Explain why bread rises.", "Write about a quiet library.",
+           "Describe a mountain stream.", "Explain how a bicycle works.", "Write about an old clock."]
+
+
+def wait_until(ready, what: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.5)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-server")
+    url = f"http://127.0.0.1:{free_port()}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = home / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                 "--port", url.rsplit(":", 1)[1].split("/")[0]],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(healthy, "the Prefect server", proc, log)
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    address = f"127.0.0.1:{free_port()}"
+    ray = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    log = temp / "start.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([ray, "start", "--head", "--block", "--num-cpus", "2", "--node-ip-address",
+                                 "127.0.0.1", "--port", address.split(":")[1], "--include-dashboard", "false",
+                                 "--disable-usage-stats", "--temp-dir", str(temp)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def up() -> bool:
+        return subprocess.run([ray, "status", "--address", address], env=env, capture_output=True,
+                              timeout=60).returncode == 0
+
+    try:
+        wait_until(up, "the Ray cluster", proc, log)
+        yield address
+    finally:
+        stop(proc)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def build(store: Path, prompts: Path, *sets: str, env: dict[str, str]) -> tuple[dict, dict, int]:
+    """(the --json report, the manifest, the build's pid)."""
+    args = [sys.executable, "-m", "lendata", "build", "direct", "--store", str(store), "--json", "--no-progress",
+            "--set", f"input={prompts}", "--set", "shards=3", *(a for s in sets for a in ("--set", s))]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, f"build failed:\n{stdout}\n{stderr}"
+    report = json.loads(stdout.strip().splitlines()[-1])
+    manifest = json.loads((Path(report["path"]) / "manifest.json").read_text())
+    return report, manifest, proc.pid
+
+
+@pytest.mark.slow
+def test_a_sharded_recipe_on_ray_equals_the_local_runner(tmp_path, prefect_server, ray_cluster):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"{p} Answer in about 40 words.", "length": 40}) + "\n"
+                               for p in PROMPTS))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    local, local_manifest, _ = build(tmp_path / "local", prompts, env=env)
+    ray, ray_manifest, driver = build(tmp_path / "ray", prompts, "runner=ray", f"ray.address={ray_cluster}",
+                                      "ray.cpus_per_shard=1", env={**env, "PREFECT_API_URL": prefect_server})
+
+    assert local["rows"] == ray["rows"] == 6 and local["quarantined"] == ray["quarantined"] == 0
+    assert ray_manifest["content_hash"] == local_manifest["content_hash"]
+    assert ray["engine_calls"] == local["engine_calls"] >= 6
+
+    shards = ray_manifest["shards"]
+    assert [(s["offset"], s["rows"], s["runner"]) for s in shards] == [(0, 2, "ray"), (2, 2, "ray"), (4, 2, "ray")]
+    assert all(s["ray_node"] and s["pid"] != driver for s in shards)  # ran in Ray workers, not in the build
+    assert len({s["ray_node"] for s in shards}) == 1  # the one node of the test cluster
+    assert [s["runner"] for s in local_manifest["shards"]] == ["local"] * 3
+
+    # the shards reported to the build's Prefect server (not to a temporary one per worker)
+    runs = httpx.post(f"{prefect_server}/task_runs/filter", json={"limit": 50}, timeout=10).json()
+    generate = [r for r in runs if r["name"].startswith("generate")]
+    assert len(generate) == 3 and {r["state_type"] for r in generate} == {"COMPLETED"}
+
+
+def test_cut_makes_contiguous_near_equal_shards():
+    assert cut(list(range(7)), 3) == [(0, [0, 1]), (2, [2, 3, 4]), (5, [5, 6])]
+    assert cut([1, 2], 5) == [(0, [1]), (1, [2])]
+    assert cut([], 4) == []
+    assert [x for _, piece in cut(list(range(100)), 7) for x in piece] == list(range(100))
+
+
+def test_a_shard_on_another_host_keeps_its_own_response_cache():
+    here = socket.gethostname()
+    assert cache_file({"_driver_host": here}) == cache_file({}) == "responses.sqlite"
+    assert cache_file({"_driver_host": here + "-head"}) == f"responses-{here}.sqlite"
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (["runner=spark"], "use one of: local, ray"),
+    (["shards=0"], "at least 1"),
+    (["ray.cpus_per_shard=-1"], "positive number"),
+    (["ray.gpus_per_shard=-1"], "positive number"),
+    (["ray=8"], "ray must be a mapping"),
+])
+def test_bad_run_settings_are_refused_before_anything_runs(tmp_path, sets, message):
+    res = CliRunner().invoke(app, ["build", "direct", "--store", str(tmp_path), *(a for s in sets
+                                                                                  for a in ("--set", s))])
+    assert res.exit_code == 2 and message in res.stderr and "Traceback" not in res.output
+    assert not (tmp_path / "direct").exists()
+
+
+def test_flows_without_shards_say_so_for_runner_ray(tmp_path):
+    res = CliRunner().invoke(app, ["build", "decompose", "--store", str(tmp_path), "--set", "runner=ray"])
+    assert res.exit_code == 1 and "runs on the local runner in one shard only" in res.stderr

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -96,9 +97,10 @@ def ray_cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def build(store: Path, prompts: Path, *sets: str, env: dict[str, str]) -> tuple[dict, dict, int]:
+def build(store: Path, prompts: Path, *sets: str, env: dict[str, str], recipe: str = "direct"
+          ) -> tuple[dict, dict, int]:
     """(the --json report, the manifest, the build's pid)."""
-    args = [sys.executable, "-m", "lendata", "build", "direct", "--store", str(store), "--json", "--no-progress",
+    args = [sys.executable, "-m", "lendata", "build", recipe, "--store", str(store), "--json", "--no-progress",
             "--set", f"input={prompts}", "--set", "shards=3", *(a for s in sets for a in ("--set", s))]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     stdout, stderr = proc.communicate(timeout=600)
@@ -106,6 +108,49 @@ def build(store: Path, prompts: Path, *sets: str, env: dict[str, str]) -> tuple[
     report = json.loads(stdout.strip().splitlines()[-1])
     manifest = json.loads((Path(report["path"]) / "manifest.json").read_text())
     return report, manifest, proc.pid
+
+
+def processes_with(marker: str) -> list[str]:
+    """Command lines of live processes whose environment carries `marker` (inherited from a build)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes():
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
+def test_processes_with_sees_a_marked_process():  # so an empty answer below means something
+    marker = f"LENDATA_TEST_BUILD={uuid.uuid4().hex}"
+    proc = subprocess.Popen(["sleep", "30"], env={**os.environ, "LENDATA_TEST_BUILD": marker.split("=")[1]})
+    try:
+        assert [c.strip() for c in processes_with(marker)] == ["sleep 30"]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_agentwrite_on_a_ray_cluster_and_prefect_server_of_its_own(tmp_path):
+    """No address and no PREFECT_API_URL: the build starts a local Ray cluster and a Prefect server on
+    127.0.0.1, gets the local runner's data, and leaves no process behind."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"{p} Write about 150 words."}) + "\n" for p in PROMPTS[:3]))
+    marker = f"LENDATA_TEST_BUILD={uuid.uuid4().hex}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    sets = ("target_field=null", "max_quarantine_share=1.0")
+    local, local_manifest, _ = build(tmp_path / "local", prompts, *sets, env=env, recipe="agentwrite")
+    ray, ray_manifest, driver = build(tmp_path / "ray", prompts, *sets, "runner=ray", "ray.num_cpus=2",
+                                      env={**env, marker.split("=")[0]: marker.split("=")[1]}, recipe="agentwrite")
+
+    assert ray["rows"] + ray["quarantined"] == local["rows"] + local["quarantined"] == 3
+    assert ray_manifest["content_hash"] == local_manifest["content_hash"]
+    shards = ray_manifest["shards"]
+    assert [s["rows"] for s in shards] == [1, 1, 1] and all(s["ray_node"] and s["pid"] != driver for s in shards)
+    assert list((tmp_path / "ray" / "_work" / "prefect-server").glob("*.db"))  # the server it started was used
+    assert processes_with(marker) == []  # the Ray cluster and the Prefect server were stopped
 
 
 @pytest.mark.slow

@@ -158,7 +158,8 @@ def task_runner(recipe: dict[str, Any], api_url: str) -> Any:
         raise ValueError("runner: ray needs Ray and prefect-ray: pip install 'lendata[ray]'") from None
     opts = recipe["ray"]
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "warning",
+    verbose = os.environ.get("PREFECT_LOGGING_LEVEL") in ("DEBUG", "INFO")  # `lendata build -v`
+    init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose, "logging_level": "warning",
                             "runtime_env": {"env_vars": {**env, "PREFECT_API_URL": api_url}}}
     if not opts.get("address"):
         init["num_cpus"] = opts.get("num_cpus") or os.cpu_count()

@@ -24,7 +24,8 @@ def run_recipe(
     ray, shards = recipe.get("runner", "local") == "ray", int(recipe.get("shards") or 1)
     if (ray or shards > 1) and not getattr(module, "SHARDED", False):
         raise ValueError(f"recipe {recipe['_name']!r}: the {name} flow runs on the local runner in one shard "
-                         f"only (runner: ray and shards are supported by the direct and agentwrite flows)")
+                         "only (runner: ray and shards are supported by the direct, agentwrite and self_lengthen "
+                         "flows)")
     run = {"recipe": recipe, "store": str(store), "overwrite": overwrite, "progress": progress}
     if not ray:
         return module.flow(**run)

@@ -48,7 +48,9 @@ class EngineTally:
     ray_node: str | None = None
 
     def add(self, engine: Any) -> None:
-        self.name, self.model_id = engine.name, engine.model_id
+        self.name = "+".join(dict.fromkeys(x for x in (*self.name.split("+"), *engine.name.split("+")) if x))
+        self.model_id = "+".join(dict.fromkeys(x for x in (*self.model_id.split("+"),
+                                                          *engine.model_id.split("+")) if x))
         self.calls += engine.calls
         self.hits += engine.hits
         self.tokens += engine.tokens
@@ -66,13 +68,16 @@ def on_ray(recipe: dict[str, Any]) -> bool:
     return recipe.get("runner", "local") == "ray"
 
 
+def shard_engine_options(recipe: dict[str, Any], engine: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """A shard's engine options: on Ray, llama.cpp gets the CPUs the shard was given instead of every core of
+    the node, which the other shards on it are using too."""
+    if not on_ray(recipe) or engine != "llamacpp":
+        return dict(options or {})
+    return {"n_threads": max(1, int(recipe["ray"].get("cpus_per_shard") or 1)), **(options or {})}
+
+
 def shard_engine_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
-    """The recipe a shard opens its engine with: on Ray, llama.cpp gets the CPUs the shard was given instead
-    of every core of the node, which the other shards on it are using too."""
-    if not on_ray(recipe) or recipe.get("engine", "llamacpp") != "llamacpp":
-        return recipe
-    options = dict(recipe.get("engine_options") or {})
-    options.setdefault("n_threads", max(1, int(recipe["ray"].get("cpus_per_shard") or 1)))
+    options = shard_engine_options(recipe, recipe.get("engine", "llamacpp"), recipe.get("engine_options"))
     return {**recipe, "engine_options": options}
 
 
@@ -84,11 +89,13 @@ def cache_file(recipe: dict[str, Any]) -> str:
     return "responses.sqlite" if host == recipe.get("_driver_host", host) else f"responses-{host}.sqlite"
 
 
-def with_engine(recipe: dict[str, Any], store: str, engine: Any, work: Callable[[Any], Any]) -> tuple[Any, Any]:
-    """(work(engine), engine): the flow's engine when given, else one opened (and closed) for this shard."""
+def with_engine(recipe: dict[str, Any], store: str, engine: Any, work: Callable[[Any], Any],
+                opener: Callable[..., Any] = open_engine) -> tuple[Any, Any]:
+    """(work(engine), engine): the flow's engine when given, else one opened (and closed) for this shard by
+    `opener(recipe, store, cache_file)`: `open_engine`, or `RoleEngines` for a flow with several roles."""
     if engine is not None:
         return work(engine), engine
-    own = open_engine(shard_engine_recipe(recipe), Path(store), cache_file(recipe))
+    own = opener(shard_engine_recipe(recipe), Path(store), cache_file(recipe))
     try:
         result = work(own)
         return result, EngineTally(own.name, own.model_id, own.calls, own.hits, own.tokens,

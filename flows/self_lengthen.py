@@ -12,6 +12,7 @@ from prefect import flow as prefect_flow
 from prefect import task
 from prefect.cache_policies import NONE
 
+from flows._runner import EngineTally, on_ray, run_shards, shard_engine_options, with_engine
 from flows._tasks import commit
 from lendata.build import RoleEngines, load_inputs
 from lendata.methods import self_lengthen as sl
@@ -22,6 +23,7 @@ from lendata.paths import work_dir
 from lendata.progress import GenerationProgress
 from lendata.trainer import train_between
 
+SHARDED = True  # generate + extend run in `shards` tasks per iteration, on Ray with `runner: ray`
 SCHEMAS = {"instructions": "sl_instructions", "responses": "sl_responses", "gen_sft": "sl_pairs",
            "ext_sft": "sl_pairs", "queries": "sl_queries"}
 
@@ -32,20 +34,26 @@ def instruct(seeds, engine, s, iteration, lora, progress):
         return sl.self_instruct(seeds, engine, s, iteration, lora, on_result=bar.update)
 
 
-@task(cache_policy=NONE, name="step 1: generate")
-def generate(instructions, engine, s, lora, progress):
-    label = f"iter {instructions[0]['iteration']} generate" if instructions else "generate"
-    with GenerationProgress(len(instructions) * s.samples, label, enabled=progress) as bar:
-        return sl.generate(instructions, engine, s, lora, on_result=bar.update)
+@task(cache_policy=NONE, name="steps 1-2: generate and extend")
+def generate_and_extend(recipe: dict[str, Any], store: str, instructions: list[dict[str, Any]], offset: int,
+                        engines, progress: bool, label: str):
+    """One shard of an iteration's instructions: the Generator answers them, the Extender lengthens the
+    answers. `recipe["_roles"]` holds the iteration's role settings (engine, options, LoRA adapter)."""
+    s, cfg = sl.Settings.from_recipe(recipe), recipe["_roles"]
 
+    def work(roles):
+        gen, ext = (roles.get(cfg[r]["engine"], shard_engine_options(recipe, cfg[r]["engine"],
+                                                                     cfg[r]["engine_options"]))
+                    for r in sl.ROLES)
+        with GenerationProgress(len(instructions) * s.samples, f"{label} generate", enabled=progress) as bar:
+            responses = sl.generate(instructions, gen, s, cfg["generator"]["lora"], on_result=bar.update)
+        todo = sum(r.failed is None for r in responses)
+        # an upper bound: two calls per micro-round; rows that succeed in their first attempt finish early
+        with GenerationProgress(todo * 2 * s.micro_rounds * s.extend_attempts, f"{label} extend (calls, at most)",
+                                enabled=progress) as bar:
+            return sl.extend(responses, ext, s, cfg["extender"]["lora"], on_result=bar.update)
 
-@task(cache_policy=NONE, name="step 2: extend")
-def extend(responses, engine, s, lora, progress):
-    todo = sum(r.failed is None for r in responses)
-    # an upper bound: two calls per micro-round; rows that succeed in their first attempt finish early
-    with GenerationProgress(todo * 2 * s.micro_rounds * s.extend_attempts, "extend (calls, at most)",
-                            enabled=progress) as bar:
-        return sl.extend(responses, engine, s, lora, on_result=bar.update)
+    return with_engine(recipe, store, engines, work, opener=RoleEngines)
 
 
 @task(cache_policy=NONE, name="train between iterations")
@@ -67,7 +75,7 @@ def flow(recipe: dict[str, Any], store: str, overwrite: bool = False, progress: 
     out: dict[str, list[pa.Table]] = {name: [] for name in SCHEMAS if name != "queries"}
     kept_all: list[sl.Response] = []
     adapters: dict[str, str] = {}
-    roles_used = []
+    roles_used, shards, shard_engines = [], [], EngineTally()
     try:
         for it in range(1, int(recipe.get("iterations", 1)) + 1):
             cfg = {role: sl.role_config(recipe, role, it, adapters.get(role)) for role in sl.ROLES}
@@ -75,8 +83,12 @@ def flow(recipe: dict[str, Any], store: str, overwrite: bool = False, progress: 
             roles_used.append({"iteration": it, **{r: {"engine": cfg[r]["engine"], "lora": cfg[r]["lora"]}
                                                    for r in sl.ROLES}})
             instructions, rejected = instruct(seeds, gen, s, it, cfg["generator"]["lora"], progress)
-            responses = generate(instructions, gen, s, cfg["generator"]["lora"], progress)
-            responses = extend(responses, ext, s, cfg["extender"]["lora"], progress)
+            done = run_shards(generate_and_extend, {**recipe, "_roles": cfg}, store, instructions,
+                              None if on_ray(recipe) else engines, progress, f"iter {it}")
+            responses = [r for part in done.results for r in part]
+            shards.append({"iteration": it, "shards": done.shards})
+            if on_ray(recipe):
+                shard_engines.add(done.engine)
             kept, dropped = sets.keep_long(responses, s, it)
             quarantine += rejected + sets.failures(responses) + dropped
             gen_sft, ext_sft = sets.sft_tables(kept, s)
@@ -92,7 +104,12 @@ def flow(recipe: dict[str, Any], store: str, overwrite: bool = False, progress: 
                                      tuple(q.get("types", TYPES)), q.get("p1000", 0.8), q.get("zh_numerals", False))
         tables = {name: pa.concat_tables(parts) for name, parts in out.items()}
         tables["queries"] = queries
-        return commit(recipe, store, tables, quarantine, engines, started, overwrite, schemas=SCHEMAS,
-                      meta={"roles": roles_used})
+        used = engines
+        if on_ray(recipe):  # the driver's self-instruct calls plus the shards' own engines
+            used = shard_engines
+            used.add(engines)
+        ran = {"shards": shards} if on_ray(recipe) or int(recipe.get("shards") or 1) > 1 else {}
+        return commit(recipe, store, tables, quarantine, used, started, overwrite, schemas=SCHEMAS,
+                      meta={"roles": roles_used, **ran})
     finally:
         engines.close()

@@ -85,15 +85,15 @@ class RoleEngines:
     """Engines for named roles (Self-Lengthen's Generator and Extender): roles with the same engine and
     options share one loaded engine and one response cache; calls and hits are summed for the report."""
 
-    def __init__(self, recipe: dict[str, Any], store: Path):
-        self.recipe, self.store = recipe, store
+    def __init__(self, recipe: dict[str, Any], store: Path, cache_file: str = "responses.sqlite"):
+        self.recipe, self.store, self.cache_file = recipe, store, cache_file
         self._open: dict[str, CachedEngine] = {}
 
     def get(self, engine: str, options: dict[str, Any] | None = None) -> CachedEngine:
         key = json.dumps([engine, options or {}], sort_keys=True, default=str)
         if key not in self._open:
             self._open[key] = open_engine({**self.recipe, "engine": engine, "engine_options": options or {}},
-                                          self.store)
+                                          self.store, self.cache_file)
         return self._open[key]
 
     @property
@@ -115,6 +115,10 @@ class RoleEngines:
     @property
     def hits(self) -> int:
         return sum(e.hits for e in self._open.values())
+
+    @property
+    def tokens(self) -> int:
+        return sum(e.tokens for e in self._open.values())
 
     def close(self) -> None:
         for e in self._open.values():

@@ -102,6 +102,7 @@ def build(store: Path, prompts: Path, *sets: str, env: dict[str, str], recipe: s
     """(the --json report, the manifest, the build's pid)."""
     args = [sys.executable, "-m", "lendata", "build", recipe, "--store", str(store), "--json", "--no-progress",
             "--set", f"input={prompts}", "--set", "shards=3", *(a for s in sets for a in ("--set", s))]
+    # later --set values win: a test may ask for another shard count
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, f"build failed:\n{stdout}\n{stderr}"
@@ -179,6 +180,23 @@ def test_a_sharded_recipe_on_ray_equals_the_local_runner(tmp_path, prefect_serve
     assert len(generate) == 3 and {r["state_type"] for r in generate} == {"COMPLETED"}
 
 
+@pytest.mark.slow
+def test_self_lengthen_shards_on_ray_equal_the_local_runner(tmp_path, prefect_server, ray_cluster):
+    """Self-Lengthen's generate + extend per shard, with the Generator and Extender opened on each worker."""
+    seeds = Path(__file__).resolve().parent.parent / "pipelines" / "data" / "self_lengthen_seeds.jsonl"
+    small = ("n=2", "iterations=1", "samples=1", "max_tokens=200", "micro_rounds=2", "generate_attempts=3",
+             "drop_short=false", "shards=2")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    local, local_manifest, _ = build(tmp_path / "local", seeds, *small, env=env, recipe="self_lengthen")
+    ray, ray_manifest, driver = build(tmp_path / "ray", seeds, *small, "runner=ray", f"ray.address={ray_cluster}",
+                                      env={**env, "PREFECT_API_URL": prefect_server}, recipe="self_lengthen")
+    assert ray["rows"] == local["rows"] > 0
+    assert ray_manifest["content_hash"] == local_manifest["content_hash"]
+    [iteration] = ray_manifest["shards"]
+    assert [s["rows"] for s in iteration["shards"]] == [1, 1]
+    assert all(s["ray_node"] and s["pid"] != driver and s["engine_calls"] > 0 for s in iteration["shards"])
+
+
 def test_cut_makes_contiguous_near_equal_shards():
     assert cut(list(range(7)), 3) == [(0, [0, 1]), (2, [2, 3, 4]), (5, [5, 6])]
     assert cut([1, 2], 5) == [(0, [1]), (1, [2])]
@@ -206,6 +224,6 @@ def test_bad_run_settings_are_refused_before_anything_runs(tmp_path, sets, messa
     assert not (tmp_path / "direct").exists()
 
 
-def test_flows_without_shards_say_so_for_runner_ray(tmp_path):
+def test_flows_without_shards_say_so_for_runner_ray(tmp_path):  # decompose and lveval, so far
     res = CliRunner().invoke(app, ["build", "decompose", "--store", str(tmp_path), "--set", "runner=ray"])
     assert res.exit_code == 1 and "runs on the local runner in one shard only" in res.stderr

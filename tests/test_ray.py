@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows._runner import cache_file, cut
+from flows._runner import prefect_server as start_prefect_server
 from lendata.cli import app
 from tests.conftest import free_port
 
@@ -48,28 +49,9 @@ def stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-server")
-    url = f"http://127.0.0.1:{free_port()}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    log = home / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                 "--port", url.rsplit(":", 1)[1].split("/")[0]],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(healthy, "the Prefect server", proc, log)
+    # the same starter the build uses when it has no PREFECT_API_URL: one way to run a loopback server
+    with start_prefect_server(tmp_path_factory.mktemp("prefect-server")) as url:
         yield url
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="module")

@@ -167,10 +167,14 @@ def query(
     """Read-only SQL (DuckDB) over every dataset version; a view per dataset for its latest version."""
     from lendata.catalog import QueryError
     from lendata.catalog import query as run
+    from lendata.paths import check_output
 
+    root = _store(store)
     try:
-        df = run(_store(store), sql)
-    except QueryError as e:
+        if out_file is not None:
+            out_file = check_output(out_file, root, "--out")
+        df = run(root, sql)
+    except (QueryError, ValueError) as e:
         _fail(str(e))
     if fmt is Format.parquet:
         if out_file is None:
@@ -268,11 +272,14 @@ def report(
     quarantine reasons, truncation and repetition rates; for a decompose build also its bucket statistics."""
     from lendata import store as st
     from lendata.methods.decompose_report import histogram, report_data
+    from lendata.paths import check_output
     from lendata.report import render
 
     root = _store(store)
     try:
         version = st.open_version(root, ref)
+        if out_dir is not None:  # the default is the store's _work folder; a published version is never hit
+            out_dir = check_output(out_dir, root, "--to")
     except (st.StoreError, ValueError) as e:
         _fail(str(e))
     data = render(version, root, out_dir)

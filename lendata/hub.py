@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from lendata import store as st
+from lendata.atomic import exchange, fsync_dir, fsync_tree
 from lendata.describe import describe
 
 SKIP_SPLITS = {"quarantine", "rejected"}  # audit trail, not data: they stay in the store
@@ -78,16 +79,64 @@ def card(version: st.Version, files: dict[str, list[str]], stats: dict[str, Any]
     return "\n".join(lines)
 
 
+EXPORT_README = "README.md"
+
+
+def is_export(folder: Path) -> bool:
+    """Whether `folder` holds a lendata export and nothing else: a README.md dataset card tagged `lendata`,
+    `data/*.parquet` and `plots/*.png`. Only such a folder may be replaced by `export --overwrite`."""
+    try:
+        text = (folder / EXPORT_README).read_text(encoding="utf-8")
+        header = yaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, IndexError):
+        return False
+    if not isinstance(header, dict) or "lendata" not in (header.get("tags") or []):
+        return False
+    allowed = {"data": ".parquet", "plots": ".png"}
+    for entry in folder.iterdir():
+        if entry.name == EXPORT_README and entry.is_file() and not entry.is_symlink():
+            continue
+        suffix = allowed.get(entry.name)
+        if suffix is None or entry.is_symlink() or not entry.is_dir():
+            return False
+        if any(f.is_symlink() or not f.is_file() or f.suffix != suffix for f in entry.iterdir()):
+            return False
+    return True
+
+
+def check_target(version: st.Version, target: Path, overwrite: bool) -> Path:
+    """The resolved export folder, or ExportError: never the store, inside it or around it; a non-empty folder
+    only with `overwrite`, and only when it is an earlier lendata export."""
+    store = version.store.resolve()
+    t = target.expanduser().resolve()
+    where = ("the store" if t == store else "inside the store" if store in t.parents
+             else "a folder that holds the store" if t in store.parents else None)
+    if where:
+        raise ExportError(f"{target} is {where} ({store}): export to a folder outside it")
+    if t.exists() and not t.is_dir():
+        raise ExportError(f"{target} exists and is not a folder")
+    if t.is_dir() and any(t.iterdir()):
+        if not overwrite:
+            raise ExportError(f"{target} is not empty (pass --overwrite to replace an earlier export)")
+        if not is_export(t):
+            raise ExportError(f"{target} is not an earlier lendata export (README.md card tagged lendata, data/, "
+                              "plots/ and nothing else): refusing to replace it; choose an empty folder")
+    return t
+
+
 def export(version: st.Version, target: Path, licence: str = "other", plots: list[Path] | None = None,
            overwrite: bool = False, stats: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write the Hub layout of `version` into `target`, atomically (a half-written folder is never left).
-    `stats` is the version's `describe()`, when the caller has it already."""
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise ExportError(f"{target} is not empty (pass --overwrite to replace it)")
+    """Write the Hub layout of `version` into `target`, atomically: the layout is built in a hidden sibling
+    folder and then renamed (or, replacing an earlier export, exchanged) into place, so a reader finds the old
+    export or the new one, whole. `stats` is the version's `describe()`, when the caller has it already."""
+    target = check_target(version, target, overwrite)
     splits = [s for s in version.splits if s not in SKIP_SPLITS and version.splits[s]["files"]]
     if not splits:
         raise ExportError(f"{version.dataset}@{version.version} has no data split to export")
     stats = stats or describe(version)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for old in target.parent.glob(f".{target.name}.*.tmp"):  # what a killed export of this target left
+        shutil.rmtree(old, ignore_errors=True)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
     (tmp / "data").mkdir(parents=True)
     try:
@@ -109,10 +158,13 @@ def export(version: st.Version, target: Path, licence: str = "other", plots: lis
             (tmp / "plots").mkdir(exist_ok=True)
             shutil.copyfile(p, tmp / "plots" / p.name)
             copied.append(f"plots/{p.name}")
-        (tmp / "README.md").write_text(card(version, files, stats, licence, copied), encoding="utf-8")
+        (tmp / EXPORT_README).write_text(card(version, files, stats, licence, copied), encoding="utf-8")
+        fsync_tree(tmp)
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+            exchange(tmp, target)  # tmp now holds the earlier export, deleted below
+        else:
+            os.rename(tmp, target)
+        fsync_dir(target.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"path": str(target), "splits": {s: stats["splits"][s]["rows"] for s in splits},

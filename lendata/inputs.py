@@ -7,11 +7,12 @@ quarantine record naming the file and line, and the rest of the file is read as 
 
 from __future__ import annotations
 
+import codecs
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow.parquet as pq
 
@@ -38,6 +39,51 @@ class Loaded:
     bad: list[Bad] = field(default_factory=list)
 
 
+def unencodable(value: Any, where: str = "") -> str | None:
+    """Where `value` (a parsed JSON record) holds a string that is not valid Unicode, else None. JSON can spell
+    a lone UTF-16 surrogate ("\\ud800"); Python parses it, then every UTF-8 encoder (the cache key, Arrow,
+    SQLite) fails on it, so such a line is quarantined when it is read."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"{where or 'the record'} holds a lone surrogate {value[e.start]!r} at character {e.start}"
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = unencodable(k, "a field name") or unencodable(v, f"field {k!r}" if not where else f"{where}.{k}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = unencodable(v, f"{where or 'the record'}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _lines(f: BinaryIO):
+    """(line number, bytes) for each line, each at most MAX_LINE_BYTES long: a longer line is skipped in
+    chunks (never held whole) and given as (line number, None, its size)."""
+    lineno = 0
+    while True:
+        raw = f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            size, head = len(raw), raw[:500]
+            del raw
+            while True:
+                chunk = f.readline(1 << 20)
+                size += len(chunk)
+                if not chunk or chunk.endswith(b"\n"):
+                    break
+            yield lineno, None, size, head
+            continue
+        yield lineno, raw, len(raw), b""
+
+
 def records(path: Path):
     """(line number, dict | None, problem, raw) for each non-blank record."""
     if path.suffix == ".parquet":
@@ -49,11 +95,14 @@ def records(path: Path):
             yield i, rec, None, ""
         return
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
+        for lineno, raw, size, head in _lines(f):
+            if raw is None:
+                yield (lineno, None, f"line is {size} bytes, over the {MAX_LINE_BYTES}-byte limit",
+                       head.decode("utf-8", "replace"))
                 continue
-            if len(raw) > MAX_LINE_BYTES:
-                yield lineno, None, f"line is {len(raw)} bytes, over the {MAX_LINE_BYTES} limit", ""
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):  # written by many Windows editors
+                raw = raw[len(codecs.BOM_UTF8):]
+            if not raw.strip():
                 continue
             try:
                 text = raw.decode("utf-8")
@@ -67,6 +116,11 @@ def records(path: Path):
                 continue
             if not isinstance(rec, dict):
                 yield lineno, None, f"expected a JSON object, got {type(rec).__name__}", text[:500]
+                continue
+            problem = unencodable(rec)
+            if problem:
+                # the raw line is valid UTF-8 (the surrogate is an escape), so it can be kept as it was
+                yield lineno, None, f"not valid Unicode: {problem}", text[:500]
                 continue
             yield lineno, rec, None, text
 

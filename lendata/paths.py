@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)
 
 
 def store_root(store: str | os.PathLike | None = None) -> Path:
@@ -19,13 +19,25 @@ def work_dir(store: Path) -> Path:
     return store / "_work"
 
 
+def check_output(path: str | os.PathLike, store: Path, what: str = "output") -> Path:
+    """`path` resolved, unless it lies inside the store (outside its `_work` folder) or holds the store: no
+    command's output option may overwrite a published file or replace the store."""
+    p, root = Path(path).expanduser().resolve(), Path(store).expanduser().resolve()
+    inside = p == root or root in p.parents
+    if (inside and work_dir(root) not in p.parents) or p in root.parents:
+        raise ValueError(f"{what} {path} is {'inside the store' if inside else 'a folder that holds the store'} "
+                         f"({root}): write it somewhere else")
+    return p
+
+
 def user_cache() -> Path:
     return Path(os.environ.get("LENDATA_CACHE") or Path.home() / ".cache" / "lendata")
 
 
 def check_name(name: str, what: str = "name") -> str:
     """Dataset, split and version names become directory names: refuse anything that could escape."""
-    if not isinstance(name, str) or not _NAME.match(name) or name in {".", ".."} or ".." in name:
+    # fullmatch: `$` would also match before a trailing newline ("ds\n")
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in {".", ".."} or ".." in name:
         raise ValueError(
             f"invalid {what} {name!r}: use letters, digits, '.', '_' or '-' (not starting with '.' or '_')"
         )

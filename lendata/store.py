@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping
@@ -25,6 +26,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lendata import faults
+from lendata.atomic import ExchangeUnsupported, exchange, fsync_dir, fsync_file, fsync_tree
 from lendata.paths import check_name
 
 MANIFEST = "manifest.json"
@@ -44,11 +47,17 @@ class NotFound(StoreError):
     pass
 
 
+# canonical ASCII MAJOR.MINOR.PATCH without leading zeros: one spelling per version, so "01.0.0", "1.00.0" or
+# "\u0661.0.0" (Arabic-Indic one) can never sit beside 1.0.0 as another folder ([0-9] is ASCII only in `re`)
+_VERSION = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
+
+
 def parse_version(v: str) -> tuple[int, int, int]:
-    parts = v.split(".")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"version {v!r} is not MAJOR.MINOR.PATCH")
-    return int(parts[0]), int(parts[1]), int(parts[2])
+    m = _VERSION.fullmatch(v) if isinstance(v, str) else None
+    if m is None:
+        raise ValueError(f"version {v!r} is not canonical MAJOR.MINOR.PATCH (ASCII digits, no leading zeros, "
+                         "e.g. 1.0.0)")
+    return int(m[1]), int(m[2]), int(m[3])
 
 
 def bump(v: str, part: str = "patch") -> str:
@@ -58,14 +67,6 @@ def bump(v: str, part: str = "patch") -> str:
     if part == "minor":
         return f"{major}.{minor + 1}.0"
     return f"{major}.{minor}.{patch + 1}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -82,8 +83,8 @@ def write_parquet_atomic(table: pa.Table, path: Path, **kwargs: Any) -> dict[str
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         pq.write_table(table, tmp, compression=kwargs.pop("compression", "zstd"), **kwargs)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        faults.point("shard_write")
+        fsync_file(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -176,6 +177,8 @@ def open_version(store: Path, ref: str) -> Version:
     if not versions:
         known = ", ".join(list_datasets(store)) or "none"
         raise NotFound(f"no dataset {dataset!r} in {store} (datasets: {known})")
+    if version:
+        parse_version(version)
     version = version or versions[-1]
     if version not in versions:
         raise NotFound(f"{dataset} has no version {version!r} (versions: {', '.join(versions)})")
@@ -227,6 +230,7 @@ class ShardWriter:
                 self._open()
             take = min(table.num_rows, self.rows_per_shard - self._rows)
             self._writer.write_table(table.slice(0, take))  # type: ignore[union-attr]
+            faults.point("shard_write")
             self._rows += take
             table = table.slice(take)
             if self._rows >= self.rows_per_shard:
@@ -245,8 +249,7 @@ class ShardWriter:
         if self._writer is None or self._tmp is None:
             return
         self._writer.close()
-        with open(self._tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        fsync_file(self._tmp)
         files = self.stage.splits.setdefault(self.split, {"rows": 0, "files": []})["files"]
         rel = f"{self.dir}/part-{self._shards:05d}.parquet"
         self._shards += 1
@@ -280,7 +283,12 @@ class Stage:
     def __enter__(self) -> Stage:
         self.store.mkdir(parents=True, exist_ok=True)
         self._lock.__enter__()
-        self.path.mkdir(parents=True)
+        try:
+            clean_leftovers(self.store, self.dataset)
+            self.path.mkdir(parents=True)
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -307,52 +315,91 @@ class Stage:
         return ShardWriter(self, split, schema, partition, rows_per_shard)
 
     def publish(self, version: str = AUTO, overwrite: bool = False, meta: Mapping[str, Any] | None = None) -> Version:
+        """Make the staged version visible under `version` in one rename.
+
+        `auto`: the latest version when it holds identical content (`unchanged`), else the next patch version;
+        a new version whose content equals an older one records it as `same_content_as`, so the build's result
+        is always what the dataset's default view (its latest version) serves. An explicit version that exists
+        with identical content is `unchanged`; with other content it is refused unless `overwrite`, which swaps
+        the new folder in with one atomic exchange: a reader finds the old version or the new one, never none.
+        """
         from lendata import __version__
 
         store, dataset, stage = self.store, self.dataset, self.path
-        if version != AUTO:
-            parse_version(version)
         for split in self.splits.values():  # a stable order, whatever order partitions were written in
             split["files"].sort(key=lambda f: f["path"])
         content = _content_hash(self.splits)
         existing = list_versions(store, dataset)
-        for v in reversed(existing):
-            old = open_version(store, f"{dataset}@{v}")
-            if old.manifest.get("content_hash") == content and (version in (AUTO, v)):
-                old.unchanged = True
-                return old
+        same_as = None
         if version == AUTO:
+            if existing:
+                latest = open_version(store, f"{dataset}@{existing[-1]}")
+                if latest.manifest.get("content_hash") == content:
+                    latest.unchanged = True
+                    return latest
+                same_as = next((v for v in reversed(existing[:-1]) if open_version(
+                    store, f"{dataset}@{v}").manifest.get("content_hash") == content), None)
             version = bump(existing[-1]) if existing else "0.1.0"
+        else:
+            parse_version(version)
+            if version in existing:
+                old = open_version(store, f"{dataset}@{version}")
+                if old.manifest.get("content_hash") == content:
+                    old.unchanged = True
+                    return old
+                if not overwrite:
+                    raise VersionExists(
+                        f"{dataset}@{version} is already committed with other content; versions are immutable "
+                        "(pass --overwrite to replace it, or choose another version)")
         target = store / dataset / version
-        if target.exists() and not overwrite:
-            raise VersionExists(
-                f"{dataset}@{version} is already committed with other content; versions are immutable "
-                "(pass --overwrite to replace it, or choose another version)"
-            )
+        if target.exists() and version not in existing:
+            raise StoreError(f"{target} exists but is not a committed version (no manifest); move it away first")
         manifest = {
             "dataset": dataset,
             "version": version,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "lendata_version": __version__,
             "content_hash": content,
+            **({"same_content_as": same_as} if same_as else {}),
             "splits": self.splits,
             "schema": self.schemas,
             **(meta or {}),
         }
         mpath = stage / MANIFEST
         mpath.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
-        with open(mpath, "rb+") as f:
-            os.fsync(f.fileno())
-        _fsync_dir(stage)
-        if target.exists():  # overwrite: move the old version aside, swap, then delete it
-            trash = store / dataset / f".trash-{uuid.uuid4().hex[:12]}"
-            os.rename(target, trash)
-            os.rename(stage, target)
-            shutil.rmtree(trash, ignore_errors=True)
+        fsync_file(mpath)
+        fsync_tree(stage)  # every shard's name is on disk before the version can be seen
+        faults.point("before_publish")
+        if target.exists():
+            try:
+                exchange(stage, target)  # the stage folder now holds the old version; __exit__ deletes it
+            except ExchangeUnsupported as e:
+                raise StoreError(f"cannot replace {dataset}@{version} atomically here ({e.strerror}); commit "
+                                 "another version instead") from None
+            fsync_dir(store / dataset)
+            faults.point("overwrite_exchanged")
+            shutil.rmtree(stage, ignore_errors=True)
         else:
             os.rename(stage, target)
-        _fsync_dir(store / dataset)
+            fsync_dir(store / dataset)
+        faults.point("after_publish")
         return Version(store, dataset, version, manifest)
+
+
+def clean_leftovers(store: Path, dataset: str) -> list[str]:
+    """Remove what killed writers of `dataset` left: staging folders (half-built versions, or an old version
+    swapped out by an overwrite) and temporary files. Called with the dataset's lock held, so nothing removed
+    belongs to a live writer. Returns the names removed."""
+    removed = []
+    d = store / dataset
+    for p in d.iterdir() if d.is_dir() else []:
+        if p.name.startswith((".staging-", ".trash-")) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+        elif p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
 
 
 def commit(

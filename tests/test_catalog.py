@@ -1,3 +1,6 @@
+import hashlib
+
+import duckdb
 import pyarrow as pa
 import pytest
 
@@ -7,11 +10,12 @@ from lendata.catalog import QueryError, query
 
 @pytest.fixture
 def store(tmp_path):
-    st.commit(tmp_path, "ds", {"train": pa.table({"x": [1, 2, 3]}), "quarantine": pa.table({"reason": ["bad"]})},
+    root = tmp_path / "store"
+    st.commit(root, "ds", {"train": pa.table({"x": [1, 2, 3]}), "quarantine": pa.table({"reason": ["bad"]})},
               meta={"recipe": "r", "engine": "e", "model": "m"})
-    st.commit(tmp_path, "ds", {"train": pa.table({"x": [10, 20]})})
-    (tmp_path / "secret.csv").write_text("a\n1\n")
-    return tmp_path
+    st.commit(root, "ds", {"train": pa.table({"x": [10, 20]})})
+    (root / "secret.csv").write_text("a\n1\n")
+    return root
 
 
 def test_views_for_latest_each_version_and_splits(store):
@@ -31,16 +35,119 @@ def test_views_for_latest_each_version_and_splits(store):
     ("INSTALL httpfs", "read-only"),
     ("SET enable_external_access=true", "read-only"),
     ("SELECT * FROM read_csv('/etc/passwd')", "Permission"),
-    ("SELECT * FROM ds; DROP VIEW ds", "read-only"),
+    ("SELECT * FROM ds; DROP VIEW ds", "one statement"),
+    ("SELECT 1; SELECT 2", "one statement"),
     ("SELEC nonsense", "parse"),
+    ("", "empty"),
+    ("PRAGMA version", "read-only"),
+    ("CALL pragma_version()", "read-only"),
+    ("EXPLAIN ANALYZE CREATE TABLE t AS SELECT 1", "read-only"),
+    ("EXPLAIN ANALYZE ATTACH ':memory:' AS m", "read-only|parse"),
+    ("EXPLAIN CREATE TABLE t AS SELECT 1", "read-only"),
+    ("EXPLAIN ANALYZE COPY (SELECT 1) TO '/tmp/lendata-out.csv'", "read-only"),
+    ("WITH t AS (INSERT INTO lendata_versions SELECT * FROM lendata_versions RETURNING *) SELECT * FROM t",
+     "data-modifying"),
+    ("WITH t AS (DELETE FROM lendata_versions RETURNING *) SELECT count(*) FROM t", "data-modifying"),
+    ("SELECT * FROM (WITH t AS (DELETE FROM lendata_versions RETURNING *) SELECT * FROM t)", "data-modifying"),
+    ("IMPORT DATABASE '/tmp'", "read-only"),
+    ("EXPORT DATABASE '/tmp/lendata-export'", "read-only"),
+    ("LOAD httpfs", "read-only"),
+    ("PIVOT ds ON x USING count(*)", "read-only"),
 ])
 def test_query_is_read_only_and_confined_to_the_store(store, sql, why):
     with pytest.raises(QueryError, match=why):
         query(store, sql)
 
 
-def test_files_inside_the_store_stay_readable(store):
-    assert query(store, f"SELECT count(*) AS n FROM read_csv('{store}/secret.csv')")["n"][0] == 1
+@pytest.mark.parametrize("sql", [
+    "SELECT count(*) AS n FROM ds", "FROM ds", "WITH t AS (SELECT x FROM ds) SELECT sum(x) AS n FROM t",
+    "EXPLAIN SELECT * FROM ds", "EXPLAIN ANALYZE SELECT sum(x) FROM ds", "DESCRIBE ds", "SUMMARIZE ds",
+    "SHOW TABLES", "(SELECT 1 AS n) UNION ALL (SELECT 2)", "-- a comment\nSELECT 1 AS n;"])
+def test_read_statements_are_accepted(store, sql):
+    assert query(store, sql).height >= 1
+
+
+def _tree(root):
+    """path -> sha256 of every file under root (hidden ones too)."""
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+def write_attempts(store):
+    """What a hostile user could type into `lendata query` to write a file; each names a real target."""
+    shard = st.open_version(store, "ds@0.1.0").files("train")[0]
+    script = store / "ds" / "0.1.0" / "train" / "schema.sql"
+    outside = store.parent
+    return [
+        f"EXPLAIN ANALYZE COPY (SELECT 999 AS x) TO '{shard}' (FORMAT parquet)",
+        f"COPY (SELECT 999 AS x) TO '{shard}' (FORMAT parquet)",
+        f"EXPLAIN ANALYZE COPY (SELECT 'CREATE TABLE p AS SELECT 1;' AS s) TO '{script}' (HEADER false)",
+        f"EXPLAIN ANALYZE ATTACH '{store}/ds/new.duckdb' AS x",
+        f"ATTACH '{store}/ds/new.duckdb' AS x",
+        "EXPLAIN ANALYZE CREATE TABLE t AS SELECT 1",
+        f"IMPORT DATABASE '{store}/ds/0.1.0/train'",
+        f"EXPORT DATABASE '{store}/exported'",
+        f"EXPORT DATABASE '{outside}/outside-export'",
+        f"COPY (SELECT 1) TO '{outside}/outside.csv'",
+        f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{outside}/outside.csv'",
+        "WITH t AS (INSERT INTO lendata_versions SELECT * FROM lendata_versions RETURNING *) SELECT * FROM t",
+        f"SELECT * FROM read_parquet('{shard}')",
+        "PRAGMA enable_profiling='json'",
+        f"SET profiling_output='{store}/profile.json'",
+        f"SELECT * FROM query('COPY (SELECT 1) TO ''{store}/q.csv''')",
+        # a sort larger than memory would spill to ./.tmp without the connection's settings
+        "SELECT count(*) FROM (SELECT range % 1000003 AS a, random() AS b FROM range(3000000) ORDER BY b)",
+    ]
+
+
+def test_no_query_creates_changes_or_deletes_a_file(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # DuckDB spills to ./.tmp by default: the working folder is watched too
+    before = _tree(tmp_path)
+    for sql in write_attempts(store):
+        try:
+            query(store, sql)
+        except QueryError:
+            pass
+    assert _tree(tmp_path) == before
+    for v in ("0.1.0", "0.1.1"):  # every file of the store still has its manifest hash
+        ver = st.open_version(store, f"ds@{v}")
+        for split in ver.splits.values():
+            for f in split["files"]:
+                assert hashlib.sha256((ver.path / f["path"]).read_bytes()).hexdigest() == f["sha256"]
+
+
+def test_the_connection_itself_cannot_touch_files(store, tmp_path, monkeypatch):
+    """Defence in depth: statements that the gate would refuse find no file system on the connection either."""
+    from lendata.catalog import connect
+
+    monkeypatch.chdir(tmp_path)
+    before = _tree(tmp_path)
+    con = connect(store)
+    shard = st.open_version(store, "ds@0.1.0").files("train")[0]
+    for sql in [f"COPY (SELECT 999 AS x) TO '{shard}' (FORMAT parquet)", f"ATTACH '{store}/x.db' AS x",
+                f"EXPORT DATABASE '{store}/out'", f"SELECT * FROM read_csv('{store}/secret.csv')",
+                f"IMPORT DATABASE '{store}'", "SET enable_external_access=true",
+                "SET temp_directory='/tmp/lendata-spill'", "INSTALL httpfs", "SET lock_configuration=false"]:
+        with pytest.raises(duckdb.Error):
+            con.execute(sql)
+    con.close()
+    assert _tree(tmp_path) == before
+
+
+def test_hive_partitions_are_columns_of_the_views(tmp_path):
+    with st.Stage(tmp_path, "dd") as stage:
+        for k in (8, 9):
+            w = stage.writer("train", pa.schema([("x", pa.int64())]), partition=f"bucket={k}")
+            w.write(pa.table({"x": [k, k]}))
+            w.close()
+        stage.publish()
+    got = query(tmp_path, "SELECT bucket, sum(x) AS s FROM dd GROUP BY 1 ORDER BY 1").to_dicts()
+    assert got == [{"bucket": 8, "s": 16}, {"bucket": 9, "s": 18}]
+
+
+def test_files_are_read_only_through_the_catalog(store):
+    # the views are the interface: no file of the store (or outside it) can be named in SQL
+    with pytest.raises(QueryError, match="Permission"):
+        query(store, f"SELECT count(*) AS n FROM read_csv('{store}/secret.csv')")
 
 
 def test_catalog_macros_count_words_and_pick_turns(tmp_path):
@@ -70,3 +177,11 @@ def test_query_command_writes_each_format_to_out(store, tmp_path):
             assert "20" in out.read_text()
     res = CliRunner().invoke(app, ["query", "COPY (SELECT 1) TO 'x.csv'", "--store", str(store)])
     assert res.exit_code == 1 and "read-only" in res.output
+    # --out never writes into the store: a published shard cannot be overwritten through it
+    shard = st.open_version(store, "ds@0.1.0").files("train")[0]
+    before = shard.read_bytes()
+    for fmt in ("parquet", "csv", "json", "table"):
+        res = CliRunner().invoke(app, ["query", "SELECT 999 AS x", "--store", str(store), "--format", fmt,
+                                       "--out", str(shard)])
+        assert res.exit_code == 1 and "inside the store" in res.output, res.output
+    assert shard.read_bytes() == before

@@ -29,15 +29,15 @@ def sft(n, words, finish=None, extra=None):
 
 @pytest.fixture
 def store(tmp_path):
+    root = tmp_path / "store"
     q = pa.table({"id": ["x", "y", "z"], "stage": ["input"] * 3, "reason": ["invalid JSON: x", "invalid JSON: y",
                                                                             "too short (3 < 5)"],
                   "source": ["f:1", "f:2", "f:3"], "record": ["", "", ""]})
-    st.commit(tmp_path, "ds", {"train": sft(4, [100, 90, 110, 80], ["stop", "length", "stop", "stop"]),
-                               "quarantine": q}, meta={"recipe": "direct", "engine": "llamacpp", "model": "m"})
-    st.commit(tmp_path, "ds", {"train": sft(6, [300, 310, 290, 305, 295, 300],
-                                            extra={"language": ["en"] * 6}),
-                               "test": sft(2, [50, 60])}, meta={"recipe": "direct"})
-    return tmp_path
+    st.commit(root, "ds", {"train": sft(4, [100, 90, 110, 80], ["stop", "length", "stop", "stop"]),
+                           "quarantine": q}, meta={"recipe": "direct", "engine": "llamacpp", "model": "m"})
+    st.commit(root, "ds", {"train": sft(6, [300, 310, 290, 305, 295, 300], extra={"language": ["en"] * 6}),
+                           "test": sft(2, [50, 60])}, meta={"recipe": "direct"})
+    return root
 
 
 def run(*args):
@@ -114,20 +114,52 @@ def test_export_is_loadable_by_datasets_offline(store, tmp_path, monkeypatch):
 
 
 def test_export_writes_hive_partitions_into_the_files(tmp_path):
-    with st.Stage(tmp_path, "dd") as stage:
+    with st.Stage(tmp_path / "store", "dd") as stage:
         for k in (8, 9):
             w = stage.writer("train", pa.schema([("tokens", pa.list_(pa.uint16()))]), partition=f"bucket={k}")
             w.write(pa.table({"tokens": pa.array([[1] * (1 << k)] * 3, pa.list_(pa.uint16()))}))
             w.close()
         stage.publish()
     target = tmp_path / "hub"
-    run("export", "dd", str(target), "--store", str(tmp_path), "--no-plots")
+    run("export", "dd", str(target), "--store", str(tmp_path / "store"), "--no-plots")
     header = yaml.safe_load((target / "README.md").read_text().split("---")[1])
     assert header["configs"][0]["data_files"] == [{"split": "train", "path": "data/train-*.parquet"}]
     import pyarrow.parquet as pq
 
     table = pa.concat_tables(pq.read_table(p) for p in sorted((target / "data").iterdir()))
     assert sorted(table.column("bucket").to_pylist()) == [8, 8, 8, 9, 9, 9]
+
+
+def _files(root):
+    return {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_export_overwrite_never_replaces_the_store_or_a_foreign_folder(store, tmp_path):
+    before = _files(store)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    (tmp_path / "link").symlink_to(store / "ds")
+    for target in (store, store / "ds", store / "ds" / "0.1.0", store / "new", tmp_path, tmp_path / "link", foreign):
+        res = CliRunner().invoke(app, ["export", "ds@0.1.1", str(target), "--store", str(store), "--overwrite",
+                                       "--no-plots"])
+        assert res.exit_code == 1, (target, res.output)
+        assert "store" in res.output or "not an earlier lendata export" in res.output, res.output
+    assert _files(store) == before
+    assert (foreign / "notes.txt").read_text() == "keep me" and sorted(p.name for p in foreign.iterdir()) == [
+        "notes.txt"]
+    # an earlier export is replaced whole: the old version's files do not survive beside the new ones
+    target = tmp_path / "hub"
+    run("export", "ds@0.1.1", str(target), "--store", str(store), "--no-plots")
+    (target / "data" / "stale-00000-of-00001.parquet").write_bytes((target / "data").iterdir().__next__().read_bytes())
+    run("export", "ds@0.1.0", str(target), "--store", str(store), "--no-plots", "--overwrite")
+    assert sorted(p.name for p in (target / "data").iterdir()) == ["train-00000-of-00001.parquet"]
+    assert "# ds 0.1.0" in (target / "README.md").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hub.")]  # no temporary folder left
+    # an export folder with something else in it is not an export any more
+    (target / "extra.txt").write_text("x")
+    res = CliRunner().invoke(app, ["export", "ds@0.1.1", str(target), "--store", str(store), "--overwrite"])
+    assert res.exit_code == 1 and "not an earlier lendata export" in res.output
 
 
 @pytest.fixture

@@ -49,27 +49,52 @@ def default_n(lang: str) -> int:
 
 
 def trim_to_sentence(text: str, lang: str = "en", keep_at_least: float = 0.5) -> str:
-    """Cut a text that stopped mid-sentence back to its last sentence end (if that keeps enough of it)."""
+    """Cut a text that stopped mid-sentence back to its last sentence end (if that keeps enough of it).
+
+    A sentence end is a terminator followed by whitespace, so "3.5", "e.g." inside a clause or "1.2.3" are never
+    cut through; for zh the full-width terminators end a sentence wherever they stand."""
     t = text.rstrip()
     if ends_sentence(t, lang):
         return t
-    ends = _END_ZH if lang == "zh" else ".!?"
-    cut = max(t.rfind(c) for c in ends)
-    if cut >= 0 and cut + 1 >= keep_at_least * len(t):
-        return t[: cut + 1]
+    ends = [m.end() for m in _SENTENCE_END.finditer(t)]
+    if lang == "zh":
+        ends += [i + 1 for i, ch in enumerate(t) if ch in "。！？"]
+    cut = max(ends, default=0)
+    if cut and cut >= keep_at_least * len(t):
+        return t[:cut].rstrip()
     return t
 
 
-_LABEL = re.compile(
-    r"^\s*(?:#+\s*)?(?:\*\*)?\s*(?:paragraph|step|part|section|段落|第\s*\d+\s*段)\s*\d*\s*[:：.\-—]?\s*(?:\*\*)?\s*",
+# a terminator (and closing quotes/brackets) followed by whitespace: the end of a sentence inside a text
+_SENTENCE_END = re.compile(r"[.!?。！？]+[\"')\]}»”’」』）】]*(?=\s)")
+
+# A label is a label word, a number (digits, upper-case Roman numerals, Chinese numerals) and a separator: ":",
+# ".", "-", "—", "–", the end of a bold run, or the end of the line. "Part of...", "Stepping back...",
+# "Particularly..." have no number and are text, not labels.
+_NUM = r"(?:\d+(?:\.\d+)*|(?-i:[IVXLC]+))"
+_LABEL_EN = re.compile(
+    r"(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*(?:paragraph|step|part|section)[ \t]+" + _NUM
+    + r"(?:[ \t]*[:.\-—–](?:\*\*|__)?|[ \t]*(?:\*\*|__)[ \t]*[:.\-—–]?|[ \t]*(?=\n))[ \t]*",
     re.I,
+)
+_ZH_NUM = r"[0-9一二三四五六七八九十百]+"
+_LABEL_ZH = re.compile(
+    r"(?:#{1,6}[ \t]*)?(?:\*\*)?(?:第" + _ZH_NUM + r"(?:段|部分|步)|段落" + _ZH_NUM + r")"
+    + r"(?:\*\*)?(?:[：:、.](?:\*\*)?|(?=\n))[ \t]*"
 )
 
 
 def strip_step_label(text: str) -> str:
-    """Remove a leading "Paragraph 2:" / "Step 3 -" / "**Paragraph 1**" label the model adds."""
-    out = _LABEL.sub("", text.lstrip(), count=1)
-    return out.lstrip()
+    """Remove a leading "Paragraph 2:" / "**Step 3** -" / "Part IV." / "第3段：" label the model adds.
+
+    A text that does not start with a label comes back unchanged, character for character; a label is removed
+    whole, with the blank space after it, and never part of a word (tests/test_text_edits.py)."""
+    body = text.lstrip()
+    for label in (_LABEL_EN, _LABEL_ZH):
+        m = label.match(body)
+        if m:
+            return body[m.end():].lstrip()
+    return text
 
 
 META_WORDS = ("revised", "version", "paragraph", "rewrite", "rewritten", "expanded", "word count", "here is")

@@ -208,7 +208,15 @@ def contains_term(text: str, term: str, lang: str) -> bool:
 
 
 _ECHO = re.compile(r"\b(Question|Answer|Passage)\s*:|问题[:：]|答案[:：]|材料[:：]")
-_ENUM = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+")
+# "1. ", "2) ", "- ", "* ", "• ": a list marker is a whole token followed by a space ("3.5 million", "-5 degrees" and
+# "*emphasis*" are text)
+_ENUM = re.compile(r"\s*(?:\d+[.)]|[-*•])\s+")
+
+
+def strip_list_marker(fact: str) -> str:
+    """A fact without the list marker the model put before it; a fact without one comes back unchanged."""
+    m = _ENUM.match(fact)
+    return fact[m.end():] if m else fact
 
 
 def fact_problem(fact: str, item: Item, s: Settings, subjects: set[str], evidence_grams: set) -> str | None:
@@ -256,7 +264,7 @@ def parse_facts(result: Result) -> tuple[list[str], str | None]:
     if not isinstance(facts, list):
         return [], f"no `facts` list in {result.text[:200]!r}"
     # "1. ..." and "- ..." list markers are the model's layout, not part of a fact
-    cleaned = [_ENUM.sub("", " ".join(f.split())) for f in facts if isinstance(f, str)]
+    cleaned = [strip_list_marker(" ".join(f.split())) for f in facts if isinstance(f, str)]
     return [f for f in cleaned if f], None
 
 

@@ -148,13 +148,34 @@ def rejection(stage: str, reason: str, record: dict[str, Any], rid: str = "") ->
 # --- step 0: self-instruct --------------------------------------------------------------------------------
 
 
+_QUOTES = {'"': '"', "'": "'", "“": "”", "「": "」", "‘": "’"}
+
+
 def clean_instruction(text: str) -> str:
-    """The completed third instruction: first line, without a label or quotes."""
+    """The completed third instruction: its first line, without an "Instruction 3:" label and without quotes
+    that enclose the whole line. Quotes inside the instruction are kept ('Write about "rivers"')."""
     line = text.strip().split("\n")[0].strip()
     for label in ("Instruction 3:", "指令3：", "Instruction:"):
         if line.startswith(label):
             line = line[len(label):].strip()
-    return line.strip("\"'“”「」 ")
+            break
+    return line[1:-1].strip() if _enclosed(line) else line
+
+
+def _enclosed(line: str) -> bool:
+    """Whether the quote that opens `line` is closed by its last character (and not earlier)."""
+    opening = line[:1]
+    close = _QUOTES.get(opening)
+    if not close or len(line) < 2 or not line.endswith(close):
+        return False
+    if opening == close:
+        return line.find(close, 1) == len(line) - 1
+    depth = 0
+    for i, ch in enumerate(line):
+        depth += (ch == opening) - (ch == close)
+        if depth == 0:
+            return i == len(line) - 1
+    return False
 
 
 def self_instruct(

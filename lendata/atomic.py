@@ -1,0 +1,64 @@
+"""File-system steps that readers must see whole or not at all: fsync of files and folder trees, and the atomic
+exchange of two folders (how a version or an export is replaced without a moment in which neither exists)."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import sys
+from pathlib import Path
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2  # Linux renameat2(2)
+_RENAME_SWAP = 2  # macOS renamex_np(2)
+
+
+class ExchangeUnsupported(OSError):
+    pass
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every folder under `root` (deepest first) and `root` itself, so that the names of the files in
+    them are on disk before `root` is renamed into view."""
+    for folder, _, _ in sorted(os.walk(root), key=lambda w: -w[0].count(os.sep)):
+        fsync_dir(Path(folder))
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap two existing folders in one atomic step: afterwards `a` holds what `b` held and `b` what `a` held,
+    and no reader ever finds `b` missing. Linux renameat2(RENAME_EXCHANGE), macOS renamex_np(RENAME_SWAP);
+    elsewhere `ExchangeUnsupported` (no two-rename fallback: it would leave a moment with no version)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    src, dst = os.fsencode(a), os.fsencode(b)
+    if sys.platform.startswith("linux"):
+        fn = getattr(libc, "renameat2", None)
+        if fn is None:  # glibc < 2.28: the system call itself (x86-64 316, aarch64 276)
+            number = {"x86_64": 316, "aarch64": 276}.get(os.uname().machine)
+            if number is None:
+                raise ExchangeUnsupported(errno.ENOSYS, "renameat2 is not available")
+            rc = libc.syscall(number, _AT_FDCWD, src, _AT_FDCWD, dst, _RENAME_EXCHANGE)
+        else:
+            rc = fn(_AT_FDCWD, src, _AT_FDCWD, dst, _RENAME_EXCHANGE)
+    elif sys.platform == "darwin":
+        rc = libc.renamex_np(src, dst, _RENAME_SWAP)
+    else:
+        raise ExchangeUnsupported(errno.ENOSYS, f"atomic folder exchange is not available on {sys.platform}")
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise ExchangeUnsupported(err, f"the file system of {b} cannot exchange folders atomically")
+        raise OSError(err, os.strerror(err), str(b))

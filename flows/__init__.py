@@ -27,11 +27,14 @@ def run_recipe(
                          "only (runner: ray and shards are supported by the direct, agentwrite and self_lengthen "
                          "flows)")
     run = {"recipe": recipe, "store": str(store), "overwrite": overwrite, "progress": progress}
-    if not ray:
-        return module.flow(**run)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows._runner import prefect_api, task_runner
+    from flows._runner import check_ray_api, task_runner
+    from flows._server import shared_server
 
-    with prefect_api(recipe, store) as url, temporary_settings({PREFECT_API_URL: url}):
+    if ray:
+        check_ray_api(recipe)
+    with shared_server() as url, temporary_settings({PREFECT_API_URL: url}):
+        if not ray:
+            return module.flow(**run)
         return module.flow.with_options(task_runner=task_runner(recipe, url))(**run)

@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import httpx
-
 from lendata.build import open_engine
-from lendata.paths import work_dir
 from lendata.progress import GenerationProgress
 
 # settings a Ray worker needs to join the build's Prefect server the way the driver does; secrets are not
@@ -175,58 +169,12 @@ def task_runner(recipe: dict[str, Any], api_url: str) -> Any:
     return RayTaskRunner(address=opts.get("address"), init_kwargs=init)
 
 
-@contextmanager
-def prefect_api(recipe: dict[str, Any], store: Path) -> Iterator[str]:
-    """The Prefect API Ray workers report to: PREFECT_API_URL when set, else a server started on 127.0.0.1
-    for this build (Prefect's ephemeral mode would start one per worker, each taking seconds)."""
-    url = os.environ.get("PREFECT_API_URL")
-    if url:
-        yield url
+def check_ray_api(recipe: dict[str, Any]) -> None:
+    """A remote cluster needs a Prefect server every node can reach: the store's own listens on 127.0.0.1."""
+    if os.environ.get("PREFECT_API_URL"):
         return
     address = str(recipe["ray"].get("address") or "")
     host = urlparse(address if "://" in address else f"x://{address}").hostname
     if address and address != "auto" and host not in ("127.0.0.1", "localhost"):
         raise ValueError(f"runner: ray on the cluster at {address} needs a Prefect server every node can reach: "
                          "start one (prefect server start --host 0.0.0.0) and set PREFECT_API_URL")
-    with prefect_server(work_dir(store) / "prefect-server") as started:
-        yield started
-
-
-@contextmanager
-def prefect_server(home: Path, timeout: float = 90) -> Iterator[str]:
-    """`prefect server start` on a free loopback port with its database under `home`; stopped on exit."""
-    home.mkdir(parents=True, exist_ok=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    log = open(home / "server.log", "wb")  # noqa: SIM115 - closed below, after the server
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = (home / "server.log").read_text(errors="replace")[-2000:]
-                raise ConnectionError(f"the Prefect server for runner: ray did not start (log {home}/server.log):"
-                                   f"\n{tail}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait()
-        log.close()

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lendata import store as st
-from lendata.build import BuildFailed, BuildReport, open_engine
+from lendata.build import BuildFailed, BuildReport, input_identity, open_engine
 from lendata.inputs import InputError
 from lendata.methods import lveval as lv
 from lendata.methods.lveval_build import input_path, publish, write_levels
@@ -91,6 +91,7 @@ def flow(recipe: dict[str, Any], store: str, overwrite: bool = False, progress: 
         tables, kpr_rejected = replacements(items, s, engine, progress)
         meta = {"recipe": recipe["_name"],
                 "recipe_settings": {k: v for k, v in recipe.items() if not k.startswith("_")},
+                "inputs": input_identity(recipe),
                 "settings": dataclasses.asdict(s), "unit": unit.name,
                 "engine": engine.name if engine else None, "model": engine.model_id if engine else None,
                 "distractor_pool": {"source": str(recipe["distractors"]), "documents": len(pool.texts),

@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from lendata import faults
 from lendata import store as st
 from lendata.engines import CachedEngine, ResponseCache, make_engine
 from lendata.inputs import Loaded, read_instructions
@@ -125,6 +126,45 @@ class RoleEngines:
             e.close()
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def input_identity(recipe: dict[str, Any], keys: tuple[str, ...] = ("input", "distractors", "tokenizer")
+                   ) -> list[dict[str, Any]]:
+    """What the recipe read, as a dataset card may publish it: each input's file name and sha256 (never its
+    path). A folder is identified by its name, file count and the sha256 of its listing (relative path and size
+    of each file matching `glob`), not of every byte; a built-in source (`@stdlib`) by the Python version."""
+    import hashlib
+    import platform
+
+    out: list[dict[str, Any]] = []
+    for key in keys:
+        value = recipe.get(key)
+        if not value:
+            continue
+        if str(value).startswith("@"):
+            out.append({"setting": key, "name": str(value), "python": platform.python_version()})
+            continue
+        path = resolve_input(recipe, str(value))
+        if path.is_file():
+            out.append({"setting": key, "name": path.name, "files": 1, "sha256": _sha256(path)})
+        elif path.is_dir():
+            files = sorted(p for p in path.glob(str(recipe.get("glob") or "**/*")) if p.is_file())
+            h = hashlib.sha256()
+            for p in files:
+                h.update(f"{p.relative_to(path).as_posix()}\0{p.stat().st_size}\n".encode())
+            out.append({"setting": key, "name": path.name, "files": len(files), "sha256": h.hexdigest(),
+                        "identity": "listing"})
+    return out
+
+
 def load_inputs(recipe: dict[str, Any]) -> Loaded:
     return read_instructions(
         resolve_input(recipe, str(recipe["input"])),
@@ -152,6 +192,7 @@ def finish(
     """
     from schemas import split_valid
 
+    faults.point("generated")
     splits = table if isinstance(table, dict) else {"train": table}
     kinds = schemas or {"train": recipe.get("schema", "sft")}
     valid: dict[str, pa.Table] = {}
@@ -178,6 +219,7 @@ def finish(
     meta = {
         "recipe": recipe["_name"],
         "recipe_settings": recipe_meta,
+        "inputs": input_identity(recipe),
         "engine": engine.name if engine else None,
         "model": engine.model_id if engine else None,
         **(extra_meta or {}),

@@ -130,7 +130,9 @@ def push(
     ref: Annotated[str, typer.Argument(help="DATASET@VERSION (or DATASET for the latest).")],
     repo: Annotated[str, typer.Option("--repo", help="The Hub dataset repo, ORG/NAME.")],
     store: StoreOpt = None,
-    private: Annotated[bool, typer.Option(help="Create the repo as private.")] = False,
+    private: Annotated[bool | None, typer.Option(
+        "--private/--public", help="The repo's visibility: a new repo is created so; an existing repo with the "
+        "other visibility is refused. Default: keep an existing repo's, create a new one public.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Export and list the files; no network.")] = False,
     licence: Annotated[str, typer.Option("--license", help="The card's licence (a Hub licence id).")] = "",
     plots: Annotated[bool, typer.Option(help="Render the length report's plots into the card.")] = True,

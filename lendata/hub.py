@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,64 @@ TASKS = {  # recipe -> (task_categories, tags)
 }
 
 
+# settings that name local things (paths, servers, clusters, commands, credentials' variable names): never on a
+# card; inputs are identified by file name and sha256 instead (the manifest's `inputs`)
+LOCAL_SETTINGS = {"engine_options", "runner", "shards", "ray", "input", "distractors", "tokenizer", "trainer",
+                  "lora", "model_path", "base_url", "api_key_env", "address", "store"}
+_WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def _is_local(value: Any) -> bool:
+    """Whether a setting's value names something of this machine: a path, a URL, the host, an environment
+    value."""
+    if isinstance(value, dict):
+        return any(_is_local(k) or _is_local(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_is_local(v) for v in value)
+    if not isinstance(value, str):
+        return False
+    v = value.strip()
+    if "://" in v or v.startswith(("/", "~", "./", "../", "\\")) or _WINDOWS_PATH.match(v):
+        return True
+    host = socket.gethostname()
+    if host and host.lower() in v.lower():
+        return True
+    if ("/" in v or os.sep in v) and Path(v).expanduser().exists():
+        return True
+    env = (x for x in os.environ.values() if len(x) >= 8 and not x.isdigit())
+    return any(x in v for x in env)
+
+
+def public_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(the recipe settings a card may show, the dotted keys it withholds): what shapes the data stays; local
+    paths, URLs, hosts, run settings and commands go."""
+    withheld: list[str] = []
+
+    def walk(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if str(k).startswith("_"):
+                continue
+            if k in LOCAL_SETTINGS or _is_local(k):
+                withheld.append(key)
+            elif isinstance(v, dict):
+                out[k] = walk(v, key + ".")
+            elif _is_local(v):
+                withheld.append(key)
+            else:
+                out[k] = v
+        return out
+
+    return walk(settings or {}, ""), withheld
+
+
+def public_name(value: Any) -> str:
+    """A model or file as a card may name it: the last part of a path, never the path."""
+    text = str(value or "")
+    return Path(text.rstrip("/\\")).name if _is_local(text) else text
+
+
 def card(version: st.Version, files: dict[str, list[str]], stats: dict[str, Any], licence: str,
          plots: list[str]) -> str:
     m = version.manifest
@@ -61,7 +121,7 @@ def card(version: st.Version, files: dict[str, list[str]], stats: dict[str, Any]
         f"| version | {version.version} |",
         f"| created | {m.get('created', '')} |",
         f"| engine | {m.get('engine') or '—'} |",
-        f"| model | {m.get('model') or '—'} |",
+        f"| model | {public_name(m.get('model')) or '—'} |",
         f"| content hash | `{m.get('content_hash', '')}` |",
         "", "## Splits", "", "| split | rows | files |", "|---|---|---|",
         *[f"| {s} | {stats['splits'][s]['rows']:,} | {len(f)} |" for s, f in files.items()],
@@ -73,9 +133,17 @@ def card(version: st.Version, files: dict[str, list[str]], stats: dict[str, Any]
             if ls.get("rows") and ls.get("p90_words", 0) > 1:  # skip ids, labels and other one-word columns
                 lines.append(f"| {split} | {col} | {ls['rows']:,} | {ls['mean_words']:,} | {ls['p10_words']:,} | "
                              f"{ls['p50_words']:,} | {ls['p90_words']:,} | {ls['max_words']:,} |")
-    lines += ["", *([f"![{Path(p).stem}]({p})" for p in plots]), "",
-              "## Recipe", "", "```json",
-              json.dumps(m.get("recipe_settings", {}), indent=2, ensure_ascii=False, default=str), "```", ""]
+    settings, withheld = public_settings(m.get("recipe_settings", {}))
+    lines += ["", *([f"![{Path(p).stem}]({p})" for p in plots]), ""]
+    inputs = m.get("inputs") or []
+    if inputs:
+        lines += ["## Inputs", "", "| setting | file | files | sha256 |", "|---|---|---|---|",
+                  *[f"| {i.get('setting', '')} | {public_name(i.get('name'))} | {i.get('files', 1)} | "
+                    f"`{i.get('sha256', '')}` |" for i in inputs], ""]
+    lines += ["## Recipe", "", "```json", json.dumps(settings, indent=2, ensure_ascii=False, default=str), "```", ""]
+    if withheld:
+        lines += [f"Local settings withheld from this card (paths, servers, run settings): {', '.join(withheld)}.",
+                  ""]
     return "\n".join(lines)
 
 
@@ -182,18 +250,26 @@ def hub_token() -> str | None:
     return os.environ.get("HF_TOKEN") or get_token()
 
 
-def push(version: st.Version, repo: str, private: bool = False, dry_run: bool = False, licence: str = "other",
-         plots: list[Path] | None = None, endpoint: str | None = None,
+KEPT_REMOTE = {".gitattributes"}  # the Hub's own repository settings (LFS rules), not part of a version
+
+
+def push(version: st.Version, repo: str, private: bool | None = None, dry_run: bool = False,
+         licence: str = "other", plots: list[Path] | None = None, endpoint: str | None = None,
          stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Upload the Hub layout of `version` to dataset repo `repo` in one commit tagged `v<version>`.
 
-    The repo is created if needed. A tag that already exists is never moved: versions are immutable on the
-    Hub as in the store. `dry_run` exports and lists the files without any network call.
+    The commit adds every file of the export and deletes every other file of the repo (but `.gitattributes`),
+    so the tree at the tag is the version's export, file for file; it is made on top of the head that was
+    listed (`parent_commit`), so a concurrent push cannot slip files in between. `private` True/False asks for
+    that visibility: a new repo is created so, and an existing repo with the other visibility is refused
+    before anything is uploaded (lendata never changes a repo's visibility); None keeps an existing repo's
+    and creates a public one. A tag that already exists is never moved. `dry_run` exports and lists the files
+    without any network call.
     """
     import tempfile
 
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
     if "/" not in repo or repo.count("/") != 1 or not all(repo.split("/")):
         raise PushError(f"--repo takes ORG/NAME, got {repo!r}")
@@ -201,7 +277,7 @@ def push(version: st.Version, repo: str, private: bool = False, dry_run: bool = 
     with tempfile.TemporaryDirectory(prefix="lendata-push-") as tmp:
         folder = Path(tmp) / "hub"
         exported = export(version, folder, licence=licence, plots=plots, stats=stats)
-        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
         plan = {"repo": repo, "tag": tag, "files": files, "splits": exported["splits"], "private": private}
         if dry_run:
             return {**plan, "dry_run": True}
@@ -218,18 +294,36 @@ def push(version: st.Version, repo: str, private: bool = False, dry_run: bool = 
             raise PushError(f"the Hub at {api.endpoint} refused the token (HTTP {status}): check HF_TOKEN or "
                             "`hf auth login`") from None
         try:
-            api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
+            try:
+                info = api.dataset_info(repo)
+            except RepositoryNotFoundError:
+                api.create_repo(repo, repo_type="dataset", private=bool(private), exist_ok=True)
+                info = api.dataset_info(repo)
+            if private is not None and bool(info.private) != private:
+                have, want = ("private", "--public") if info.private else ("public", "--private")
+                raise PushError(f"{repo} exists and is {have}, but {want} was asked for: lendata does not change "
+                                "a repo's visibility; change it on the Hub or push without the flag")
             tags = {t.name for t in api.list_repo_refs(repo, repo_type="dataset").tags}
             if tag in tags:
                 raise PushError(f"{repo} already has tag {tag}: a published version is never replaced; "
                                 "build a new version and push that")
-            commit = api.upload_folder(repo_id=repo, repo_type="dataset", folder_path=folder,
+            head = info.sha
+            remote = set(api.list_repo_files(repo, repo_type="dataset", revision=head)) if head else set()
+            stale = sorted(remote - set(files) - KEPT_REMOTE)
+            operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(folder / f)) for f in files]
+            operations += [CommitOperationDelete(path_in_repo=f) for f in stale]
+            commit = api.create_commit(repo, operations, repo_type="dataset", parent_commit=head,
                                        commit_message=f"{version.dataset} {version.version} (lendata)",
                                        commit_description=f"content hash {version.manifest.get('content_hash')}")
             api.create_tag(repo, tag=tag, revision=commit.oid, repo_type="dataset",
                            tag_message=f"{version.dataset} {version.version}")
+            served = set(api.list_repo_files(repo, repo_type="dataset", revision=tag)) - KEPT_REMOTE
         except HfHubHTTPError as e:
             status = e.response.status_code if e.response is not None else None
             raise PushError(f"the Hub refused the push of {repo} (HTTP {status}): {str(e).splitlines()[0]}") from None
-    return {**plan, "dry_run": False, "commit": commit.oid, "commit_url": commit.commit_url,
+        if served != set(files):  # checked, not assumed: the tag must serve this version and nothing else
+            raise PushError(f"{repo} at {tag} does not hold exactly the export of {version.dataset}@"
+                            f"{version.version}: extra {sorted(served - set(files))}, missing "
+                            f"{sorted(set(files) - served)}")
+    return {**plan, "dry_run": False, "commit": commit.oid, "commit_url": commit.commit_url, "deleted": stale,
             "user": user.get("name")}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,9 @@ class Bad:
     raw: str
 
     def as_quarantine(self, stage: str = "input") -> dict[str, Any]:
-        return {"id": None, "stage": stage, "reason": self.reason, "source": self.source, "record": self.raw}
+        # the version keeps the file's name and line; the local path is only in the terminal's warning
+        return {"id": None, "stage": stage, "reason": self.reason, "source": os.path.basename(self.source),
+                "record": self.raw}
 
 
 @dataclass
@@ -161,6 +164,7 @@ def read_instructions(
         if rec is None:
             out.bad.append(Bad(src, problem or "unreadable", raw))
             continue
+        where = f"{path.name}:{lineno}"  # what the data keep: the file's name, never the local path
         seen_fields.update(rec)
         if instruction_field not in rec:
             out.bad.append(Bad(src, f"missing field {instruction_field!r}", raw or json.dumps(rec, default=str)))
@@ -180,7 +184,7 @@ def read_instructions(
                 )
                 continue
         row = dict(rec) if keep_fields else {}
-        row.update(instruction=instr.strip(), target=target, source=src)
+        row.update(instruction=instr.strip(), target=target, source=where)
         out.rows.append(row)
         if n is not None and len(out.rows) >= n:
             break

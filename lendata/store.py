@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -193,9 +194,13 @@ def dataset_lock(store: Path, dataset: str, wait: bool = True) -> Iterator[None]
     d.mkdir(parents=True, exist_ok=True)
     with open(d / ".lock", "w") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StoreError(f"another build is writing {dataset} in {store}; try again when it ends") from None
+            if not wait:
+                raise StoreError(f"another build is writing {dataset} in {store}; try again when it ends") from None
+            print(f"waiting for another build of {dataset} in {store} to finish writing", file=sys.stderr,
+                  flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -1,8 +1,10 @@
 """A loopback stand-in for the Hugging Face Hub: the endpoints `lendata push` calls through huggingface_hub
-(whoami, create repo, refs, validate-yaml, preupload, commit, tag), with repos kept in memory.
+(whoami, create repo, repo info, refs, tree, validate-yaml, preupload, commit with added and deleted files and
+a parent commit, tag), with repos kept in memory as a tree per commit.
 
 Every file is accepted as a regular (base64) upload, as the Hub does for small files, so no LFS or Xet
-storage is involved. Requests are recorded so a test can check what was sent.
+storage is involved. Requests are recorded so a test can check what was sent. `seed_files` puts files into a
+repo as an earlier commit would have (a stale shard, a file someone else uploaded).
 """
 
 from __future__ import annotations
@@ -20,13 +22,30 @@ from typing import Any
 @dataclass
 class Repo:
     private: bool
-    files: dict[str, bytes] = field(default_factory=dict)
-    commits: list[dict[str, Any]] = field(default_factory=list)
+    commits: list[dict[str, Any]] = field(default_factory=list)  # each with the whole `tree` at that commit
     tags: dict[str, str] = field(default_factory=dict)  # tag -> commit
 
     @property
     def head(self) -> str:
         return self.commits[-1]["oid"] if self.commits else "0" * 40
+
+    @property
+    def files(self) -> dict[str, bytes]:
+        return dict(self.commits[-1]["tree"]) if self.commits else {}
+
+    def tree_at(self, ref: str) -> dict[str, bytes]:
+        """The files at a tag, a commit id or `main`."""
+        oid = self.tags.get(ref, self.head if ref == "main" else ref)
+        return dict(next(c["tree"] for c in self.commits if c["oid"] == oid))
+
+    def add_commit(self, summary: str, added: dict[str, bytes], deleted: list[str]) -> str:
+        tree = {p: b for p, b in self.files.items() if p not in deleted and not any(
+            p.startswith(d.rstrip("/") + "/") for d in deleted)}
+        tree.update(added)
+        oid = hashlib.sha1(self.head.encode() + json.dumps(sorted(tree)).encode()).hexdigest()
+        self.commits.append({"oid": oid, "summary": summary, "files": sorted(added), "deleted": sorted(deleted),
+                             "tree": tree})
+        return oid
 
 
 class FakeHub:
@@ -44,6 +63,8 @@ class FakeHub:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                if status == 404 and "Repository not found" in str(body):  # what huggingface_hub reads
+                    self.send_header("X-Error-Code", "RepoNotFound")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -79,6 +100,10 @@ class FakeHub:
         self.server.shutdown()
         self.server.server_close()
 
+    def seed_files(self, repo_id: str, files: dict[str, bytes], private: bool = False) -> str:
+        repo = self.repos.setdefault(repo_id, Repo(private=private))
+        return repo.add_commit("seeded by the test", files, [])
+
     def route(self, method: str, path: str, body: bytes, base: str) -> tuple[int, Any]:
         if method == "GET" and path == "/api/whoami-v2":
             return 200, {"type": "user", "name": "tester", "orgs": [], "auth": {"type": "access_token"}}
@@ -91,10 +116,25 @@ class FakeHub:
             return 200, {"url": f"{base}/datasets/{repo_id}"}
         if method == "POST" and path == "/api/validate-yaml":
             return 200, {"errors": [], "warnings": []}
-        m = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/(refs|preupload|commit|tag)(?:/(.+))?", path)
+        m = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)(?:/(refs|preupload|commit|tag|tree|revision)(?:/(.+))?)?",
+                         path)
         if not m or m.group(1) not in self.repos:
             return 404, {"error": f"Repository not found: {path}"}
-        repo, action = self.repos[m.group(1)], m.group(2)
+        repo_id, repo, action = m.group(1), self.repos[m.group(1)], m.group(2)
+        if action in (None, "revision") and method == "GET":
+            head = repo.head if repo.commits else None
+            return 200, {"id": repo_id, "private": repo.private, "sha": head,
+                         "siblings": [{"rfilename": p} for p in sorted(repo.files)]}
+        if action == "tree":
+            revision = (m.group(3) or "main").split("/", 1)[0]
+            try:
+                tree = repo.tree_at(revision) if repo.commits else {}
+            except StopIteration:
+                return 404, {"error": f"Revision not found: {revision}"}
+            entries = [{"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                       for p, b in sorted(tree.items())]
+            folders = sorted({"/".join(p.split("/")[:i]) for p in tree for i in range(1, p.count("/") + 1)})
+            return 200, [{"type": "directory", "path": f, "oid": "0" * 40} for f in folders] + entries
         if action == "refs":
             tags = [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": c} for t, c in repo.tags.items()]
             return 200, {"branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": repo.head}],
@@ -106,11 +146,13 @@ class FakeHub:
         if action == "commit":
             lines = [json.loads(x) for x in body.splitlines() if x.strip()]
             header = next(x["value"] for x in lines if x["key"] == "header")
+            parent = header.get("parentCommit")
+            if parent and parent != repo.head:  # the Hub refuses a commit whose parent is not the head
+                return 412, {"error": f"A commit has happened since. Please refresh and try again ({parent})"}
             added = {x["value"]["path"]: base64.b64decode(x["value"]["content"]) for x in lines if x["key"] == "file"}
-            oid = hashlib.sha1(repo.head.encode() + json.dumps(sorted(added)).encode()).hexdigest()
-            repo.files.update(added)
-            repo.commits.append({"oid": oid, "summary": header.get("summary"), "files": sorted(added)})
-            return 200, {"commitUrl": f"{base}/datasets/{m.group(1)}/commit/{oid}", "commitOid": oid,
+            deleted = [x["value"]["path"] for x in lines if x["key"] in ("deletedFile", "deletedFolder")]
+            oid = repo.add_commit(header.get("summary"), added, deleted)
+            return 200, {"commitUrl": f"{base}/datasets/{repo_id}/commit/{oid}", "commitOid": oid,
                          "pullRequestUrl": None}
         if action == "tag":
             tag = json.loads(body)["tag"]

@@ -27,9 +27,16 @@ def test_errors_are_not_cached(tmp_path, scripted):
     assert good.generate([ask("a", min_tokens=1)])[0].ok and good.calls == 1
 
 
-def test_key_covers_sampling_messages_schema_sample_and_model():
+P = {"engine": "e", "model": "m"}
+
+
+def test_key_covers_sampling_messages_schema_sample_and_producer(tmp_path):
     base = ask("a", max_tokens=10, seed=1)
-    key = request_key("e", "m", base)
+    key = request_key(P, base)
+    a1, a2 = tmp_path / "a1", tmp_path / "a2"
+    for d, w in ((a1, b"one"), (a2, b"two")):
+        d.mkdir()
+        (d / "adapter.safetensors").write_bytes(w)
     variants = [
         ask("b", max_tokens=10, seed=1),
         ask("a", max_tokens=11, seed=1),
@@ -39,12 +46,57 @@ def test_key_covers_sampling_messages_schema_sample_and_model():
         ask("a", max_tokens=10, seed=1, stop=("x",)),
         ask("a", max_tokens=10, seed=1, json_schema={"type": "object"}),
         ask("a", max_tokens=10, seed=1, sample_index=1),
-        ask("a", max_tokens=10, seed=1, lora="/a"),
+        ask("a", max_tokens=10, seed=1, lora=str(a1)),
+        ask("a", max_tokens=10, seed=1, lora=str(a2)),
     ]
-    keys = {request_key("e", "m", v) for v in variants}
+    keys = {request_key(P, v) for v in variants}
     assert key not in keys and len(keys) == len(variants)
-    assert request_key("e", "m2", base) != key and request_key("e2", "m", base) != key
-    assert request_key("e", "m", ask("a", max_tokens=10, seed=1)) == key
+    assert request_key({**P, "model": "m2"}, base) != key and request_key({**P, "engine": "e2"}, base) != key
+    assert request_key({**P, "weights": "abc"}, base) != key
+    assert request_key(dict(P), ask("a", max_tokens=10, seed=1)) == key
+    # an adapter is known by its content: the same files in another folder give the same key
+    a3 = tmp_path / "elsewhere"
+    a3.mkdir()
+    (a3 / "adapter.safetensors").write_bytes(b"one")
+    assert request_key(P, ask("a", lora=str(a3))) == request_key(P, ask("a", lora=str(a1)))
+
+
+def test_empty_texts_are_not_cached(tmp_path, scripted):
+    empty = scripted(lambda r: Result(text="", completion_tokens=0))
+    eng = CachedEngine(empty, ResponseCache(tmp_path / "c.sqlite"))
+    eng.generate([ask("a")])
+    assert len(eng.cache) == 0
+
+
+def test_content_identity_is_remembered_by_path_size_and_mtime(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from lendata.engines import identity
+
+    monkeypatch.setenv("LENDATA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(identity, "_memo", None)
+    f = tmp_path / "model.gguf"
+    f.write_bytes(b"weights-1")
+    reads = []
+    real = hashlib.sha256
+    monkeypatch.setattr(identity.hashlib, "sha256", lambda *a: (reads.append(1), real(*a))[1])
+    first = identity.file_sha256(f)
+    assert first == real(b"weights-1").hexdigest() and len(reads) == 1
+    monkeypatch.setattr(identity, "_memo", None)  # a new process: read from the memo file
+    assert identity.file_sha256(f) == first and len(reads) == 1
+    f.write_bytes(b"weights-2")
+    os.utime(f, ns=(1, 1))
+    assert identity.file_sha256(f) == real(b"weights-2").hexdigest() and len(reads) == 2
+
+
+def test_server_urls_are_normalised_without_credentials():
+    from lendata.engines.identity import server_url
+
+    assert server_url("http://User:secret@LOCALHOST:8000/v1/") == "http://localhost:8000/v1"
+    assert server_url("https://api.example.com/v1?api_key=sk-1&api-version=2") == \
+        "https://api.example.com:443/v1?api-version=2"
+    assert server_url("http://127.0.0.1/v1") == "http://127.0.0.1:80/v1"
 
 
 def test_finished_rows_are_stored_as_they_finish(tmp_path, scripted):

@@ -27,7 +27,7 @@ def test_bad_lines_are_quarantined_with_file_and_line(tmp_path, capsys):
     got = read_instructions(f, "prompt", "length")
     assert [r["instruction"] for r in got.rows] == ["Write 100 words about rain", "Write about hail"]
     assert [r["target"] for r in got.rows] == [100, 200]
-    assert got.rows[1]["source"] == f"{f}:9"
+    assert got.rows[1]["source"] == f"{f.name}:9"  # the data keep the name, not the local path
     bad = {b.source.rsplit(":", 1)[1]: b.reason for b in got.bad}
     assert set(bad) == {"2", "3", "5", "6", "7", "8"}
     assert "invalid JSON" in bad["2"] and "empty" in bad["3"] and "UTF-8" in bad["5"]

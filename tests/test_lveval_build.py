@@ -86,7 +86,7 @@ def test_grid_depths_give_a_record_per_depth_and_bad_items_are_quarantined(tmp_p
     # placed at the paragraph boundary nearest the asked depth
     assert all(abs(got - want) < 0.05 for (_, got), want in zip(depths, [0.0, 0.5, 1.0] * 2, strict=True)), depths
     (bad,) = v.read("quarantine").to_pylist()
-    assert bad["source"] == f"{qa}:3" and "does not occur in its documents" in bad["reason"]
+    assert bad["source"] == f"{qa.name}:3" and "does not occur in its documents" in bad["reason"]
 
 
 def test_a_pool_too_small_for_the_level_fails_clearly(tmp_path):

@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows._runner import cache_file, cut
-from flows._runner import prefect_server as start_prefect_server
+from flows._server import shared_server
 from lendata.cli import app
 from tests.conftest import free_port
 
@@ -49,9 +49,13 @@ def stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
-    # the same starter the build uses when it has no PREFECT_API_URL: one way to run a loopback server
-    with start_prefect_server(tmp_path_factory.mktemp("prefect-server")) as url:
-        yield url
+    # the same starter a build uses when it has no PREFECT_API_URL: a store's shared loopback server
+    env = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("PREFECT_API")}
+    try:
+        with shared_server(tmp_path_factory.mktemp("prefect-server")) as url:
+            yield url
+    finally:
+        os.environ.update(env)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +109,14 @@ def processes_with(marker: str) -> list[str]:
     return found
 
 
+def gone(marker: str, timeout: float = 30) -> list[str]:
+    """Processes carrying `marker` still alive after `timeout` seconds (each exits on its own schedule)."""
+    deadline = time.monotonic() + timeout
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return processes_with(marker)
+
+
 def test_processes_with_sees_a_marked_process():  # so an empty answer below means something
     marker = f"LENDATA_TEST_BUILD={uuid.uuid4().hex}"
     proc = subprocess.Popen(["sleep", "30"], env={**os.environ, "LENDATA_TEST_BUILD": marker.split("=")[1]})
@@ -123,6 +135,7 @@ def test_agentwrite_on_a_ray_cluster_and_prefect_server_of_its_own(tmp_path):
     prompts.write_text("".join(json.dumps({"prompt": f"{p} Write about 150 words."}) + "\n" for p in PROMPTS[:3]))
     marker = f"LENDATA_TEST_BUILD={uuid.uuid4().hex}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["LENDATA_PREFECT_LINGER"] = "0"  # the store's Prefect server stops as soon as the build ends
     sets = ("target_field=null", "max_quarantine_share=1.0")
     local, local_manifest, _ = build(tmp_path / "local", prompts, *sets, env=env, recipe="agentwrite")
     ray, ray_manifest, driver = build(tmp_path / "ray", prompts, *sets, "runner=ray", "ray.num_cpus=2",
@@ -132,8 +145,35 @@ def test_agentwrite_on_a_ray_cluster_and_prefect_server_of_its_own(tmp_path):
     assert ray_manifest["content_hash"] == local_manifest["content_hash"]
     shards = ray_manifest["shards"]
     assert [s["rows"] for s in shards] == [1, 1, 1] and all(s["ray_node"] and s["pid"] != driver for s in shards)
-    assert list((tmp_path / "ray" / "_work" / "prefect-server").glob("*.db"))  # the server it started was used
-    assert processes_with(marker) == []  # the Ray cluster and the Prefect server were stopped
+    assert gone(marker) == []  # the Ray cluster and the Prefect server were stopped
+
+
+@pytest.mark.slow
+def test_a_killed_ray_build_reruns_to_the_same_data_and_leaves_no_process(tmp_path):
+    """SIGKILL the driver of a Ray build mid-generation: no Ray process and no Prefect server outlive it, and the
+    rerun (served from the response cache where the killed run got to) gives the uninterrupted data."""
+    from tests.faults.fault_server import FaultServer
+    from tests.faults.harness import command, kill_after, run, write_instructions
+
+    marker = f"LENDATA_TEST_BUILD={uuid.uuid4().hex}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update({"LENDATA_PREFECT_LINGER": "0", marker.split("=")[0]: marker.split("=")[1]})
+    qa = write_instructions(tmp_path / "qa.jsonl", 40)
+    ray_sets = ("--set", "runner=ray", "--set", "shards=2", "--set", "ray.num_cpus=2")
+    with FaultServer(delay=0.05) as server:
+        baseline = run(command(tmp_path / "local", qa, server.url), env=env)
+        cmd = command(tmp_path / "ray", qa, server.url, extra=ray_sets)
+        before = server.requests
+        # once generation is under way on the workers; env has no PREFECT_API_URL of the test's
+        assert kill_after(cmd, server, 10, timeout=300, env=env)
+        assert gone(marker) == []  # Ray's processes and the store's Prefect server died with the build
+        final = run(cmd, env=env)
+        repeated = server.requests - before - 40
+    assert final["rows"] == baseline["rows"] == 40
+    ray_hash = json.loads((Path(final["path"]) / "manifest.json").read_text())["content_hash"]
+    assert ray_hash == json.loads((Path(baseline["path"]) / "manifest.json").read_text())["content_hash"]
+    assert repeated <= 2 * 2  # at most what was in flight: 2 shards x concurrency 2
+    assert gone(marker) == []
 
 
 @pytest.mark.slow

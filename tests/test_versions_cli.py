@@ -207,3 +207,90 @@ def test_push_with_a_bad_token_or_a_dry_run(store, hub, monkeypatch):
     assert len(hub.requests) == 1  # only the refused whoami: a dry run makes no call
     bad = CliRunner().invoke(app, ["push", "ds", "--repo", "nameonly", "--store", str(store)])
     assert bad.exit_code == 1 and "ORG/NAME" in bad.output
+
+
+def _version_with_shards(root, rows, rows_per_shard, splits, version):
+    tables = {s: sft(rows, [100 + i for i in range(rows)]) for s in splits}
+    return st.commit(root, "mix", tables, rows_per_shard=rows_per_shard, version=version,
+                     meta={"recipe": "direct", "engine": "llamacpp", "model": "m"})
+
+
+def _materialise(tree, folder):
+    for path, data in tree.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_bytes(data)
+    return folder
+
+
+def test_a_pushed_tag_serves_exactly_that_version(tmp_path, hub, monkeypatch):
+    """0.1.0 (3 shards, 6 rows, train + test) then 0.1.1 (1 shard, 2 rows, train only): at tag v0.1.1 the repo
+    holds 0.1.1's export file for file, and `load_dataset` reads its 2 rows, not 8."""
+    import datasets
+
+    root = tmp_path / "store"
+    _version_with_shards(root, 6, 2, ("train", "test"), "0.1.0")
+    _version_with_shards(root, 2, 10, ("train",), "0.1.1")
+    hub.seed_files("lendata/mix", {".gitattributes": b"*.parquet filter=lfs\n", "notes.md": b"someone's notes",
+                                   "data/train-00007-of-00009.parquet": b"stale"})
+    for v in ("0.1.0", "0.1.1"):
+        run("push", f"mix@{v}", "--repo", "lendata/mix", "--store", str(root), "--no-plots")
+        expected = tmp_path / f"export-{v}"
+        run("export", f"mix@{v}", str(expected), "--store", str(root), "--no-plots")
+        tree = hub.repos["lendata/mix"].tree_at(f"v{v}")
+        tree.pop(".gitattributes")  # the Hub's own repository settings, kept
+        assert tree == {str(p.relative_to(expected)): p.read_bytes() for p in expected.rglob("*") if p.is_file()}
+    repo = hub.repos["lendata/mix"]
+    assert repo.commits[-1]["deleted"] == [f"data/{s}-0000{i}-of-00003.parquet" for s in ("test", "train")
+                                           for i in range(3)]
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    loaded = datasets.load_dataset(str(_materialise(repo.tree_at("v0.1.1"), tmp_path / "at-v0.1.1")))
+    assert {s: loaded[s].num_rows for s in loaded} == {"train": 2}
+    old = datasets.load_dataset(str(_materialise(repo.tree_at("v0.1.0"), tmp_path / "at-v0.1.0")))
+    assert {s: old[s].num_rows for s in old} == {"train": 6, "test": 6}
+
+
+def test_push_refuses_a_visibility_it_cannot_give(store, hub):
+    hub.seed_files("lendata/pub", {"README.md": b"public"}, private=False)
+    res = CliRunner().invoke(app, ["push", "ds", "--repo", "lendata/pub", "--store", str(store), "--private",
+                                   "--no-plots"])
+    assert res.exit_code == 1 and "public" in res.output and "--private" in res.output, res.output
+    assert len(hub.repos["lendata/pub"].commits) == 1 and not hub.repos["lendata/pub"].tags  # nothing uploaded
+    hub.seed_files("lendata/priv", {"README.md": b"private"}, private=True)
+    res = CliRunner().invoke(app, ["push", "ds", "--repo", "lendata/priv", "--store", str(store), "--public",
+                                   "--no-plots"])
+    assert res.exit_code == 1 and "private" in res.output and len(hub.repos["lendata/priv"].commits) == 1
+    # without a visibility flag an existing repo keeps its own
+    run("push", "ds", "--repo", "lendata/priv", "--store", str(store), "--no-plots")
+    assert hub.repos["lendata/priv"].private and hub.repos["lendata/priv"].tags == {
+        "v0.1.1": hub.repos["lendata/priv"].head}
+
+
+def test_the_card_publishes_no_local_setting(tmp_path):
+    import socket
+
+    host = socket.gethostname()
+    root = tmp_path / "store"
+    settings = {
+        "dataset": "ds", "temperature": 0.5, "seed": 42, "n": 4, "engine": "openai",
+        "input": str(tmp_path / "secret-dir" / "prompts.jsonl"),
+        "engine_options": {"base_url": "http://10.1.2.3:8000/v1", "model_path": "/x/y.gguf", "api_key_env": "K"},
+        "ray": {"address": "head-node:6379"}, "runner": "ray", "shards": 4,
+        "trainer": "python /home/me/train.py --out {out_adapter}",
+        "generator": {"engine": "openai", "engine_options": {"base_url": "http://gpu-box:8000/v1"},
+                      "lora": "/home/me/adapters/a1"},
+        "note": f"built on {host}", "cache": "~/cache", "glob": "**/*.txt",
+    }
+    meta = {"recipe": "direct", "engine": "vllm", "model": "/home/me/models/SmolLM2-hf",
+            "recipe_settings": settings,
+            "inputs": [{"setting": "input", "name": "prompts.jsonl", "sha256": "ab" * 32}]}
+    st.commit(root, "ds", {"train": sft(2, [100, 90])}, meta=meta)
+    target = tmp_path / "hub"
+    run("export", "ds", str(target), "--store", str(root), "--no-plots")
+    card = (target / "README.md").read_text()
+    for leak in (str(tmp_path), "secret-dir", "10.1.2.3", "/x/y", "head-node", "gpu-box", "/home/me", "~/cache",
+                 host, "api_key_env"):
+        assert leak not in card, leak
+    assert "prompts.jsonl" in card and "ab" * 32 in card
+    assert '"temperature": 0.5' in card and '"seed": 42' in card and "SmolLM2-hf" in card
+    assert "engine_options" in card.split("withheld")[1]  # the card says what it left out

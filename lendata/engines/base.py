@@ -96,17 +96,27 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def request_key(engine: str, model_id: str, req: Request) -> str:
-    """Content address of a response: engine, model, sampling, messages, schema and sample index."""
+KEY_VERSION = 2  # bumped when what the key covers changes: older cache entries are simply never hit
+
+
+def request_key(producer: dict[str, Any], req: Request) -> str:
+    """Content address of a response: what produced it (`identity.producer`: a server's URL and served model, or
+    the weights' content hash, with the output-changing engine options), sampling, messages, schema, sample
+    index, and a LoRA adapter by its content, not its path."""
+    from lendata.engines.identity import content_identity
+
+    sampling = req.sampling()
+    lora = sampling.pop("lora")
     payload = {
-        "engine": engine,
-        "model": model_id,
-        "sampling": req.sampling(),
+        "key_version": KEY_VERSION,
+        "producer": producer,
+        "sampling": sampling,
+        "lora": content_identity(lora) if lora else None,
         "messages": req.messages,
         "schema": req.json_schema,
         "sample": req.sample_index,
     }
-    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -1,8 +1,9 @@
 """Content-addressed response cache in SQLite.
 
-Responses are stored under `request_key` (engine, model, sampling, messages, schema, sample index). Parsing
-and filtering happen after the cache, so changing a filter never calls the model again, and a crashed build
-loses at most the calls that were in flight. Errors are not cached: a rerun retries them.
+Responses are stored under `request_key`: what produced them (a server's URL and served model, or the weights'
+content hash, and the output-changing engine options), sampling, messages, schema, sample index. Parsing and
+filtering happen after the cache, so changing a filter never calls the model again, and a crashed build loses
+at most the calls that were in flight. Errors and empty texts are not cached: a rerun retries them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lendata.engines.base import Engine, OnResult, Request, Result, request_key
+from lendata.engines.identity import producer
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -51,7 +53,7 @@ class ResponseCache:
         return out
 
     def put(self, key: str, engine: str, model: str, result: Result) -> None:
-        if not result.ok:
+        if not result.ok or not result.text:
             return
         blob = json.dumps(
             {
@@ -89,9 +91,10 @@ class CachedEngine:
         self.calls = 0  # requests actually sent to the engine
         self.hits = 0
         self.tokens = 0  # completion tokens the engine generated (not replayed)
+        self.producer = producer(engine)
 
     def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Result]:
-        keys = [request_key(self.name, self.model_id, r) for r in requests]
+        keys = [request_key(self.producer, r) for r in requests]
         found = self.cache.get_many(keys)
         results: list[Result | None] = [found.get(k) for k in keys]
         misses = [i for i, r in enumerate(results) if r is None]

@@ -12,6 +12,7 @@ import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,6 +68,15 @@ class LlamaCppEngine:
         self._tokenizer_path = tokenizer
         self._formatter = None
         self.prefix_reuse = prefix_reuse
+        self.n_ctx = n_ctx
+
+    def identity(self) -> dict[str, Any]:
+        """The weights by content (two GGUF files of one name are two models) and the options that change
+        outputs: the context size (where long generations stop) and KV prefix reuse (see `_one`)."""
+        from lendata.engines.identity import content_identity
+
+        return {"engine": self.name, "weights": content_identity(self.model_path), "n_ctx": self.context_window,
+                "prefix_reuse": self.prefix_reuse}
 
     def _end_of_turn_ids(self) -> list[int]:
         ids = []

@@ -61,6 +61,13 @@ class OpenAIEngine:
         window = next((m.get("max_model_len") for m in served if m.get("id") == self.model_id), None)
         self.context_window = int(context_window or window or 8192)
 
+    def identity(self) -> dict[str, Any]:
+        """The server (URL without credentials) and its served model, and the options that change outputs."""
+        from lendata.engines.identity import server_url
+
+        return {"engine": self.name, "server": server_url(self.base_url), "model": self.model_id,
+                "json_format": self.json_format, "send_min_tokens": self.send_min_tokens}
+
     def _headers(self) -> dict[str, str]:
         key = os.environ.get(self._api_key_env)
         return {"Authorization": f"Bearer {key}"} if key else {}
@@ -125,8 +132,13 @@ class OpenAIEngine:
                     choice = data["choices"][0]
                     usage = data.get("usage") or {}
                     reason = choice.get("finish_reason") or "stop"
+                    text = (choice.get("message") or {}).get("content")
+                    # a 200 without text is a failed call, never a cached success; retried like a bad body
+                    if not isinstance(text, str) or not text:
+                        raise ValueError(f"HTTP 200 with {'empty' if text == '' else 'no'} content")
+                    text.encode("utf-8")  # a lone surrogate from the server: UnicodeEncodeError, retried
                     return Result(
-                        text=choice["message"].get("content") or "",
+                        text=text,
                         prompt_tokens=int(usage.get("prompt_tokens") or 0),
                         completion_tokens=int(usage.get("completion_tokens") or 0),
                         finish_reason="length" if reason == "length" else "stop",
@@ -139,8 +151,8 @@ class OpenAIEngine:
                 last = f"timed out after {self.timeout:.0f}s"
             except httpx.TransportError as e:
                 last = f"connection failed: {type(e).__name__}: {e}"
-            except (ValueError, KeyError, IndexError, TypeError) as e:
-                last = f"unreadable response: {type(e).__name__}: {e}"
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+                last = f"unreadable response: {type(e).__name__}: {str(e)[:200]}"
             if attempt < self.max_retries:
                 self.retries += 1
                 await asyncio.sleep(self._delay(attempt, retry_after))

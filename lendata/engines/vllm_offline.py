@@ -12,6 +12,11 @@ from typing import Any
 
 from lendata.engines.base import OnResult, Request, Result
 
+# LLM(...) arguments that change speed or memory, not what is generated
+_NO_OUTPUT_EFFECT = {"gpu_memory_utilization", "swap_space", "cpu_offload_gb", "enable_prefix_caching",
+                     "max_num_seqs", "max_num_batched_tokens", "disable_log_stats", "distributed_executor_backend",
+                     "enforce_eager"}
+
 
 class VLLMEngine:
     name = "vllm"
@@ -27,6 +32,7 @@ class VLLMEngine:
         tensor_parallel_size: int = 1,
         model_id: str | None = None,
         tokenizer: str | None = None,
+        result_chunk: int = 64,
         **llm_kwargs: Any,
     ):
         try:
@@ -35,7 +41,11 @@ class VLLMEngine:
             raise ImportError(
                 "the vllm engine needs vLLM: `pip install vllm` on GPU nodes, or `make test-vllm` for the CPU build"
             ) from e
-        self.model_id = model_id or model
+        # the model as data and cards name it: a local checkpoint by its folder name, never its path
+        self.model_id = model_id or (Path(model).name if Path(model).expanduser().exists() else model)
+        self._model = model
+        self._options = {"dtype": dtype, "max_model_len": max_model_len, "tensor_parallel_size": tensor_parallel_size,
+                         **{k: v for k, v in llm_kwargs.items() if k not in _NO_OUTPUT_EFFECT}}
         self._llm = LLM(
             model=model,
             max_model_len=max_model_len,
@@ -47,9 +57,21 @@ class VLLMEngine:
             **llm_kwargs,
         )
         self.context_window = max_model_len
+        # LLM.chat hands results back only when its whole batch is done; a batch is sent in chunks of this many
+        # rows so that finished rows reach the response cache (and survive a kill) chunk by chunk
+        self.result_chunk = max(1, int(result_chunk))
         self._lora_ids: dict[str, int] = {}
         tok = tokenizer or (str(Path(model) / "tokenizer.json") if (Path(model) / "tokenizer.json").is_file() else None)
         self._tokenizer = tok
+
+    def identity(self) -> dict[str, Any]:
+        """A local checkpoint by the content of its files (a hub id by its name) and the options that change
+        outputs."""
+        from lendata.engines.identity import content_identity
+
+        local = Path(self._model).expanduser().exists()
+        return {"engine": self.name, "weights": content_identity(self._model) if local else self._model,
+                "options": self._options}
 
     def _params(self, req: Request, prompt_tokens: int):
         from vllm import SamplingParams
@@ -98,31 +120,33 @@ class VLLMEngine:
                 fits.append(i)
         # `continue_final_message` is one flag per call: prefill chats and fresh turns go in separate batches
         cont_rows = [i for i in fits if requests[i].prefill is not None]
-        for group, cont in (([i for i in fits if i not in set(cont_rows)], False), (cont_rows, True)):
-            if not group:
-                continue
-            loras = [self._lora(requests[i].lora) for i in group]
-            outs = self._llm.chat(
-                [list(requests[i].messages) for i in group],
-                [self._params(requests[i], prompt_tokens[i]) for i in group],
-                use_tqdm=False,
-                lora_request=loras if any(loras) else None,
-                add_generation_prompt=not cont,
-                continue_final_message=cont,
-            )
-            for i, out in zip(group, outs, strict=True):
-                comp = out.outputs[0]
-                results[i] = Result(
-                    text=comp.text,
-                    prompt_tokens=len(out.prompt_token_ids or []),
-                    completion_tokens=len(comp.token_ids),
-                    finish_reason="length" if comp.finish_reason == "length" else "stop",
-                )
-        final = [r if r is not None else Result.failed("no output") for r in results]
         if on_result:
-            for i, r in enumerate(final):
-                on_result(i, r)
-        return final
+            for i, r in enumerate(results):
+                if r is not None:
+                    on_result(i, r)
+        for group, cont in (([i for i in fits if i not in set(cont_rows)], False), (cont_rows, True)):
+            for start in range(0, len(group), self.result_chunk):
+                chunk = group[start:start + self.result_chunk]
+                loras = [self._lora(requests[i].lora) for i in chunk]
+                outs = self._llm.chat(
+                    [list(requests[i].messages) for i in chunk],
+                    [self._params(requests[i], prompt_tokens[i]) for i in chunk],
+                    use_tqdm=False,
+                    lora_request=loras if any(loras) else None,
+                    add_generation_prompt=not cont,
+                    continue_final_message=cont,
+                )
+                for i, out in zip(chunk, outs, strict=True):
+                    comp = out.outputs[0]
+                    results[i] = Result(
+                        text=comp.text,
+                        prompt_tokens=len(out.prompt_token_ids or []),
+                        completion_tokens=len(comp.token_ids),
+                        finish_reason="length" if comp.finish_reason == "length" else "stop",
+                    )
+                    if on_result:
+                        on_result(i, results[i])
+        return [r if r is not None else Result.failed("no output") for r in results]
 
     def _prompt_lengths(self, requests: Sequence[Request]) -> list[int]:
         tok = self._llm.get_tokenizer()

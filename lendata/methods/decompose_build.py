@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from lendata import store as st
-from lendata.build import BuildReport
+from lendata.build import BuildReport, input_identity
 from lendata.corpus import doc_batches, prefetch
 from lendata.inputs import InputError
 from lendata.lengths import load_tokenizer
@@ -45,7 +45,8 @@ def build(recipe: dict[str, Any], store: Path, overwrite: bool = False, progress
                           token_field=recipe.get("token_field"), glob=recipe.get("glob", "**/*.txt"),
                           batch_docs=s.batch_docs)
     meta = {"recipe": recipe["_name"], "recipe_settings": {k: v for k, v in recipe.items() if not k.startswith("_")},
-            "settings": dataclasses.asdict(s), "input": str(path), "tokenizer": recipe.get("tokenizer") or "bundled"}
+            "settings": dataclasses.asdict(s), "input": str(path), "tokenizer": recipe.get("tokenizer") or "bundled",
+            "inputs": input_identity(recipe)}
     with Progress(SpinnerColumn(), TextColumn("[bold]decompose[/] {task.fields[docs]:,} documents, "
                                               "{task.fields[tokens]:,} tokens"), TimeElapsedColumn(),
                   console=Console(stderr=True), disable=not progress) as bar:

@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lendata.engines.base import Engine, Request, Result, estimate_prompt_tokens
@@ -94,7 +95,7 @@ def read_items(path, n: int | None = None) -> Loaded:
 
     out = Loaded()
     for lineno, rec, problem, raw in records(path):
-        where = f"{path}:{lineno}"
+        where = f"{path}:{lineno}"  # for messages; the records keep only the file's name
         if rec is None:
             out.bad.append(Bad(where, problem or "unreadable", raw))
             continue
@@ -123,7 +124,7 @@ def read_items(path, n: int | None = None) -> Loaded:
         lang = rec.get("language") or language_of(question + " " + docs[0][:2000])
         out.rows.append(Item(id=str(rec.get("id") or f"{path.stem}-{lineno}"), question=question, answers=answers,
                              keywords=keywords, documents=docs, language=lang,
-                             source=str(rec.get("source") or where), replacements=dict(repl)))
+                             source=str(rec.get("source") or f"{Path(path).name}:{lineno}"), replacements=dict(repl)))
         if n and len(out.rows) >= n:
             break
     return out

@@ -1,6 +1,7 @@
 import json
 
 from lendata.engines import Request, make_engine
+from lendata.engines.llamacpp import LlamaCppEngine
 
 
 def ask(text, **kw):
@@ -81,3 +82,33 @@ def test_seeded_request_does_not_depend_on_what_ran_before(llama):
     other = ask("Write one sentence about dogs and their owners.", max_tokens=20, seed=1)  # shares a prefix
     after = llama.generate([other, x])[1]
     assert alone.text == after.text
+
+
+def test_two_gguf_files_of_one_name_never_share_cached_answers(tmp_path, monkeypatch):
+    """Same file name, other weights (here: other metadata bytes): the cache key names the weights' content."""
+    from lendata.engines import CachedEngine, ResponseCache
+    from lendata.models import bundled_gguf_path
+
+    monkeypatch.setenv("LENDATA_CACHE", str(tmp_path / "user-cache"))
+    data = bundled_gguf_path().read_bytes()
+    name = data.index(b"Smollm2 135M")
+    for d, blob in (("a", data), ("b", data[:name] + b"Smollm3" + data[name + 7:])):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "model.gguf").write_bytes(blob)
+    req = Request(messages=({"role": "user", "content": "Name a colour."},), max_tokens=8, seed=3)
+    cache = tmp_path / "c.sqlite"
+    first = LlamaCppEngine(model_path=str(tmp_path / "a" / "model.gguf"), n_ctx=512)
+    second = LlamaCppEngine(model_path=str(tmp_path / "b" / "model.gguf"), n_ctx=512)
+    try:
+        assert first.model_id == second.model_id == "model.gguf"
+        assert first.identity()["weights"] != second.identity()["weights"]
+        a = CachedEngine(first, ResponseCache(cache))
+        a.generate([req])
+        b = CachedEngine(second, ResponseCache(cache))
+        b.generate([req])
+        assert (a.calls, b.calls, b.hits) == (1, 1, 0)
+        # other output-changing options are other producers too
+        assert first.identity() != {**first.identity(), "n_ctx": 2048}
+    finally:
+        first.close()
+        second.close()

@@ -46,7 +46,7 @@ def test_server_killed_mid_batch_gives_per_row_errors(llama_server):
     results = engine.generate(reqs, on_result=on_result)
     assert time.monotonic() - t0 < 120
     assert len(results) == 6
-    assert results[0].ok or results[0].finish_reason == "error"
+    assert results[0].ok and results[0].text  # the first row finished before the server died
     failed = [r for r in results if r.finish_reason == "error"]
     assert len(failed) >= 4
     assert all("gave up after 3 attempts" in r.error for r in failed)
@@ -140,3 +140,59 @@ def test_json_schema_request_shapes(fault_server):
         rf = fault_server.requests[-1][1]["response_format"]
         assert rf["type"] == expected
         assert (rf["json_schema"]["schema"] if fmt == "json_schema" else rf["schema"]) == schema
+
+
+def _serve(script):
+    srv = FaultServer(script)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def _answer(text):
+    return json.dumps({"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+
+
+def test_two_servers_with_one_model_name_never_share_cached_answers(tmp_path):
+    """Both servers call their model "default"; the cache key names the server, so B is asked, not A's
+    answer replayed."""
+    from lendata.engines import CachedEngine, ResponseCache
+
+    a, b = _serve([(200, {}, _answer("from A"))]), _serve([(200, {}, _answer("from B"))])
+    try:
+        cache = tmp_path / "c.sqlite"
+        ea = CachedEngine(OpenAIEngine(base_url=a.url, model="default", context_window=1024), ResponseCache(cache))
+        eb = CachedEngine(OpenAIEngine(base_url=b.url, model="default", context_window=1024), ResponseCache(cache))
+        req = ask("hi", max_tokens=5, seed=1)
+        assert ea.generate([req])[0].text == "from A"
+        got = eb.generate([req])[0]
+        assert got.text == "from B" and eb.calls == 1 and not got.cached
+        # the same server under another spelling of its URL is the same producer
+        again = CachedEngine(OpenAIEngine(base_url=a.url.replace("http://", "HTTP://") + "/", model="default",
+                                          context_window=1024), ResponseCache(cache))
+        assert again.generate([req])[0].text == "from A" and again.calls == 0
+    finally:
+        a.shutdown()
+        b.shutdown()
+
+
+@pytest.mark.parametrize("fault_server", [[(200, {}, _answer(None)), (200, {}, _answer("")),
+                                           (200, {}, json.dumps({"choices": [{"message": None}]}))] * 2],
+                         indirect=True)
+def test_a_200_without_content_is_an_error_not_a_cached_success(fault_server, tmp_path):
+    from lendata.engines import CachedEngine, ResponseCache
+
+    engine = OpenAIEngine(base_url=fault_server.url, model="m", context_window=1024, backoff=0.01, max_retries=2)
+    cached = CachedEngine(engine, ResponseCache(tmp_path / "c.sqlite"))
+    res = cached.generate([ask("hi", max_tokens=5)])[0]
+    assert res.finish_reason == "error" and "content" in res.error, res
+    assert len(cached.cache) == 0
+    res = cached.generate([ask("hi", max_tokens=5)])[0]  # the next three answers are the same kinds of empty
+    assert res.finish_reason == "error" and len(cached.cache) == 0
+
+
+def test_output_changing_options_are_part_of_the_identity():
+    a = OpenAIEngine(base_url="http://127.0.0.1:9/v1", model="m", context_window=1024)
+    b = OpenAIEngine(base_url="http://127.0.0.1:9/v1", model="m", context_window=1024, json_format="json_object")
+    c = OpenAIEngine(base_url="http://127.0.0.1:9/v1", model="m", context_window=1024, send_min_tokens=False)
+    assert len({json.dumps(e.identity(), sort_keys=True) for e in (a, b, c)}) == 3

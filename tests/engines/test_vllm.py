@@ -145,3 +145,33 @@ def test_self_lengthen_iteration_two_runs_on_the_trained_adapter(engine, adapter
     base = sl.generate(ins2, engine, s)
     assert not any("LoRA" in (r.failed or "") or "error" in (r.failed or "") for r in with_adapter)
     assert [(r.initial, r.failed) for r in with_adapter] != [(r.initial, r.failed) for r in base]  # it is used
+
+
+def test_results_reach_the_caller_chunk_by_chunk(engine, tmp_path):
+    """A kill loses at most one chunk: finished rows are handed on (and cached) before the batch ends."""
+    from lendata.engines import CachedEngine, ResponseCache
+
+    engine.result_chunk = 2
+    try:
+        seen, chats = [], []
+        real_chat = engine._llm.chat
+
+        def counting_chat(messages, *a, **k):
+            chats.append(len(seen))  # rows already handed on when this chunk starts
+            return real_chat(messages, *a, **k)
+
+        engine._llm.chat = counting_chat
+        cached = CachedEngine(engine, ResponseCache(tmp_path / "c.sqlite"))
+        reqs = [ask(f"Name a fruit ({i}).", max_tokens=8, seed=i) for i in range(5)]
+        cached.generate(reqs, on_result=lambda i, r: seen.append(i))
+        assert chats == [0, 2, 4] and sorted(seen) == [0, 1, 2, 3, 4]
+        assert len(cached.cache) == 5
+    finally:
+        engine._llm.chat = real_chat
+        engine.result_chunk = 64
+
+
+def test_the_cache_key_names_the_weights_not_the_folder(engine, model_dir):
+    ident = engine.identity()
+    assert ident["weights"] != model_dir and len(ident["weights"]) == 64
+    assert engine.model_id == os.path.basename(model_dir.rstrip("/"))  # no local path in the data

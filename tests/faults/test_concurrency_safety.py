@@ -15,14 +15,28 @@ def start(cmd, env=None):
                             env={**os.environ, "NO_COLOR": "1", **(env or {})})
 
 
+def wait_message(proc) -> str:
+    """stderr lines of a build up to the one saying that it waits for the dataset's lock (or up to its end)."""
+    seen = ""
+    for line in proc.stderr:
+        seen += line
+        if "waiting for another build" in line:
+            break
+    return seen
+
+
 def test_two_builds_of_one_version_at_once_leave_one_consistent_version(tmp_path):
     qa = write_instructions(tmp_path / "qa.jsonl", 40)
     other = write_instructions(tmp_path / "other.jsonl", 30)
     store = tmp_path / "store"
     with FaultServer(delay=0.02) as server:
-        same = [start(command(store, qa, server.url, extra=("--set", "version=1.0.0"))) for _ in range(2)]
+        # the test holds the dataset's lock, so both builds must reach the commit and wait there together
+        with st.dataset_lock(store, DATASET):
+            same = [start(command(store, qa, server.url, extra=("--set", "version=1.0.0"))) for _ in range(2)]
+            waiting = [wait_message(p) for p in same]  # returns once that build waits for the lock
         outs = [p.communicate(timeout=300) for p in same]
         assert [p.returncode for p in same] == [0, 0], outs
+        assert all("waiting for another build of faults" in w for w in waiting), waiting
         reports = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
         # one committed; the other waited for the lock, then found the identical content already there
         assert sorted(r["unchanged"] for r in reports) == [False, True]

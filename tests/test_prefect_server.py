@@ -1,0 +1,95 @@
+"""The Prefect server builds share (flows/_server.py): started once, reused, stopped after the last build, even a
+killed one; a start that takes too long is a clear error, not a hung or half-started build."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from flows._server import shared_server
+
+HOLD = """
+import os, signal, sys, time
+from pathlib import Path
+from flows._server import shared_server
+with shared_server(Path(sys.argv[1])) as url:
+    print(url, flush=True)
+    if sys.argv[2] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)  # a build killed while it uses the server
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold(home, then, linger="2"):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["LENDATA_PREFECT_LINGER"] = linger
+    return subprocess.Popen([sys.executable, "-c", HOLD, str(home), then], stdout=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie is dead for our purpose
+        return (open(f"/proc/{pid}/stat").read().split()[2]) != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_builds_share_one_server_that_stops_after_the_last_even_when_killed(tmp_path):
+    home = tmp_path / "server"
+    first = hold(home, "kill")
+    url = first.stdout.readline().strip()
+    assert first.wait(200) == -signal.SIGKILL
+    info = json.loads((home / "server.json").read_text())
+    assert url == info["url"] and httpx.get(f"{url}/health", timeout=5).status_code == 200
+    second = hold(home, "1")  # within the linger: the same server, no second start
+    assert second.stdout.readline().strip() == url
+    second.wait(60)
+    deadline = time.monotonic() + 30
+    while (alive(info["guard"]) or alive(info["server"])) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not alive(info["guard"]) and not alive(info["server"])  # nothing outlives the last build
+    assert not (home / "server.json").exists()
+
+
+def test_a_slow_start_is_a_clear_error_and_leaves_nothing_running(tmp_path, monkeypatch):
+    monkeypatch.setenv("LENDATA_PREFECT_START_TIMEOUT", "0.5")  # far below any real start-up
+    for k in [k for k in os.environ if k.startswith("PREFECT_API")]:
+        monkeypatch.delenv(k)
+    home = tmp_path / "server"
+    with pytest.raises(ConnectionError, match=r"did not start within 0.5 s .*LENDATA_PREFECT_START_TIMEOUT"), \
+            shared_server(home):
+        pass
+    deadline = time.monotonic() + 20
+    while with_home(home) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert with_home(home) == []  # neither the guard nor the server it had started
+
+
+def with_home(home) -> list[int]:
+    """Live processes whose environment names `home` as PREFECT_HOME (the guard and its server)."""
+    marker = f"PREFECT_HOME={home}".encode() + b"\0"
+    found = []
+    for proc in os.listdir("/proc"):
+        try:
+            if proc.isdigit() and marker in open(f"/proc/{proc}/environ", "rb").read() and alive(int(proc)):
+                found.append(int(proc))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_user_server_is_used_as_it_is(monkeypatch, tmp_path):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    with shared_server(tmp_path / "unused") as url:
+        assert url == "http://127.0.0.1:9/api"
+    assert not (tmp_path / "unused").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,21 @@ def run_recipe(
     if ray:
         check_ray_api(recipe)
     with shared_server() as url, temporary_settings({PREFECT_API_URL: url}):
-        if not ray:
-            return module.flow(**run)
-        return module.flow.with_options(task_runner=task_runner(recipe, url))(**run)
+        try:
+            if not ray:
+                return module.flow(**run)
+            return module.flow.with_options(task_runner=task_runner(recipe, url))(**run)
+        finally:
+            _drain_prefect()
+
+
+def _drain_prefect(timeout: float = 60) -> None:
+    """Send Prefect's queued events and logs while the server is still leased. Left for later, they would be
+    sent when the process exits, to a server that may have stopped by then (its linger over), and Prefect's
+    exit handler retries them one by one: the process would hang."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=timeout)

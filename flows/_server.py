@@ -53,14 +53,26 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _running(home: Path) -> str | None:
-    """The URL of this store's server when its guard is alive and it answers."""
+def _running(home: Path, patience: float = 30) -> str | None:
+    """The URL of the running server when its guard is alive and it answers. A live server that answers slowly
+    (a busy 2-core machine) gets `patience` seconds before it is given up and stopped, so that a second
+    server is never started beside a first that is merely slow."""
     try:
         info = json.loads((home / "server.json").read_text())
         os.kill(int(info["guard"]), 0)
     except (OSError, ValueError, KeyError):
         return None
-    return info["url"] if _healthy(info["url"]) else None
+    deadline = time.monotonic() + patience
+    while True:
+        if _healthy(info["url"]):
+            return info["url"]
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    if patience > 0:  # alive but silent for that long: stop it, a fresh one is started
+        with contextlib.suppress(OSError):
+            os.killpg(int(info["guard"]), signal.SIGTERM)
+    return None
 
 
 def _start(home: Path, timeout: float) -> str:
@@ -72,7 +84,7 @@ def _start(home: Path, timeout: float) -> str:
                                  cwd=str(Path(__file__).resolve().parent.parent), env=_server_env(home))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        url = _running(home)
+        url = _running(home, patience=0)
         if url:
             return url
         if guard.poll() is not None:

@@ -19,6 +19,7 @@ Read-only is enforced twice:
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,17 @@ def _dataset(version: st.Version, split: str) -> pads.Dataset:
                         partition_base_dir=str(version.path / split))
 
 
+def _view(con: duckdb.DuckDBPyConnection, name: str, body: str, taken: dict[str, str]) -> None:
+    """CREATE VIEW, unless an earlier view has the same name in SQL's eyes (case ignored): stores written before
+    names were checked can hold `ds` and `DS`; the first keeps the name and the clash is reported."""
+    if name.lower() in taken:
+        print(f"warning: the SQL view {name!r} clashes with {taken[name.lower()]!r} (names ignore case); it is "
+              "not defined", file=sys.stderr)
+        return
+    taken[name.lower()] = name
+    con.execute(f"CREATE VIEW {_q(name)} AS {body}")
+
+
 def connect(store: Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the store's views, locked down (see the module docstring)."""
     # no extension is installed or loaded behind the user's back (installing writes ~/.duckdb)
@@ -84,6 +96,7 @@ def connect(store: Path) -> duckdb.DuckDBPyConnection:
         con.execute(statement)
     rows = []
     sources = 0
+    taken: dict[str, str] = {"lendata_versions": "lendata_versions"}
     for dataset in st.list_datasets(store):
         versions = st.list_versions(store, dataset)
         for v in versions:
@@ -95,13 +108,11 @@ def connect(store: Path) -> duckdb.DuckDBPyConnection:
                 source = f"__lendata_source_{sources}"
                 sources += 1
                 con.register(source, _dataset(ver, split))
-                body = f"SELECT * FROM {source}"
-                con.execute(f"CREATE VIEW {_q(f'{dataset}@{v}/{split}')} AS {body}")
-                if split == "train":
-                    con.execute(f"CREATE VIEW {_q(f'{dataset}@{v}')} AS {body}")
-                if latest:
-                    name = dataset if split == "train" else f"{dataset}__{split}"
-                    con.execute(f"CREATE VIEW {_q(name)} AS {body}")
+                names = [f"{dataset}@{v}/{split}"]
+                names += [f"{dataset}@{v}"] if split == "train" else []
+                names += [dataset if split == "train" else f"{dataset}__{split}"] if latest else []
+                for name in names:
+                    _view(con, name, f"SELECT * FROM {source}", taken)
             m = ver.manifest
             rows.append(
                 {
@@ -164,10 +175,10 @@ def _node_types(tree: Any) -> set[str]:
 
 
 def _explained(sql: str) -> str:
-    """The statement an EXPLAIN [ANALYZE] [(options)] statement explains."""
-    tokens = duckdb.tokenize(sql)
+    """The statement an EXPLAIN [ANALYZE] [(options)] statement explains (comments anywhere are skipped)."""
+    tokens = [t for t in duckdb.tokenize(sql) if t[1] != duckdb.token_type.comment]
     i = 1  # tokens[0] is EXPLAIN
-    if i < len(tokens) and sql[tokens[i][0]:].split(None, 1)[0].upper() in ("ANALYZE", "ANALYSE"):
+    if i < len(tokens) and sql[tokens[i][0]:].split(None, 1)[0].upper().startswith(("ANALYZE", "ANALYSE")):
         i += 1
     if i < len(tokens) and sql[tokens[i][0]] == "(":  # EXPLAIN (FORMAT json) ...
         depth = 0
@@ -184,7 +195,10 @@ def _explained(sql: str) -> str:
 
 def _check_statement(sql: str, kind: str, nested: bool = False) -> None:
     if kind == "EXPLAIN" and not nested:
-        inner = duckdb.extract_statements(_explained(sql))
+        try:
+            inner = duckdb.extract_statements(_explained(sql))
+        except duckdb.Error as e:
+            raise QueryError(f"SQL does not parse: {str(e).splitlines()[0]}") from None
         if len(inner) != 1:
             raise QueryError("EXPLAIN takes exactly one statement")
         _check_statement(inner[0].query, inner[0].type.name, nested=True)
@@ -217,7 +231,10 @@ def check_read_only(sql: str) -> None:
 
 def query(store: Path, sql: str) -> pl.DataFrame:
     check_read_only(sql)
-    con = connect(store)
+    try:
+        con = connect(store)
+    except (duckdb.Error, OSError, pa.ArrowException) as e:
+        raise QueryError(f"cannot open the catalog of {store}: {str(e).splitlines()[0]}") from None
     try:
         rel = con.sql(sql)
         if rel is None:

@@ -237,9 +237,12 @@ def score(
 ) -> None:
     """Score a file of responses against their target lengths."""
     from lendata.inputs import InputError
+    from lendata.paths import check_output
     from lendata.scoring import score_file
 
     try:
+        if out_file is not None:
+            out_file = check_output(out_file, None, "--to")
         rows, summary = score_file(file, metric, target_field, response_field, counter)
     except (InputError, ValueError) as e:
         _fail(str(e))

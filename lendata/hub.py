@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import glob
+import hashlib
 import json
 import os
 import re
@@ -12,6 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
 from lendata import store as st
@@ -46,12 +51,16 @@ TASKS = {  # recipe -> (task_categories, tags)
 # card; inputs are identified by file name and sha256 instead (the manifest's `inputs`)
 LOCAL_SETTINGS = {"engine_options", "runner", "shards", "ray", "input", "distractors", "tokenizer", "trainer",
                   "lora", "model_path", "base_url", "api_key_env", "address", "store"}
-_WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
+_WINDOWS_PATH = re.compile(r"^[A-Za-z]:")  # C:\\x, C:/x and the drive-relative D:x
+_HOST_PORT = re.compile(r"^\[?[\w.:\-]+\]?:\d{1,5}$")  # localhost:8000, 10.0.0.5:8000, [fe80::1]:8000
+_IP = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b|\[[0-9a-fA-F:]+\]")
+_HOST = re.compile(r"\b[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")  # gpu17.corp.internal, x.jsonl
 
 
 def _is_local(value: Any) -> bool:
-    """Whether a setting's value names something of this machine: a path, a URL, the host, an environment
-    value."""
+    """Whether a setting's value may name something of this machine or network: a path (any string with a
+    slash, absolute or not), a URL or URI, a host (a dotted name, an IP address, host:port), the machine's
+    name, or an environment value. Errs on withholding: a withheld setting is listed on the card."""
     if isinstance(value, dict):
         return any(_is_local(k) or _is_local(v) for k, v in value.items())
     if isinstance(value, list | tuple):
@@ -59,12 +68,12 @@ def _is_local(value: Any) -> bool:
     if not isinstance(value, str):
         return False
     v = value.strip()
-    if "://" in v or v.startswith(("/", "~", "./", "../", "\\")) or _WINDOWS_PATH.match(v):
+    if "/" in v or "\\" in v or "://" in v or v.lower().startswith(("file:", "~")) or _WINDOWS_PATH.match(v):
+        return True
+    if _HOST_PORT.match(v) or _IP.search(v) or _HOST.search(v):
         return True
     host = socket.gethostname()
     if host and host.lower() in v.lower():
-        return True
-    if ("/" in v or os.sep in v) and Path(v).expanduser().exists():
         return True
     env = (x for x in os.environ.values() if len(x) >= 8 and not x.isdigit())
     return any(x in v for x in env)
@@ -95,9 +104,10 @@ def public_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], list[str]
 
 
 def public_name(value: Any) -> str:
-    """A model or file as a card may name it: the last part of a path, never the path."""
-    text = str(value or "")
-    return Path(text.rstrip("/\\")).name if _is_local(text) else text
+    """A model or file as a card may name it: the last part of a local path, never the path."""
+    from lendata.engines.identity import model_name
+
+    return model_name(str(value or ""))
 
 
 def card(version: st.Version, files: dict[str, list[str]], stats: dict[str, Any], licence: str,
@@ -148,6 +158,23 @@ def card(version: st.Version, files: dict[str, list[str]], stats: dict[str, Any]
 
 
 EXPORT_README = "README.md"
+EXPORT_TMP = ".lendata-export-"  # in the names of an export's temporary folders: `.<target><this><id>.tmp`
+
+
+def _clean_killed_exports(target: Path) -> None:
+    """Delete the temporary folders that killed exports to `target` left, and only those: the name must be
+    ours (the target's name escaped for glob) and no live export may hold the folder's lock."""
+    for old in target.parent.glob(f".{glob.escape(target.name)}{EXPORT_TMP}*.tmp"):
+        if old.is_symlink() or not old.is_dir():
+            continue
+        fd = os.open(old, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live export of the same target
+        finally:
+            os.close(fd)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def is_export(folder: Path) -> bool:
@@ -203,10 +230,11 @@ def export(version: st.Version, target: Path, licence: str = "other", plots: lis
         raise ExportError(f"{version.dataset}@{version.version} has no data split to export")
     stats = stats or describe(version)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for old in target.parent.glob(f".{target.name}.*.tmp"):  # what a killed export of this target left
-        shutil.rmtree(old, ignore_errors=True)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+    _clean_killed_exports(target)
+    tmp = target.parent / f".{target.name}{EXPORT_TMP}{uuid.uuid4().hex[:8]}.tmp"
     (tmp / "data").mkdir(parents=True)
+    owner = os.open(tmp, os.O_RDONLY)
+    fcntl.flock(owner, fcntl.LOCK_EX)  # held while this export lives; a later export sees it is not orphaned
     try:
         files: dict[str, list[str]] = {}
         for split in splits:
@@ -215,11 +243,22 @@ def export(version: st.Version, target: Path, licence: str = "other", plots: lis
             files[split] = []
             for i, src in enumerate(sources):
                 rel = f"data/{split}-{i:05d}-of-{n:05d}.parquet"
-                if st.partitions(version.splits[split]["files"][i]["path"]):
+                entry = version.splits[split]["files"][i]
+                try:
+                    data = src.read_bytes()
+                except FileNotFoundError:
+                    data = b""
+                # the bytes exported are the bytes the manifest (and so the card) describes: a version replaced
+                # with --overwrite while it was being exported is caught here, not published mixed
+                if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                    raise ExportError(f"{version.dataset}@{version.version} changed while it was exported "
+                                      f"({entry['path']} no longer has its manifest sha256); export it again")
+                if st.partitions(entry["path"]):
                     # hive partition values live in the path: write them into the file, the Hub has no paths
-                    st.write_parquet_atomic(version.read_file(split, i), tmp / rel)
+                    table = st.with_partitions(pq.read_table(pa.BufferReader(data)), entry["path"])
+                    st.write_parquet_atomic(table, tmp / rel)
                 else:
-                    shutil.copyfile(src, tmp / rel)
+                    (tmp / rel).write_bytes(data)
                 files[split].append(rel)
         copied = []
         for p in plots or []:
@@ -228,13 +267,17 @@ def export(version: st.Version, target: Path, licence: str = "other", plots: lis
             copied.append(f"plots/{p.name}")
         (tmp / EXPORT_README).write_text(card(version, files, stats, licence, copied), encoding="utf-8")
         fsync_tree(tmp)
-        if target.exists():
-            exchange(tmp, target)  # tmp now holds the earlier export, deleted below
-        else:
-            os.rename(tmp, target)
+        try:
+            if target.exists():
+                exchange(tmp, target)  # tmp now holds the earlier export, deleted below
+            else:
+                os.rename(tmp, target)
+        except OSError as e:
+            raise ExportError(f"cannot move the export into {target}: {e.strerror or e}") from None
         fsync_dir(target.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        os.close(owner)
     return {"path": str(target), "splits": {s: stats["splits"][s]["rows"] for s in splits},
             "files": sum(len(f) for f in files.values()) + 1 + len(plots or [])}
 
@@ -317,13 +360,19 @@ def push(version: st.Version, repo: str, private: bool | None = None, dry_run: b
                                        commit_description=f"content hash {version.manifest.get('content_hash')}")
             api.create_tag(repo, tag=tag, revision=commit.oid, repo_type="dataset",
                            tag_message=f"{version.dataset} {version.version}")
-            served = set(api.list_repo_files(repo, repo_type="dataset", revision=tag)) - KEPT_REMOTE
+            from huggingface_hub.hf_api import RepoFile
+
+            served = {f.path: f.size for f in api.list_repo_tree(repo, repo_type="dataset", revision=tag,
+                                                                   recursive=True)
+                      if isinstance(f, RepoFile) and f.path not in KEPT_REMOTE}
         except HfHubHTTPError as e:
             status = e.response.status_code if e.response is not None else None
             raise PushError(f"the Hub refused the push of {repo} (HTTP {status}): {str(e).splitlines()[0]}") from None
-        if served != set(files):  # checked, not assumed: the tag must serve this version and nothing else
+        local = {f: (folder / f).stat().st_size for f in files}
+        if served != local:  # checked, not assumed: the tag must serve this version's files and nothing else
             raise PushError(f"{repo} at {tag} does not hold exactly the export of {version.dataset}@"
-                            f"{version.version}: extra {sorted(served - set(files))}, missing "
-                            f"{sorted(set(files) - served)}")
+                            f"{version.version}: extra {sorted(set(served) - set(local))}, missing "
+                            f"{sorted(set(local) - set(served))}, other sizes "
+                            f"{sorted(f for f in set(local) & set(served) if local[f] != served[f])}")
     return {**plan, "dry_run": False, "commit": commit.oid, "commit_url": commit.commit_url, "deleted": stale,
             "user": user.get("name")}

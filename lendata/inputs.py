@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 MAX_LINE_BYTES = 64 << 20
@@ -42,26 +43,24 @@ class Loaded:
     bad: list[Bad] = field(default_factory=list)
 
 
-def unencodable(value: Any, where: str = "") -> str | None:
+def unencodable(value: Any) -> str | None:
     """Where `value` (a parsed JSON record) holds a string that is not valid Unicode, else None. JSON can spell
     a lone UTF-16 surrogate ("\\ud800"); Python parses it, then every UTF-8 encoder (the cache key, Arrow,
     SQLite) fails on it, so such a line is quarantined when it is read."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as e:
-            return f"{where or 'the record'} holds a lone surrogate {value[e.start]!r} at character {e.start}"
-        return None
-    if isinstance(value, dict):
-        for k, v in value.items():
-            found = unencodable(k, "a field name") or unencodable(v, f"field {k!r}" if not where else f"{where}.{k}")
-            if found:
-                return found
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            found = unencodable(v, f"{where or 'the record'}[{i}]")
-            if found:
-                return found
+    stack: list[tuple[Any, str]] = [(value, "the record")]
+    while stack:
+        x, where = stack.pop()
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return f"{where} holds a lone surrogate {x[e.start]!r} at character {e.start}"
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                stack.append((k, "a field name"))
+                stack.append((v, f"field {k!r}" if where == "the record" else f"{where}.{k}"))
+        elif isinstance(x, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(x))
     return None
 
 
@@ -94,8 +93,22 @@ def records(path: Path):
             table = pq.read_table(path)
         except Exception as e:
             raise InputError(f"{path}: not a readable Parquet file: {e}") from e
-        for i, rec in enumerate(table.to_pylist(), start=1):
-            yield i, rec, None, ""
+        for start in range(0, table.num_rows, 10_000):
+            chunk = table.slice(start, 10_000)
+            try:
+                recs = chunk.to_pylist()
+            except (UnicodeDecodeError, pa.ArrowException):  # a string that is not UTF-8: find its row
+                recs = []
+                for j in range(chunk.num_rows):
+                    try:
+                        recs.append(chunk.slice(j, 1).to_pylist()[0])
+                    except (UnicodeDecodeError, pa.ArrowException) as e:
+                        recs.append(f"a value is not valid UTF-8 ({type(e).__name__})")
+            for i, rec in enumerate(recs, start=start + 1):
+                if isinstance(rec, str):
+                    yield i, None, rec, ""
+                else:
+                    yield i, rec, None, ""
         return
     with open(path, "rb") as f:
         for lineno, raw, size, head in _lines(f):
@@ -117,6 +130,9 @@ def records(path: Path):
             except json.JSONDecodeError as e:
                 yield lineno, None, f"invalid JSON: {e.msg} at column {e.colno}", text[:500]
                 continue
+            except (ValueError, RecursionError) as e:  # a 5,000-digit number; arrays nested 100,000 deep
+                yield lineno, None, f"unreadable JSON: {type(e).__name__}: {str(e)[:200]}", text[:500]
+                continue
             if not isinstance(rec, dict):
                 yield lineno, None, f"expected a JSON object, got {type(rec).__name__}", text[:500]
                 continue
@@ -128,19 +144,20 @@ def records(path: Path):
             yield lineno, rec, None, text
 
 
+MAX_TARGET = 1_000_000  # words: far past any length a model writes, and inside every int32 column
+
+
 def positive_whole(value: Any) -> int | None:
-    """`value` as a positive int when it is one (12, 12.0, "12"), else None: JSON allows Infinity, NaN, 2.5 and
-    true, and none of them is a length."""
+    """`value` as a positive int up to MAX_TARGET when it is one (12, 12.0, "12"), else None: JSON allows
+    Infinity, NaN, 2.5, 1e300 and true, and none of them is a length."""
     if isinstance(value, bool):
         return None
     if isinstance(value, float):
-        return int(value) if value.is_integer() and value > 0 else None
-    if isinstance(value, str):
+        value = int(value) if value.is_integer() and 0 < value <= MAX_TARGET else None
+    elif isinstance(value, str):
         value = value.strip()
-        return int(value) if value.isascii() and value.isdigit() and int(value) > 0 else None
-    if isinstance(value, int):
-        return value if value > 0 else None
-    return None
+        value = int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_TARGET else None
 
 
 def read_instructions(
@@ -180,7 +197,8 @@ def read_instructions(
             target = positive_whole(value) if value is not None else None
             if value is not None and target is None:
                 out.bad.append(
-                    Bad(src, f"{target_field!r} is {value!r}, not a positive whole number", raw or str(rec))
+                    Bad(src, f"{target_field!r} is {str(value)[:40]!r}, not a whole number from 1 to {MAX_TARGET:,}",
+                        raw or str(rec))
                 )
                 continue
         row = dict(rec) if keep_fields else {}

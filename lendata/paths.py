@@ -19,12 +19,18 @@ def work_dir(store: Path) -> Path:
     return store / "_work"
 
 
-def check_output(path: str | os.PathLike, store: Path, what: str = "output") -> Path:
-    """`path` resolved, unless it lies inside the store (outside its `_work` folder) or holds the store: no
-    command's output option may overwrite a published file or replace the store."""
-    p, root = Path(path).expanduser().resolve(), Path(store).expanduser().resolve()
+def check_output(path: str | os.PathLike, store: Path | None, what: str = "output") -> Path:
+    """`path` resolved, unless it lies inside the store (its `_work` build state included), holds the store, or
+    lies inside any committed version (a folder with a manifest.json, whatever store it is in): no command's
+    output option may overwrite a published file, a response cache or a store."""
+    p = Path(path).expanduser().resolve()
+    if any((parent / "manifest.json").is_file() for parent in (p, *p.parents)):
+        raise ValueError(f"{what} {path} is inside a committed dataset version: write it somewhere else")
+    if store is None:
+        return p
+    root = Path(store).expanduser().resolve()
     inside = p == root or root in p.parents
-    if (inside and work_dir(root) not in p.parents) or p in root.parents:
+    if inside or p in root.parents:
         raise ValueError(f"{what} {path} is {'inside the store' if inside else 'a folder that holds the store'} "
                          f"({root}): write it somewhere else")
     return p

@@ -123,7 +123,7 @@ class Version:
         files = self.splits[split]["files"]
         if not files:
             return pa.schema([]).empty_table()
-        return pa.concat_tables([_with_partitions(pq.read_table(self.path / f["path"]), f["path"]) for f in files])
+        return pa.concat_tables([with_partitions(pq.read_table(self.path / f["path"]), f["path"]) for f in files])
 
     def read_file(self, split: str, index: int) -> pa.Table:
         """One shard of a split, with its hive partition columns."""
@@ -132,7 +132,7 @@ class Version:
 
 def _read_shard(version: Version, split: str, index: int) -> pa.Table:
     rel = version.splits[split]["files"][index]["path"]
-    return _with_partitions(pq.read_table(version.path / rel), rel)
+    return with_partitions(pq.read_table(version.path / rel), rel)
 
 
 def partitions(rel: str) -> dict[str, str]:
@@ -140,12 +140,30 @@ def partitions(rel: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in rel.split("/")[:-1] if "=" in part)
 
 
-def _with_partitions(table: pa.Table, rel: str) -> pa.Table:
+def with_partitions(table: pa.Table, rel: str) -> pa.Table:
+    """`table` with the hive partition values of its shard path `rel` as columns."""
     for key, value in partitions(rel).items():
         if key not in table.column_names:
             typed: Any = int(value) if value.lstrip("-").isdigit() else value
             table = table.append_column(key, pa.array([typed] * table.num_rows))
     return table
+
+
+RESERVED = {"lendata_versions"}  # names the SQL catalog uses itself
+
+
+def check_dataset_name(store: Path, dataset: str) -> str:
+    """A name a new dataset may take: a valid folder name that SQL can tell apart from every other dataset of the
+    store. DuckDB identifiers ignore case and the catalog names other splits `<dataset>__<split>`, so `DS`
+    beside `ds`, `a__b` (the view of dataset `a`'s split `b`) and `lendata_versions` are refused."""
+    check_name(dataset, "dataset")
+    if "__" in dataset or dataset.lower() in RESERVED:
+        raise ValueError(f"invalid dataset {dataset!r}: '__' and the names {sorted(RESERVED)} are kept for SQL "
+                         "views")
+    twin = next((d for d in list_datasets(store) if d.lower() == dataset.lower() and d != dataset), None)
+    if twin:
+        raise ValueError(f"invalid dataset {dataset!r}: the store has {twin!r}, and SQL names ignore case")
+    return dataset
 
 
 def list_datasets(store: Path) -> list[str]:
@@ -208,10 +226,12 @@ def dataset_lock(store: Path, dataset: str, wait: bool = True) -> Iterator[None]
 
 
 def _content_hash(splits: Mapping[str, Mapping[str, Any]]) -> str:
+    """Over every file's path and sha256: a shard's path carries data too (hive partitions such as
+    `bucket=8`), so the same bytes under another partition are other content."""
     h = hashlib.sha256()
     for name in sorted(splits):
         for f in splits[name]["files"]:
-            h.update(f"{name}/{f['sha256']}\n".encode())
+            h.update(f"{name}\0{f['path']}\0{f['sha256']}\n".encode())
     return h.hexdigest()
 
 
@@ -278,7 +298,7 @@ class Stage:
     """
 
     def __init__(self, store: Path, dataset: str):
-        check_name(dataset, "dataset")
+        check_dataset_name(store, dataset)
         self.store, self.dataset = store, dataset
         self.splits: dict[str, Any] = {}
         self.schemas: dict[str, Any] = {}

@@ -183,5 +183,49 @@ def test_query_command_writes_each_format_to_out(store, tmp_path):
     for fmt in ("parquet", "csv", "json", "table"):
         res = CliRunner().invoke(app, ["query", "SELECT 999 AS x", "--store", str(store), "--format", fmt,
                                        "--out", str(shard)])
-        assert res.exit_code == 1 and "inside the store" in res.output, res.output
-    assert shard.read_bytes() == before
+        assert res.exit_code == 1 and "inside" in res.output, res.output
+    # nor inside a committed version of another store, nor through `score --to`
+    other = tmp_path / "elsewhere"
+    st.commit(other, "x", {"train": pa.table({"x": [1]})})
+    foreign = st.open_version(other, "x").files("train")[0]
+    foreign_bytes = foreign.read_bytes()
+    res = CliRunner().invoke(app, ["query", "SELECT 999 AS x", "--store", str(store), "--format", "csv",
+                                   "--out", str(foreign)])
+    assert res.exit_code == 1 and "inside a committed dataset version" in res.output, res.output
+    scores = tmp_path / "s.jsonl"
+    scores.write_text('{"response": "one two three", "target_words": 3}\n')
+    res = CliRunner().invoke(app, ["score", str(scores), "--to", str(shard)])
+    assert res.exit_code == 1 and "inside a committed dataset version" in res.output, res.output
+    assert shard.read_bytes() == before and foreign.read_bytes() == foreign_bytes
+
+
+def test_outputs_never_land_in_the_store_s_build_state(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from lendata.cli import app
+
+    cache = store / "_work" / "ds" / "responses.sqlite"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_bytes(b"SQLite format 3\x00 pretend")
+    res = CliRunner().invoke(app, ["query", "SELECT 1 AS x", "--store", str(store), "--format", "csv", "--out",
+                                   str(cache)])
+    assert res.exit_code == 1 and "inside the store" in res.output
+    assert cache.read_bytes() == b"SQLite format 3\x00 pretend"
+
+
+@pytest.mark.parametrize("sql", ["-- a note\nEXPLAIN SELECT count(*) FROM ds", "/* c */ EXPLAIN SELECT 1",
+                                 "EXPLAIN /* c */ ANALYZE SELECT 1"])
+def test_comments_do_not_confuse_the_gate(store, sql):
+    assert query(store, sql).height >= 1
+
+
+def test_names_sql_cannot_tell_apart_are_refused_and_old_clashes_do_not_break_queries(store, capsys):
+    for bad in ("DS", "lendata_versions", "ds__quarantine"):
+        with pytest.raises(ValueError, match="invalid dataset"):
+            st.commit(store, bad, {"train": pa.table({"x": [1]})})
+    # a store written before the check: `DS` beside `ds` is skipped with a warning, queries still run
+    import shutil
+
+    shutil.copytree(store / "ds", store / "DS")
+    assert query(store, "SELECT sum(x) AS s FROM ds")["s"][0] == 30
+    assert "clashes" in capsys.readouterr().err

@@ -40,3 +40,13 @@ def test_direct_rows_capped_flag_and_engine_errors(scripted):
     assert quarantine[0]["reason"] == "engine exploded" and quarantine[0]["source"] == "f:3"
     assert [r.min_tokens > 0 for r in eng.seen] == [True, True, True]
     assert len({r.seed for r in eng.seen}) == 3
+
+
+@pytest.mark.parametrize("served, shown", [("/home/alice/ckpt/step-1000", "step-1000"),
+                                           ("C:\\models\\qwen.gguf", "qwen.gguf"),
+                                           ("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct")])
+def test_rows_name_a_local_model_by_its_folder_not_its_path(scripted, served, shown):
+    eng = scripted()
+    eng.model_id = served  # what `vllm serve /home/alice/ckpt/step-1000` reports as its model id
+    table, _ = direct([{"instruction": "write 10 words", "target": 10, "source": "f:1"}], eng, seed=1)
+    assert table.column("model").to_pylist() == [shown]

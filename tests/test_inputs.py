@@ -31,7 +31,8 @@ def test_bad_lines_are_quarantined_with_file_and_line(tmp_path, capsys):
     bad = {b.source.rsplit(":", 1)[1]: b.reason for b in got.bad}
     assert set(bad) == {"2", "3", "5", "6", "7", "8"}
     assert "invalid JSON" in bad["2"] and "empty" in bad["3"] and "UTF-8" in bad["5"]
-    assert "not a positive whole number" in bad["6"] and "JSON object" in bad["7"] and "missing field" in bad["8"]
+    assert "not a whole number from 1 to 1,000,000" in bad["6"]
+    assert "JSON object" in bad["7"] and "missing field" in bad["8"]
     assert f"{f}:2: invalid JSON" in capsys.readouterr().err
 
 

@@ -65,7 +65,7 @@ def test_pool_stops_near_its_cap_and_skips_stubs(tmp_path):
     assert 5_000 <= pool.total <= 5_000 + 256 * 50 and pool.total < 600 * 50
     everything = read_pool(path, Unit(), cap=10**9)
     assert len(everything.texts) == 600
-    assert [b["source"] for b in everything.bad] == [f"{path}:601", f"{path}:602"]
+    assert [b["source"] for b in everything.bad] == ["docs.jsonl:601", "docs.jsonl:602"]  # name, not path
     assert read_pool(path, Unit(), cap=10**9, min_size=51).texts == []
 
 

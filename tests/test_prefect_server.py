@@ -93,3 +93,41 @@ def test_a_user_server_is_used_as_it_is(monkeypatch, tmp_path):
     with shared_server(tmp_path / "unused") as url:
         assert url == "http://127.0.0.1:9/api"
     assert not (tmp_path / "unused").exists()
+
+
+IN_PROCESS = """
+import sys, time
+from typer.testing import CliRunner
+from lendata.cli import app
+for store in ("a", "b"):  # two builds, the server stopped and restarted (on another port) between them
+    res = CliRunner().invoke(app, ["build", "decompose", "--store", sys.argv[1] + store, "--no-progress", "--set",
+                                   f"input={sys.argv[2]}", "--set", "glob='*.txt'", "--set", "dataset=d"])
+    assert res.exit_code == 0, res.output
+    time.sleep(4)  # longer than the server's linger: it stops
+print("built", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_process_that_built_in_process_exits_after_the_server_stopped(tmp_path):
+    """Prefect queues events and logs and sends them later; a build sends them before it lets the server go,
+    so a process that built twice, on two servers in turn, and exits after both stopped does not hang
+    retrying them (a whole test session did, for many minutes)."""
+    import shutil
+
+    from lendata.paths import user_cache
+
+    cache = tmp_path / "cache"  # a server of this test's own, with a 1 s linger
+    shutil.copytree(user_cache() / "tokenizers", cache / "tokenizers", dirs_exist_ok=True)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"d{i}.txt").write_text("The river flows past the old mill. " * 200)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(LENDATA_CACHE=str(cache), LENDATA_PREFECT_LINGER="1")
+    proc = subprocess.Popen([sys.executable, "-c", IN_PROCESS, str(tmp_path / "store"), str(docs)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    assert proc.stdout.readline().strip() == "built"
+    t0 = time.monotonic()
+    proc.wait(120)
+    assert proc.returncode == 0 and time.monotonic() - t0 < 15

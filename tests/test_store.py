@@ -208,3 +208,16 @@ def test_publish_fsyncs_every_shard_folder(tmp_path, monkeypatch):
         w.close()
         stage.publish()
     assert {"bucket=8", "train"} <= set(synced)
+
+
+def test_the_same_bytes_in_another_partition_are_other_content(tmp_path):
+    t = pa.table({"text": ["hello world"]})
+    versions = []
+    for bucket in ("bucket=8", "bucket=9"):
+        with st.Stage(tmp_path, "dec") as stage:
+            w = stage.writer("train", t.schema, partition=bucket)
+            w.write(t)
+            w.close()
+            versions.append(stage.publish())
+    assert [v.version for v in versions] == ["0.1.0", "0.1.1"] and not versions[1].unchanged
+    assert st.open_version(tmp_path, "dec").read().column("bucket").to_pylist() == [9]

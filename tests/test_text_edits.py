@@ -15,7 +15,10 @@ from lendata.methods.self_lengthen import clean_instruction
 TRAPS = ["Particularly", "Stepping", "Sections", "Part", "Parts", "Partial", "Steps", "Stepwise", "Paragraphs",
          "Sectional", "Party", "Partners", "Step-by-step", "Part-time", "Paragraphing", "Stepped", "Sectioning",
          "Part of", "Step by step", "Section of", "Paragraph of", "Steps 3", "Part I think", "Step up",
-         "第一段时间", "第三段路", "段落之间", "段落清晰"]
+         "第一段时间", "第三段路", "段落之间", "段落清晰",
+         # numbers and hyphens after a label word are text unless a separator and white space follow
+         "Section 2.3 explains", "Paragraph 4.2 of", "Step 10.000 steps", "Part 3:30 pm", "Part I-beams",
+         "Part X-ray,", "Section C-sections", "Step 1 **bold** text", "第一步、第二步", "Part IV-A", "Step 2.5x"]
 WORD = hs.text(string.ascii_letters, min_size=1, max_size=10)
 BODY = hs.lists(hs.one_of(WORD, hs.sampled_from(TRAPS)), min_size=1, max_size=12).map(" ".join)
 LABELS = ["Paragraph 2:", "Paragraph 2.", "**Step 3** -", "**Step 3** —", "Part IV.", "第3段：", "第三段：",
@@ -25,11 +28,12 @@ HEADINGS = ["## Paragraph 1", "Paragraph 3", "**Step 2**", "Part IV", "第2段"]
 
 
 def cut_is_at_a_word_boundary(before: str, after: str) -> bool:
-    """`after` is a suffix of `before` and the cut between them does not split a word."""
+    """`after` is a suffix of `before`, and what was cut off ends in white space (or a zh label's colon): a cut
+    never falls inside a word or a number such as "2.3" or "3:30"."""
     if not before.endswith(after):
         return False
-    i = len(before) - len(after)
-    return i == 0 or not after or not (before[i - 1].isalnum() and before[i].isalnum())
+    removed = before[: len(before) - len(after)]
+    return removed == "" or removed[-1].isspace() or removed[-1] in "：:"
 
 
 @pytest.mark.parametrize("text", ["Particularly in Europe, rivers flood.", "Stepping back, we see more.",
@@ -56,8 +60,17 @@ def test_a_label_alone_on_its_line_is_stripped(label):
 @given(text=BODY)
 @example(text="Particularly in Europe")
 @example(text="Part of the problem")
+@example(text="Section 2.3 explains the method.")
+@example(text="Part 3:30 pm meetings are long.")
+@example(text="第一步、第二步和第三步缺一不可。")
 def test_stripping_never_changes_a_text_without_a_label(text):
     assert checks.strip_step_label(text) == text
+
+
+@given(text=hs.text(min_size=1, max_size=40))
+def test_whatever_stripping_removes_ends_in_white_space(text):
+    out = checks.strip_step_label(text)
+    assert out == text or cut_is_at_a_word_boundary(text, out)
 
 
 @given(label=hs.sampled_from(LABELS), body=BODY, gap=hs.sampled_from([" ", "\n", "  ", "\n\n"]))
@@ -106,7 +119,7 @@ def test_list_markers_are_stripped_only_as_whole_tokens(body):
     assert strip_list_marker(body) == body
     for marker in ("1. ", "2) ", "- ", "* ", "• "):
         assert strip_list_marker(marker + body) == body
-    for kept in ("1990s were loud", "3.5 million people", "-5 degrees", "*emphasis* here"):
+    for kept in ("1990s were loud", "3.5 million people", "-5 degrees", "*emphasis* here", "1990. That year"):
         assert strip_list_marker(kept) == kept
 
 

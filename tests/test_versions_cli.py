@@ -280,8 +280,12 @@ def test_the_card_publishes_no_local_setting(tmp_path):
         "generator": {"engine": "openai", "engine_options": {"base_url": "http://gpu-box:8000/v1"},
                       "lora": "/home/me/adapters/a1"},
         "note": f"built on {host}", "cache": "~/cache", "glob": "**/*.txt",
+        # what an outside review still found published: hosts and paths without a scheme or a leading slash
+        "server": "10.0.0.5:8000", "local": "localhost:8000", "v6": "[fe80::1]:8000", "node": "gpu17.corp.internal",
+        "rel": "private/alice_prompts.jsonl", "cmd": "python /home/alice/clean.py", "win": "D:alice\\runs",
+        "uri": "file:/etc/passwd", "nested": {"list": ["ok", "/srv/data/x"]},
     }
-    meta = {"recipe": "direct", "engine": "vllm", "model": "/home/me/models/SmolLM2-hf",
+    meta = {"recipe": "direct", "engine": "vllm", "model": "C:\\Users\\me\\models\\SmolLM2-hf",
             "recipe_settings": settings,
             "inputs": [{"setting": "input", "name": "prompts.jsonl", "sha256": "ab" * 32}]}
     st.commit(root, "ds", {"train": sft(2, [100, 90])}, meta=meta)
@@ -289,8 +293,39 @@ def test_the_card_publishes_no_local_setting(tmp_path):
     run("export", "ds", str(target), "--store", str(root), "--no-plots")
     card = (target / "README.md").read_text()
     for leak in (str(tmp_path), "secret-dir", "10.1.2.3", "/x/y", "head-node", "gpu-box", "/home/me", "~/cache",
-                 host, "api_key_env"):
+                 host, "api_key_env", "10.0.0.5", "localhost", "fe80", "gpu17", "alice", "/etc/passwd", "/srv"):
         assert leak not in card, leak
     assert "prompts.jsonl" in card and "ab" * 32 in card
     assert '"temperature": 0.5' in card and '"seed": 42' in card and "SmolLM2-hf" in card
     assert "engine_options" in card.split("withheld")[1]  # the card says what it left out
+
+
+def test_export_removes_only_its_own_leftovers(store, tmp_path):
+    from lendata.hub import EXPORT_TMP
+
+    target = tmp_path / "out"
+    foreign = tmp_path / ".out.bak.tmp"  # someone's folder with a name like an export's temporary one
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("precious")
+    starry = tmp_path / ".x.y.tmp"
+    starry.mkdir()
+    killed = tmp_path / f".out{EXPORT_TMP}deadbeef.tmp"  # what a killed export of `out` left
+    (killed / "data").mkdir(parents=True)
+    run("export", "ds", str(target), "--store", str(store), "--no-plots")
+    run("export", "ds", str(tmp_path / "*"), "--store", str(store), "--no-plots")  # a glob character in the name
+    assert (foreign / "notes.txt").read_text() == "precious" and starry.is_dir()
+    assert not killed.exists() and (target / "README.md").is_file() and (tmp_path / "*" / "README.md").is_file()
+
+
+def test_an_export_never_mixes_two_contents_of_one_version(tmp_path):
+    """A version replaced with --overwrite while it is exported: the export fails, it does not publish the new
+    rows under the old card (the exported bytes are checked against the manifest the card describes)."""
+    from lendata.hub import ExportError, export
+
+    root = tmp_path / "store"
+    st.commit(root, "ds", {"train": sft(3, [100, 90, 80])}, version="1.0.0")
+    old = st.open_version(root, "ds@1.0.0")
+    st.commit(root, "ds", {"train": sft(2, [10, 20])}, version="1.0.0", overwrite=True)
+    with pytest.raises(ExportError, match="changed while it was exported"):
+        export(old, tmp_path / "out", stats={"splits": {"train": {"rows": 3, "lengths": {}}}})
+    assert not (tmp_path / "out").exists()

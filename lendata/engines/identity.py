@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,19 @@ def content_identity(path: str | os.PathLike) -> str:
             h.update(f"{f.relative_to(p).as_posix()}\0{file_sha256(f)}\n".encode())
         return h.hexdigest()
     return f"missing:{p}"  # a name the engine resolves itself (a hub id); nothing local to hash
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def model_name(model_id: str) -> str:
+    """A model as data and dataset cards may name it: a hub id ("org/name") as it is, a local path (absolute,
+    home-relative, Windows, or two folders deep) by its last part only. `vllm serve /home/me/ckpt/step-1000`
+    serves the id "/home/me/ckpt/step-1000": the rows say "step-1000"."""
+    text = str(model_id or "").strip()
+    parts = [p for p in re.split(r"[\\/]", text) if p]
+    local = text.startswith(("/", "~", ".", "\\")) or "\\" in text or bool(_DRIVE.match(text)) or len(parts) > 2
+    return (parts[-1] if parts else text) if local else text
 
 
 def producer(engine: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from lendata.engines.base import Engine, OnResult, Request, estimate_prompt_tokens
+from lendata.engines.identity import model_name
 from lendata.lengths import WordCounter, count_tokens, count_words, length_score
 from lendata.methods import checks, settings
 from lendata.methods.budget import language_of, measure_tokens_per_word
@@ -497,7 +498,7 @@ def to_table(
             "length_score": length_score(smp.goal, words),
             "finish_reason": smp.step_finish[-1] if smp.step_finish else "error",
             "engine": engine.name,
-            "model": engine.model_id,
+            "model": model_name(engine.model_id),
             "source": smp.source,
         }
         why = [smp.failed] if smp.failed else defects(smp, words, s)

@@ -68,19 +68,23 @@ def trim_to_sentence(text: str, lang: str = "en", keep_at_least: float = 0.5) ->
 # a terminator (and closing quotes/brackets) followed by whitespace: the end of a sentence inside a text
 _SENTENCE_END = re.compile(r"[.!?。！？]+[\"')\]}»”’」』）】]*(?=\s)")
 
-# A label is a label word, a number (digits, upper-case Roman numerals, Chinese numerals) and a separator: ":",
-# ".", "-", "—", "–", the end of a bold run, or the end of the line. "Part of...", "Stepping back...",
-# "Particularly..." have no number and are text, not labels.
-_NUM = r"(?:\d+(?:\.\d+)*|(?-i:[IVXLC]+))"
+# A label is a label word, a number (digits, upper-case Roman numerals) and a separator (":", ".", "-", "—",
+# "–", the end of a bold run, or the end of the line) followed by white space. The number is matched atomically,
+# so "Section 2.3 explains" cannot give up ".3" to find a separator, and the white space after the separator
+# keeps "Part 3:30 pm", "Part I-beams", "Step 1 **bold**" and "Part X-ray" whole. "Part of...", "Stepping
+# back...", "Particularly..." have no number and are text, not labels.
+_NUM = r"(?>\d+(?:\.\d+)*|(?-i:[IVXLC]+))"
 _LABEL_EN = re.compile(
     r"(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*(?:paragraph|step|part|section)[ \t]+" + _NUM
-    + r"(?:[ \t]*[:.\-—–](?:\*\*|__)?|[ \t]*(?:\*\*|__)[ \t]*[:.\-—–]?|[ \t]*(?=\n))[ \t]*",
+    + r"(?:[ \t]*[:.\-—–](?:\*\*|__)?(?=\s)|[ \t]*(?:\*\*|__)[ \t]*[:.\-—–]?(?=\s)|[ \t]*(?=\n))[ \t]*",
     re.I,
 )
 _ZH_NUM = r"[0-9一二三四五六七八九十百]+"
+# zh labels end in a colon (full-width or not) or the end of the line; "、" enumerates ("第一步、第二步") and "."
+# ends sentences, so neither makes a label
 _LABEL_ZH = re.compile(
     r"(?:#{1,6}[ \t]*)?(?:\*\*)?(?:第" + _ZH_NUM + r"(?:段|部分|步)|段落" + _ZH_NUM + r")"
-    + r"(?:\*\*)?(?:[：:、.](?:\*\*)?|(?=\n))[ \t]*"
+    + r"(?:\*\*)?(?:[：:](?:\*\*)?|(?=\n))[ \t]*"
 )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from lendata.engines.base import Engine, OnResult, Request, estimate_prompt_tokens
+from lendata.engines.identity import model_name
 from lendata.lengths import WordCounter, count_tokens, count_words, length_score
 from lendata.methods.budget import budget_for, language_of, measure_tokens_per_word
 
@@ -125,7 +126,7 @@ def direct(
                 "length_score": length_score(b.target_words, words),
                 "finish_reason": res.finish_reason,
                 "engine": engine.name,
-                "model": engine.model_id,
+                "model": model_name(engine.model_id),
                 "source": row.get("source", ""),
             }
         )

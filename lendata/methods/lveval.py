@@ -209,9 +209,9 @@ def contains_term(text: str, term: str, lang: str) -> bool:
 
 
 _ECHO = re.compile(r"\b(Question|Answer|Passage)\s*:|问题[:：]|答案[:：]|材料[:：]")
-# "1. ", "2) ", "- ", "* ", "• ": a list marker is a whole token followed by a space ("3.5 million", "-5 degrees" and
-# "*emphasis*" are text)
-_ENUM = re.compile(r"\s*(?:\d+[.)]|[-*•])\s+")
+# "1. ", "12) ", "- ", "* ", "• ": a list marker is a whole token followed by a space ("3.5 million", "-5 degrees",
+# "*emphasis*" and a year such as "1990. That year..." are text)
+_ENUM = re.compile(r"\s*(?:\d{1,2}[.)]|[-*•])\s+")
 
 
 def strip_list_marker(fact: str) -> str:

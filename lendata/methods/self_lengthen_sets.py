@@ -18,6 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from lendata.engines.identity import model_name
 from lendata.lengths import count_words, longen_interval
 from lendata.methods import checks
 from lendata.methods.constraints import TYPES, Constraint, constrain
@@ -97,7 +98,7 @@ def responses_table(kept: Sequence[Response], s: Settings, engine: str, model: s
                      "initial_response": r.initial, "extended_response": r.extended, "initial_words": a,
                      "extended_words": b, "growth": round(b / a, 4) if a else None,
                      "generate_attempts": r.gen_attempts, "extend_attempts": r.extend_attempts,
-                     "rounds_accepted": r.rounds_accepted, "engine": engine, "model": model})
+                     "rounds_accepted": r.rounds_accepted, "engine": engine, "model": model_name(model)})
     return pa.Table.from_pylist(rows, schema=RESPONSES_SCHEMA)
 
 

@@ -83,7 +83,8 @@ def GOOD_LINE(line):  # noqa: N802 - a predicate over the GOOD strategy's lines
 
 @pytest.mark.parametrize(("value", "expected"), [
     (12, 12), (12.0, 12), ("12", 12), (" 7 ", 7), (0, None), (-3, None), (2.5, None), (float("inf"), None),
-    (float("nan"), None), (True, None), ("many", None), ("-4", None), ("²", None), ([1], None)])
+    (float("nan"), None), (True, None), ("many", None), ("-4", None), ("²", None), ([1], None),
+    (1_000_000, 1_000_000), (1_000_001, None), (3_000_000_000, None), (1e300, None), ("9" * 5000, None)])
 def test_a_length_is_a_positive_whole_number(value, expected):
     assert positive_whole(value) == expected
 
@@ -97,6 +98,31 @@ def test_huge_lines_are_read_or_quarantined_not_fatal(tmp_path):
     assert [r["source"] for r in loaded.rows] == ["huge.jsonl:1", "huge.jsonl:2"]
     assert [(b.source, b.reason.split(":")[0]) for b in loaded.bad] == [(f"{path}:3", "invalid JSON")]
     assert len(loaded.bad[0].raw) <= 500  # the quarantine keeps a preview, not 10 MB
+
+
+def test_lines_python_cannot_parse_are_quarantined(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"prompt": "ok", "length": 5}\n'
+                     + b'{"prompt": "big", "length": ' + b"9" * 5000 + b"}\n"  # over int()'s 4,300 digits
+                     + b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"  # deeper than the recursion limit
+                     + b'{"prompt": "huge", "length": 3000000000}\n'
+                     + b'{"prompt": "last", "length": 7}\n')
+    loaded = read_instructions(path, instruction_field="prompt", target_field="length")
+    assert [r["instruction"] for r in loaded.rows] == ["ok", "last"]
+    assert [b.source.rsplit(":", 1)[1] for b in loaded.bad] == ["2", "3", "4"]
+
+
+def test_a_parquet_string_that_is_not_utf8_is_one_quarantined_row(tmp_path):
+    good = pa.array(["Write about rain.", "bad", "Write about snow."])
+    offsets, data = good.buffers()[1], bytearray(good.buffers()[2].to_pybytes())
+    i = data.index(b"bad")
+    data[i:i + 3] = b"b\xff\xfe"  # same length, invalid UTF-8
+    broken = pa.Array.from_buffers(pa.string(), 3, [None, offsets, pa.py_buffer(bytes(data))])
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"prompt": broken, "length": [10, 10, 10]}), path)
+    loaded = read_instructions(path, instruction_field="prompt", target_field="length")
+    assert [r["instruction"] for r in loaded.rows] == ["Write about rain.", "Write about snow."]
+    assert loaded.bad[0].source == f"{path}:2" and "UTF-8" in loaded.bad[0].reason
 
 
 def test_a_bom_and_lone_surrogates(tmp_path):

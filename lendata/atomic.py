@@ -1,10 +1,12 @@
 """File-system steps that readers must see whole or not at all: fsync of files and folder trees, and the atomic
-exchange of two folders (how a version or an export is replaced without a moment in which neither exists)."""
+exchange of two folders (how a version or an export is replaced without a moment in which neither exists);
+and the sha256 of a file, streamed, by which the store, manifests and cache keys know files."""
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -16,6 +18,14 @@ _RENAME_SWAP = 2  # macOS renamex_np(2)
 
 class ExchangeUnsupported(OSError):
     pass
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def fsync_file(path: Path) -> None:

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from lendata import faults
 from lendata import store as st
+from lendata.atomic import sha256_file
 from lendata.engines import CachedEngine, ResponseCache, make_engine
 from lendata.inputs import Loaded, read_instructions
 from lendata.paths import check_name, work_dir
@@ -126,16 +127,6 @@ class RoleEngines:
             e.close()
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def input_identity(recipe: dict[str, Any], keys: tuple[str, ...] = ("input", "distractors", "tokenizer")
                    ) -> list[dict[str, Any]]:
     """What the recipe read, as a dataset card may publish it: each input's file name and sha256 (never its
@@ -154,7 +145,7 @@ def input_identity(recipe: dict[str, Any], keys: tuple[str, ...] = ("input", "di
             continue
         path = resolve_input(recipe, str(value))
         if path.is_file():
-            out.append({"setting": key, "name": path.name, "files": 1, "sha256": _sha256(path)})
+            out.append({"setting": key, "name": path.name, "files": 1, "sha256": sha256_file(path)})
         elif path.is_dir():
             files = sorted(p for p in path.glob(str(recipe.get("glob") or "**/*")) if p.is_file())
             h = hashlib.sha256()

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lendata import faults
-from lendata.atomic import ExchangeUnsupported, exchange, fsync_dir, fsync_file, fsync_tree
+from lendata.atomic import ExchangeUnsupported, exchange, fsync_dir, fsync_file, fsync_tree, sha256_file
 from lendata.paths import check_name
 
 MANIFEST = "manifest.json"
@@ -70,14 +70,6 @@ def bump(v: str, part: str = "patch") -> str:
     return f"{major}.{minor}.{patch + 1}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_parquet_atomic(table: pa.Table, path: Path, **kwargs: Any) -> dict[str, Any]:
     """Write to a temporary name, fsync, rename: the file appears complete or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +81,7 @@ def write_parquet_atomic(table: pa.Table, path: Path, **kwargs: Any) -> dict[str
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"rows": table.num_rows, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return {"rows": table.num_rows, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 @dataclass
@@ -280,7 +272,7 @@ class ShardWriter:
         self._shards += 1
         path = self.stage.path / rel
         os.replace(self._tmp, path)
-        files.append({"path": rel, "rows": self._rows, "bytes": path.stat().st_size, "sha256": _sha256(path)})
+        files.append({"path": rel, "rows": self._rows, "bytes": path.stat().st_size, "sha256": sha256_file(path)})
         self.stage.splits[self.split]["rows"] += self._rows
         self._writer, self._tmp, self._rows = None, None, 0
 

@@ -79,15 +79,15 @@ def test_content_identity_is_remembered_by_path_size_and_mtime(tmp_path, monkeyp
     f = tmp_path / "model.gguf"
     f.write_bytes(b"weights-1")
     reads = []
-    real = hashlib.sha256
-    monkeypatch.setattr(identity.hashlib, "sha256", lambda *a: (reads.append(1), real(*a))[1])
+    real = identity.sha256_file
+    monkeypatch.setattr(identity, "sha256_file", lambda p: (reads.append(p), real(p))[1])
     first = identity.file_sha256(f)
-    assert first == real(b"weights-1").hexdigest() and len(reads) == 1
+    assert first == hashlib.sha256(b"weights-1").hexdigest() and len(reads) == 1
     monkeypatch.setattr(identity, "_memo", None)  # a new process: read from the memo file
     assert identity.file_sha256(f) == first and len(reads) == 1
     f.write_bytes(b"weights-2")
     os.utime(f, ns=(1, 1))
-    assert identity.file_sha256(f) == real(b"weights-2").hexdigest() and len(reads) == 2
+    assert identity.file_sha256(f) == hashlib.sha256(b"weights-2").hexdigest() and len(reads) == 2
 
 
 def test_server_urls_are_normalised_without_credentials():

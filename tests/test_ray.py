@@ -121,6 +121,9 @@ def test_processes_with_sees_a_marked_process():  # so an empty answer below mea
     marker = f"LENDATA_TEST_BUILD={uuid.uuid4().hex}"
     proc = subprocess.Popen(["sleep", "30"], env={**os.environ, "LENDATA_TEST_BUILD": marker.split("=")[1]})
     try:
+        deadline = time.monotonic() + 10  # /proc shows the new environment once the child has exec'd
+        while not processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert [c.strip() for c in processes_with(marker)] == ["sleep 30"]
     finally:
         proc.kill()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from lendata.atomic import sha256_file
 from lendata.paths import user_cache
 
 # query parameters that carry credentials; never part of an identity (nor of anything written)
@@ -71,13 +72,10 @@ def file_sha256(path: Path) -> str:
     seen = memo.get(str(real))
     if seen and seen["size"] == st.st_size and seen["mtime_ns"] == st.st_mtime_ns:
         return seen["sha256"]
-    h = hashlib.sha256()
-    with open(real, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    memo[str(real)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+    digest = sha256_file(real)
+    memo[str(real)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
     _save_memo()
-    return h.hexdigest()
+    return digest
 
 
 def content_identity(path: str | os.PathLike) -> str:

@@ -61,7 +61,8 @@ class BuildReport:
 
 
 def configure_prefect(store: Path, verbose: bool = False) -> None:
-    """Ephemeral Prefect with its state under the store's work dir, unless the user runs a server.
+    """The Prefect client's settings: its home (profiles, result storage) under the store's work dir, unless the
+    user runs a server. The API server itself is the one builds share (flows/_server.py).
 
     Prefect's own logs are off unless `verbose`: lendata reports build errors itself, once, clearly.
     """

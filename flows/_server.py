@@ -47,35 +47,56 @@ def server_home() -> Path:
 
 
 def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    try:  # never through a proxy from the environment: the server is on this machine
+        return httpx.get(f"{url}/health", timeout=2, trust_env=False).status_code == 200
     except httpx.HTTPError:
         return False
 
 
-def _running(home: Path, patience: float = 30) -> str | None:
-    """The URL of the running server when its guard is alive and it answers. A live server that answers slowly
-    (a busy 2-core machine) gets `patience` seconds before it is given up and stopped, so that a second
-    server is never started beside a first that is merely slow."""
+def _info(home: Path) -> dict | None:
+    """server.json, when the guard it names is alive and is this home's guard (a pid reused by another
+    process after a crash or reboot is not)."""
     try:
         info = json.loads((home / "server.json").read_text())
-        os.kill(int(info["guard"]), 0)
-    except (OSError, ValueError, KeyError):
+        pid = int(info["guard"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():  # Linux: make sure the pid is still the guard
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            return None
+        if b"flows._server" not in args or os.fsencode(str(home)) not in args:
+            return None
+    return info
+
+
+def _running(home: Path, patience: float = 60) -> str | None:
+    """The URL of the running server, waiting for one that is still starting and giving a live one that answers
+    slowly (a busy 2-core machine) `patience` seconds. A server another build may be using is never stopped
+    from here: if it stays silent, this build fails with a clear message."""
+    info = _info(home)
+    if info is None:
         return None
     deadline = time.monotonic() + patience
     while True:
-        if _healthy(info["url"]):
+        if info.get("url") and _healthy(info["url"]):
             return info["url"]
         if time.monotonic() >= deadline:
             break
         time.sleep(0.5)
-    if patience > 0:  # alive but silent for that long: stop it, a fresh one is started
-        with contextlib.suppress(OSError):
-            os.killpg(int(info["guard"]), signal.SIGTERM)
-    return None
+        info = _info(home)
+        if info is None:  # the guard ended meanwhile: start another
+            return None
+    raise ConnectionError(f"the shared Prefect server (guard pid {info['guard']}, {info.get('url') or 'starting'}) "
+                          f"has not answered for {patience:g} s: if it is stuck, stop it (kill {info['guard']}), "
+                          "or set PREFECT_API_URL to a server of yours")
 
 
 def _start(home: Path, timeout: float) -> str:
+    # called with the start lock held, after _running found no live guard: server.json is stale if present
     (home / "server.json").unlink(missing_ok=True)
     log = home / "server.log"
     with open(log, "wb") as out:  # the guard holds no pipe of the build's: killing the build never blocks on it
@@ -83,15 +104,13 @@ def _start(home: Path, timeout: float) -> str:
                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                  cwd=str(Path(__file__).resolve().parent.parent), env=_server_env(home))
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        url = _running(home, patience=0)
-        if url:
-            return url
-        if guard.poll() is not None:
-            break
+    while time.monotonic() < deadline and guard.poll() is None:
+        info = _info(home)
+        if info and info.get("url") and _healthy(info["url"]):
+            return info["url"]
         time.sleep(0.2)
     with contextlib.suppress(OSError):
-        os.killpg(guard.pid, signal.SIGKILL)
+        os.killpg(guard.pid, signal.SIGKILL)  # our own guard: nobody else has its URL yet
     tail = log.read_text(errors="replace")[-2000:] if log.is_file() else ""
     raise ConnectionError(f"the Prefect server for this store did not start within {timeout:g} s (set "
                           f"{TIMEOUT_ENV} to wait longer, or PREFECT_API_URL to use a server of yours); "
@@ -121,7 +140,7 @@ def shared_server(home: Path | None = None) -> Iterator[str]:
         with open(home / "server.start", "a") as starting:
             fcntl.flock(starting, fcntl.LOCK_EX)  # one starter per store
             try:
-                url = _running(home) or _start(home, timeout)
+                url = _running(home, patience=timeout) or _start(home, timeout)
             finally:
                 fcntl.flock(starting, fcntl.LOCK_UN)
         yield url
@@ -131,6 +150,12 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _write_info(home: Path, info: dict) -> None:
+    tmp = home / f".server.json.{os.getpid()}"
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, home / "server.json")
 
 
 def _die_with_parent() -> None:
@@ -144,6 +169,8 @@ def _die_with_parent() -> None:
 def _guard(home: Path) -> None:
     """Run the server; stop it once no build has held the lease for the linger time, or when it dies."""
     linger = float(os.environ.get(LINGER_ENV) or 60)
+    mine = {"guard": os.getpid(), "url": None}
+    _write_info(home, mine)  # "starting": a build that finds this waits for it instead of starting another
     port = _free_port()
     import prefect
 
@@ -159,7 +186,9 @@ def _guard(home: Path) -> None:
                 server.wait(10)
             except subprocess.TimeoutExpired:
                 server.kill()
-        (home / "server.json").unlink(missing_ok=True)
+        with contextlib.suppress(OSError, ValueError):  # only our own record: a newer guard may have written one
+            if json.loads((home / "server.json").read_text()).get("guard") == os.getpid():
+                (home / "server.json").unlink()
         os._exit(0)
 
     signal.signal(signal.SIGTERM, stop)
@@ -168,9 +197,7 @@ def _guard(home: Path) -> None:
         if server.poll() is not None:
             sys.exit(f"the Prefect server exited with {server.returncode} during start-up")
         time.sleep(0.2)
-    tmp = home / f".server.json.{os.getpid()}"
-    tmp.write_text(json.dumps({"url": url, "guard": os.getpid(), "server": server.pid}))
-    os.replace(tmp, home / "server.json")
+    _write_info(home, {**mine, "url": url, "server": server.pid})
     idle_since: float | None = None
     with open(home / "server.lease", "a") as lease:
         while server.poll() is None:

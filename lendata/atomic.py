@@ -4,11 +4,13 @@ and the sha256 of a file, streamed, by which the store, manifests and cache keys
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import hashlib
 import os
 import sys
+import uuid
 from pathlib import Path
 
 _AT_FDCWD = -100
@@ -26,6 +28,30 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def temporary_beside(path: Path) -> Path:
+    """An unpredictable hidden name in `path`'s folder, for a file about to replace `path`."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write `path` whole or not at all: a new file under an unpredictable name (O_EXCL: never through a link
+    someone planted), fsynced, then renamed over `path`. A symlink or hard link at `path` is replaced, never
+    written through, so an output option cannot reach a file the link points to."""
+    path = Path(path)
+    tmp = temporary_beside(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return path
 
 
 def fsync_file(path: Path) -> None:

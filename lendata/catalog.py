@@ -19,7 +19,6 @@ Read-only is enforced twice:
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,19 +75,27 @@ def _dataset(version: st.Version, split: str) -> pads.Dataset:
                         partition_base_dir=str(version.path / split))
 
 
-def _view(con: duckdb.DuckDBPyConnection, name: str, body: str, taken: dict[str, str]) -> None:
-    """CREATE VIEW, unless an earlier view has the same name in SQL's eyes (case ignored): stores written before
-    names were checked can hold `ds` and `DS`; the first keeps the name and the clash is reported."""
-    if name.lower() in taken:
-        print(f"warning: the SQL view {name!r} clashes with {taken[name.lower()]!r} (names ignore case); it is "
-              "not defined", file=sys.stderr)
-        return
-    taken[name.lower()] = name
-    con.execute(f"CREATE VIEW {_q(name)} AS {body}")
+def _define_views(con: duckdb.DuckDBPyConnection, views: list[tuple[str, str]]) -> list[str]:
+    """CREATE VIEW for each (name, body) whose name SQL can tell from every other (names ignore case). Stores
+    written before names were checked can hold `ds` and `DS`: neither gets the name, since serving one of
+    them under it would be a guess. Returns the names left undefined."""
+    seen: dict[str, list[str]] = {}
+    for name, _ in views:
+        seen.setdefault(name.lower(), []).append(name)
+    clashes = sorted({n for names in seen.values() if len(names) > 1 for n in names})
+    for name, body in views:
+        if body and len(seen[name.lower()]) == 1:
+            con.execute(f"CREATE VIEW {_q(name)} AS {body}")
+    return clashes
 
 
 def connect(store: Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the store's views, locked down (see the module docstring)."""
+    return _connect(store)[0]
+
+
+def _connect(store: Path) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
+    """(the connection, the view names left undefined because SQL cannot tell them apart)."""
     # no extension is installed or loaded behind the user's back (installing writes ~/.duckdb)
     con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
                                              "autoload_known_extensions": False})
@@ -96,7 +103,7 @@ def connect(store: Path) -> duckdb.DuckDBPyConnection:
         con.execute(statement)
     rows = []
     sources = 0
-    taken: dict[str, str] = {"lendata_versions": "lendata_versions"}
+    views: list[tuple[str, str]] = [("lendata_versions", "")]  # the table's name is taken (body: created below)
     for dataset in st.list_datasets(store):
         versions = st.list_versions(store, dataset)
         for v in versions:
@@ -111,8 +118,7 @@ def connect(store: Path) -> duckdb.DuckDBPyConnection:
                 names = [f"{dataset}@{v}/{split}"]
                 names += [f"{dataset}@{v}"] if split == "train" else []
                 names += [dataset if split == "train" else f"{dataset}__{split}"] if latest else []
-                for name in names:
-                    _view(con, name, f"SELECT * FROM {source}", taken)
+                views += [(name, f"SELECT * FROM {source}") for name in names]
             m = ver.manifest
             rows.append(
                 {
@@ -137,6 +143,7 @@ def connect(store: Path) -> duckdb.DuckDBPyConnection:
             "engine": pl.String, "model": pl.String, "content_hash": pl.String,
         },
     )
+    clashes = _define_views(con, views)
     con.register("_versions_df", versions_df)
     con.execute("CREATE TABLE lendata_versions AS SELECT * FROM _versions_df")
     con.unregister("_versions_df")
@@ -144,7 +151,7 @@ def connect(store: Path) -> duckdb.DuckDBPyConnection:
     con.execute("SET temp_directory=''")
     con.execute("SET enable_external_access=false")
     con.execute("SET lock_configuration=true")
-    return con
+    return con, clashes
 
 
 _parser: duckdb.DuckDBPyConnection | None = None
@@ -232,15 +239,21 @@ def check_read_only(sql: str) -> None:
 def query(store: Path, sql: str) -> pl.DataFrame:
     check_read_only(sql)
     try:
-        con = connect(store)
-    except (duckdb.Error, OSError, pa.ArrowException) as e:
-        raise QueryError(f"cannot open the catalog of {store}: {str(e).splitlines()[0]}") from None
+        con, clashes = _connect(store)
+    except (duckdb.Error, OSError, pa.ArrowException, KeyError, ValueError, TypeError) as e:
+        # a damaged manifest or shard: one clear message, not a traceback
+        raise QueryError(f"cannot open the catalog of {store}: {type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0]}") from None
     try:
         rel = con.sql(sql)
         if rel is None:
             raise QueryError("the statement returned no result set")
         return rel.pl()
     except duckdb.Error as e:
-        raise QueryError(str(e).splitlines()[0]) from None
+        why = str(e).splitlines()[0]
+        if clashes:  # the likely cause of a missing view
+            why += (f" (no view is defined for {', '.join(clashes)}: their names differ only in case, or clash "
+                    "with lendata_versions; rename those datasets)")
+        raise QueryError(why) from None
     finally:
         con.close()

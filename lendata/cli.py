@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -176,10 +177,21 @@ def query(
         df = run(root, sql)
     except (QueryError, ValueError) as e:
         _fail(str(e))
+    try:
+        _write_result(df, fmt, out_file)
+    except OSError as e:
+        _fail(f"cannot write {out_file}: {e.strerror or e}")
+
+
+def _write_result(df, fmt: Format, out_file: Path | None) -> None:
+    from lendata.atomic import write_atomic
+
     if fmt is Format.parquet:
         if out_file is None:
             _fail("--format parquet needs --out FILE")
-        df.write_parquet(out_file)
+        buf = io.BytesIO()
+        df.write_parquet(buf)
+        write_atomic(out_file, buf.getvalue())
         err.print(f"wrote {df.height} rows to {out_file}")
         return
     if fmt is Format.csv:
@@ -193,11 +205,11 @@ def query(
         if out_file is None:
             out.print(t)
             return
-        with Console(file=open(out_file, "w"), width=200) as c:  # noqa: SIM115
-            c.print(t)
-        return
+        table = io.StringIO()
+        Console(file=table, width=200).print(t)
+        text = table.getvalue()
     if out_file is not None:
-        out_file.write_text(text)
+        write_atomic(out_file, text)  # never through a link at that name
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
@@ -249,7 +261,12 @@ def score(
     for why in summary["skipped"]:
         err.print(f"skipped {why}", highlight=False)
     if out_file:
-        out_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        from lendata.atomic import write_atomic
+
+        try:
+            write_atomic(out_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        except OSError as e:
+            _fail(f"cannot write {out_file}: {e.strerror or e}")
     if as_json:
         print(json.dumps(summary, ensure_ascii=False))
         return

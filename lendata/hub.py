@@ -170,11 +170,11 @@ def _clean_killed_exports(target: Path) -> None:
         fd = os.open(old, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(old, ignore_errors=True)  # with the lock held: nobody can take the folder over meanwhile
         except BlockingIOError:
             continue  # a live export of the same target
         finally:
             os.close(fd)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def is_export(folder: Path) -> bool:
@@ -231,10 +231,15 @@ def export(version: st.Version, target: Path, licence: str = "other", plots: lis
     stats = stats or describe(version)
     target.parent.mkdir(parents=True, exist_ok=True)
     _clean_killed_exports(target)
-    tmp = target.parent / f".{target.name}{EXPORT_TMP}{uuid.uuid4().hex[:8]}.tmp"
-    (tmp / "data").mkdir(parents=True)
-    owner = os.open(tmp, os.O_RDONLY)
+    tag = uuid.uuid4().hex[:8]
+    # made under a name the cleaner does not match, locked, and only then given its findable name: a concurrent
+    # export of the same target can never see it unlocked
+    private = target.parent / f".{target.name}.lendata-new-{tag}"
+    (private / "data").mkdir(parents=True)
+    owner = os.open(private, os.O_RDONLY)
     fcntl.flock(owner, fcntl.LOCK_EX)  # held while this export lives; a later export sees it is not orphaned
+    tmp = target.parent / f".{target.name}{EXPORT_TMP}{tag}.tmp"
+    os.rename(private, tmp)
     try:
         files: dict[str, list[str]] = {}
         for split in splits:

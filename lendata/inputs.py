@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 MAX_LINE_BYTES = 64 << 20
@@ -97,13 +96,15 @@ def records(path: Path):
             chunk = table.slice(start, 10_000)
             try:
                 recs = chunk.to_pylist()
-            except (UnicodeDecodeError, pa.ArrowException):  # a string that is not UTF-8: find its row
+            except Exception:  # noqa: BLE001 - a value Python cannot hold: find its row, quarantine only that
                 recs = []
                 for j in range(chunk.num_rows):
                     try:
                         recs.append(chunk.slice(j, 1).to_pylist()[0])
-                    except (UnicodeDecodeError, pa.ArrowException) as e:
-                        recs.append(f"a value is not valid UTF-8 ({type(e).__name__})")
+                    except UnicodeDecodeError as e:
+                        recs.append(f"a value is not valid UTF-8 ({e.reason})")
+                    except Exception as e:  # noqa: BLE001 - dates out of range, unknown time zones...
+                        recs.append(f"a value cannot be read ({type(e).__name__}: {str(e)[:120]})")
             for i, rec in enumerate(recs, start=start + 1):
                 if isinstance(rec, str):
                     yield i, None, rec, ""
@@ -174,6 +175,8 @@ def read_instructions(
     if path.suffix not in {".jsonl", ".json", ".parquet"}:
         raise InputError(f"{path}: unsupported input format {path.suffix!r}; use .jsonl or .parquet")
     out = Loaded()
+    if n is not None and n < 1:
+        raise InputError(f"n is {n}: it must be at least 1 (or null for every row)")
     seen_fields: set[str] = set()
     saw_instruction = False
     for lineno, rec, problem, raw in records(path):

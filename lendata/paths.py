@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -19,13 +20,28 @@ def work_dir(store: Path) -> Path:
     return store / "_work"
 
 
+STORE_MARK = ".lendata-store"  # written into a store's folder by its first commit: how outputs recognise stores
+
+
+def _is_version(folder: Path) -> bool:
+    try:
+        m = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and {"dataset", "version", "content_hash", "splits"} <= set(m)
+
+
 def check_output(path: str | os.PathLike, store: Path | None, what: str = "output") -> Path:
-    """`path` resolved, unless it lies inside the store (its `_work` build state included), holds the store, or
-    lies inside any committed version (a folder with a manifest.json, whatever store it is in): no command's
-    output option may overwrite a published file, a response cache or a store."""
+    """`path` resolved, unless it lies in a lendata store (the given one, or any folder marked as one: its
+    versions and its `_work` build state alike), holds the given store, or lies inside a committed version: no
+    command's output option may overwrite a published file, a response cache or a store."""
     p = Path(path).expanduser().resolve()
-    if any((parent / "manifest.json").is_file() for parent in (p, *p.parents)):
-        raise ValueError(f"{what} {path} is inside a committed dataset version: write it somewhere else")
+    for folder in (p, *p.parents):
+        if _is_version(folder):
+            raise ValueError(f"{what} {path} is inside a committed dataset version ({folder}): write it somewhere "
+                             "else")
+        if (folder / STORE_MARK).is_file():
+            raise ValueError(f"{what} {path} is inside the store {folder}: write it somewhere else")
     if store is None:
         return p
     root = Path(store).expanduser().resolve()

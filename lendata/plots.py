@@ -15,10 +15,13 @@ def pyplot():
 
 
 def save_png(fig, png: Path, dpi: int = 100) -> Path:
+    import io
+
+    from lendata.atomic import write_atomic
+
     png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.name}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
     pyplot().close(fig)
-    tmp.replace(png)
-    return png
+    return write_atomic(png, buf.getvalue())

@@ -13,6 +13,7 @@ import duckdb
 import numpy as np
 
 from lendata import store as st
+from lendata.atomic import write_atomic
 from lendata.catalog import read_parquet_sql
 from lendata.describe import _length_sql, describe, text_columns
 from lendata.paths import work_dir
@@ -148,7 +149,7 @@ def render(version: st.Version, root: Path, out_dir: Path | None = None,
     data["rejections"] = dict(reasons.most_common())
     if reasons:
         data["plots"].append(_reasons_plot(reasons, out_dir / "rejections.png"))
-    (out_dir / "report.json").write_text(json.dumps({**data, "describe": stats}, indent=2, default=str))
+    write_atomic(out_dir / "report.json", json.dumps({**data, "describe": stats}, indent=2, default=str))
     data["html"] = str(_html(version, stats, data, out_dir / "index.html"))
     return data
 
@@ -180,5 +181,5 @@ created {e(str(m.get('created')))} · content hash <code>{e(str(m.get('content_h
 '<tr><td>none</td><td>0</td></tr>'}</table>
 <h2>Plots</h2>{images}</body></html>"""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    write_atomic(path, page)
     return path

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from lendata import faults
 from lendata.atomic import ExchangeUnsupported, exchange, fsync_dir, fsync_file, fsync_tree, sha256_file
-from lendata.paths import check_name
+from lendata.paths import STORE_MARK, check_name
 
 MANIFEST = "manifest.json"
 AUTO = "auto"
@@ -299,6 +299,9 @@ class Stage:
 
     def __enter__(self) -> Stage:
         self.store.mkdir(parents=True, exist_ok=True)
+        mark = self.store / STORE_MARK
+        if not mark.exists():  # lets output options recognise this folder as a store (paths.check_output)
+            mark.write_text("a lendata store: dataset versions and their build state\n")
         self._lock.__enter__()
         try:
             clean_leftovers(self.store, self.dataset)
@@ -314,8 +317,15 @@ class Stage:
         finally:
             self._lock.__exit__(*exc)
 
-    def add_table(self, split: str, table: pa.Table, rows_per_shard: int = 10_000) -> None:
+    def _check_split(self, split: str) -> None:
         check_name(split, "split")
+        twin = next((x for x in self.splits if x.lower() == split.lower() and x != split), None)
+        if twin or "__" in split:
+            raise ValueError(f"invalid split {split!r}: " + (f"the version has {twin!r}, and SQL names ignore case"
+                                                              if twin else "'__' is kept for SQL views"))
+
+    def add_table(self, split: str, table: pa.Table, rows_per_shard: int = 10_000) -> None:
+        self._check_split(split)
         files = []
         n = max(1, -(-table.num_rows // rows_per_shard))
         for i in range(n):
@@ -328,7 +338,8 @@ class Stage:
     def writer(
         self, split: str, schema: pa.Schema, partition: str | None = None, rows_per_shard: int = 10_000
     ) -> ShardWriter:
-        check_name(split, "split")
+        self._check_split(split)
+        self.splits.setdefault(split, {"rows": 0, "files": []})  # known from now on, for the case check
         return ShardWriter(self, split, schema, partition, rows_per_shard)
 
     def publish(self, version: str = AUTO, overwrite: bool = False, meta: Mapping[str, Any] | None = None) -> Version:
@@ -387,6 +398,16 @@ class Stage:
         fsync_file(mpath)
         fsync_tree(stage)  # every shard's name is on disk before the version can be seen
         faults.point("before_publish")
+        with _names_lock(store):
+            # checked again here: a dataset whose name SQL cannot tell from this one's (`DS` and `ds`) may have
+            # been committed by another build since this stage was opened; the lock makes check and rename one
+            check_dataset_name(store, dataset)
+            self._rename_into_place(stage, target)
+        faults.point("after_publish")
+        return Version(store, dataset, version, manifest)
+
+    def _rename_into_place(self, stage: Path, target: Path) -> None:
+        store, dataset, version = self.store, self.dataset, target.name
         if target.exists():
             try:
                 exchange(stage, target)  # the stage folder now holds the old version; __exit__ deletes it
@@ -394,13 +415,21 @@ class Stage:
                 raise StoreError(f"cannot replace {dataset}@{version} atomically here ({e.strerror}); commit "
                                  "another version instead") from None
             fsync_dir(store / dataset)
-            faults.point("overwrite_exchanged")
-            shutil.rmtree(stage, ignore_errors=True)
+            faults.point("overwrite_exchanged")  # the old version is deleted by __exit__, outside the names lock
         else:
             os.rename(stage, target)
             fsync_dir(store / dataset)
-        faults.point("after_publish")
-        return Version(store, dataset, version, manifest)
+
+
+@contextlib.contextmanager
+def _names_lock(store: Path) -> Iterator[None]:
+    """One publisher at a time across the store's datasets, for the moment of checking names and renaming."""
+    with open(store / ".names.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def clean_leftovers(store: Path, dataset: str) -> list[str]:

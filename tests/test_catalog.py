@@ -219,13 +219,78 @@ def test_comments_do_not_confuse_the_gate(store, sql):
     assert query(store, sql).height >= 1
 
 
-def test_names_sql_cannot_tell_apart_are_refused_and_old_clashes_do_not_break_queries(store, capsys):
+def test_names_sql_cannot_tell_apart_are_refused_and_old_clashes_do_not_break_queries(store):
     for bad in ("DS", "lendata_versions", "ds__quarantine"):
         with pytest.raises(ValueError, match="invalid dataset"):
             st.commit(store, bad, {"train": pa.table({"x": [1]})})
-    # a store written before the check: `DS` beside `ds` is skipped with a warning, queries still run
+    # a store written before the check: `DS` beside `ds` gets no view at all (serving either would be a guess),
+    # the error says why, and every other view still answers
     import shutil
 
     shutil.copytree(store / "ds", store / "DS")
-    assert query(store, "SELECT sum(x) AS s FROM ds")["s"][0] == 30
-    assert "clashes" in capsys.readouterr().err
+    st.commit(store, "other", {"train": pa.table({"x": [5]})})
+    with pytest.raises(QueryError, match="differ only in case"):
+        query(store, "SELECT sum(x) AS s FROM ds")
+    assert query(store, "SELECT sum(x) AS s FROM other")["s"][0] == 5
+
+
+def test_a_name_taken_while_a_build_ran_is_refused_at_publish(tmp_path):
+    with st.Stage(tmp_path, "ds") as stage:
+        stage.add_table("train", pa.table({"x": [1]}))
+        st.commit(tmp_path, "DS", {"train": pa.table({"x": [2]})})  # another build, meanwhile
+        with pytest.raises(ValueError, match="SQL names ignore case"):
+            stage.publish()
+    assert st.list_datasets(tmp_path) == ["DS"]
+    with st.Stage(tmp_path, "ds2") as stage:
+        stage.add_table("train", pa.table({"x": [1]}))
+        with pytest.raises(ValueError, match="ignore case"):
+            stage.add_table("Train", pa.table({"x": [1]}))
+
+
+def test_outputs_replace_links_instead_of_writing_through_them(store, tmp_path):
+    """A hard link or symlink planted at an output name outside the store must not reach the published file."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from lendata.cli import app
+
+    shard = st.open_version(store, "ds@0.1.0").files("train")[0]
+    manifest = st.open_version(store, "ds@0.1.0").path / "manifest.json"
+    before = (shard.read_bytes(), manifest.read_bytes())
+    hard = tmp_path / "hl.parquet"
+    os.link(shard, hard)
+    res = CliRunner().invoke(app, ["query", "SELECT 999 AS x", "--store", str(store), "--format", "parquet",
+                                   "--out", str(hard)])
+    assert res.exit_code == 0, res.output
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    (rep / "report.json").symlink_to(manifest)
+    (rep / "index.html").symlink_to(shard)
+    res = CliRunner().invoke(app, ["report", "ds@0.1.0", "--store", str(store), "--to", str(rep)])
+    assert res.exit_code == 0, res.output
+    assert (shard.read_bytes(), manifest.read_bytes()) == before
+    assert not (rep / "report.json").is_symlink()
+
+
+def test_outputs_never_land_in_another_store(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from lendata.cli import app
+
+    other = tmp_path / "other"
+    st.commit(other, "x", {"train": pa.table({"x": [1]})})
+    cache = other / "_work" / "x" / "responses.sqlite"
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"cache")
+    scores = tmp_path / "s.jsonl"
+    scores.write_text('{"response": "one two three", "target_words": 3}\n')
+    for args in (["query", "SELECT 1 AS x", "--store", str(store), "--format", "csv", "--out", str(cache)],
+                 ["query", "SELECT 1 AS x", "--store", str(store), "--format", "csv", "--out",
+                  str(other / "x" / ".lock")],
+                 ["score", str(scores), "--to", str(cache)]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 1 and "inside the store" in res.output, res.output
+    assert cache.read_bytes() == b"cache"
+    res = CliRunner().invoke(app, ["score", str(scores), "--to", str(tmp_path / "no" / "such" / "dir.jsonl")])
+    assert res.exit_code == 1 and "cannot write" in res.output and "Traceback" not in res.output

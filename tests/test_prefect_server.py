@@ -131,3 +131,35 @@ def test_a_process_that_built_in_process_exits_after_the_server_stopped(tmp_path
     t0 = time.monotonic()
     proc.wait(120)
     assert proc.returncode == 0 and time.monotonic() - t0 < 15
+
+
+@pytest.mark.slow
+def test_a_killed_starter_and_a_stale_record_never_give_two_servers_or_a_wrong_kill(tmp_path):
+    """server.json names a live process that is not a guard (its pid was reused): it is neither trusted nor
+    signalled. A build killed while the server it started is still starting: the next build waits for that
+    server instead of starting a second one beside it."""
+    home = tmp_path / "server"
+    home.mkdir()
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    (home / "server.json").write_text(json.dumps({"guard": stranger.pid, "url": "http://127.0.0.1:9/api"}))
+    try:
+        first = hold(home, "30")
+        deadline = time.monotonic() + 60  # until its guard has written its "starting" record
+        while time.monotonic() < deadline:
+            try:
+                if json.loads((home / "server.json").read_text())["guard"] != stranger.pid:
+                    break
+            except (OSError, ValueError):  # between the stale record's removal and the guard's first write
+                pass
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGKILL)  # the starter dies before its server answers
+        first.wait(10)
+        second = hold(home, "1")
+        url = second.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:") and second.wait(60) == 0
+        guards = [p for p in with_home(home) if b"flows._server" in open(f"/proc/{p}/cmdline", "rb").read()]
+        assert len(guards) == 1, guards  # one guard, one server
+        assert stranger.poll() is None  # the unrelated process was left alone
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -51,29 +51,51 @@ def default_n(lang: str) -> int:
 def trim_to_sentence(text: str, lang: str = "en", keep_at_least: float = 0.5) -> str:
     """Cut a text that stopped mid-sentence back to its last sentence end (if that keeps enough of it).
 
-    A sentence end is a terminator followed by whitespace, so "3.5", "e.g." inside a clause or "1.2.3" are never
-    cut through; for zh the full-width terminators end a sentence wherever they stand."""
+    A sentence end is a terminator, with the closing quotes and brackets after it, followed by white space (en) or
+    by anything (zh, after a full-width terminator). A "." is no sentence end after a number ("3.5", "1.2.3"), a
+    list number at the start of a line ("2."), a single letter ("A. B. Smith") or a common abbreviation ("e.g.",
+    "Dr."), so a cut never leaves such a fragment as if it were a whole sentence."""
     t = text.rstrip()
     if ends_sentence(t, lang):
         return t
-    ends = [m.end() for m in _SENTENCE_END.finditer(t)]
+    ends = [m.end() for m in _SENTENCE_END.finditer(t) if not _false_end(t, m.start())]
     if lang == "zh":
-        ends += [i + 1 for i, ch in enumerate(t) if ch in "。！？"]
+        ends += [m.end() for m in _ZH_END.finditer(t)]
     cut = max(ends, default=0)
     if cut and cut >= keep_at_least * len(t):
         return t[:cut].rstrip()
     return t
 
 
+_ABBREVIATIONS = {"e.g", "i.e", "etc", "vs", "cf", "mr", "mrs", "ms", "dr", "st", "prof", "no", "fig", "approx",
+                  "inc", "ltd", "jr", "sr", "co", "al", "p", "pp", "vol", "ch", "sec", "u.s", "u.k"}
+
+
+def _false_end(text: str, at: int) -> bool:
+    """Whether the "." at `at` ends a word that is not a sentence's last: a single letter, an abbreviation, or a
+    list number that opens its line."""
+    if text[at] != ".":
+        return False
+    start = at
+    while start > 0 and not text[start - 1].isspace():
+        start -= 1
+    word = text[start:at].strip("\"'([{“‘").lower()
+    if len(word) == 1 and word.isalpha() or word in _ABBREVIATIONS:
+        return True
+    line_start = text.rfind("\n", 0, start) + 1
+    return word.isdigit() and not text[line_start:start].strip()
+
+
 # a terminator (and closing quotes/brackets) followed by whitespace: the end of a sentence inside a text
 _SENTENCE_END = re.compile(r"[.!?。！？]+[\"')\]}»”’」』）】]*(?=\s)")
+_ZH_END = re.compile(r"[。！？]+[”’」』）】\"')]*")
 
 # A label is a label word, a number (digits, upper-case Roman numerals) and a separator (":", ".", "-", "—",
 # "–", the end of a bold run, or the end of the line) followed by white space. The number is matched atomically,
 # so "Section 2.3 explains" cannot give up ".3" to find a separator, and the white space after the separator
 # keeps "Part 3:30 pm", "Part I-beams", "Step 1 **bold**" and "Part X-ray" whole. "Part of...", "Stepping
 # back...", "Particularly..." have no number and are text, not labels.
-_NUM = r"(?>\d+(?:\.\d+)*|(?-i:[IVXLC]+))"
+_NUM = r"(?>\d+(?:\.\d+)*|(?-i:(?=[IVX])X{0,3}(?:IX|IV|V?I{0,3})))"  # Roman numerals I..XXXIX only
 _LABEL_EN = re.compile(
     r"(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*(?:paragraph|step|part|section)[ \t]+" + _NUM
     + r"(?:[ \t]*[:.\-—–](?:\*\*|__)?(?=\s)|[ \t]*(?:\*\*|__)[ \t]*[:.\-—–]?(?=\s)|[ \t]*(?=\n))[ \t]*",
@@ -84,7 +106,7 @@ _ZH_NUM = r"[0-9一二三四五六七八九十百]+"
 # ends sentences, so neither makes a label
 _LABEL_ZH = re.compile(
     r"(?:#{1,6}[ \t]*)?(?:\*\*)?(?:第" + _ZH_NUM + r"(?:段|部分|步)|段落" + _ZH_NUM + r")"
-    + r"(?:\*\*)?(?:[：:](?:\*\*)?|(?=\n))[ \t]*"
+    + r"(?:\*\*)?(?:(?:：|:(?![0-9]))(?:\*\*)?|(?=\n))[ \t]*"
 )
 
 
@@ -97,7 +119,13 @@ def strip_step_label(text: str) -> str:
     for label in (_LABEL_EN, _LABEL_ZH):
         m = label.match(body)
         if m:
-            return body[m.end():].lstrip()
+            rest = body[m.end():].lstrip()
+            # "**Step 1: Gather materials**": the label opened a bold run that its title closes; keep the title
+            # bold instead of leaving a stray "**"
+            for mark in ("**", "__"):
+                if m.group(0).count(mark) % 2 and mark in rest.split("\n", 1)[0]:
+                    rest = mark + rest
+            return rest
     return text
 
 

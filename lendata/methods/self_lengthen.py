@@ -154,11 +154,12 @@ _QUOTES = {'"': '"', "'": "'", "“": "”", "「": "」", "‘": "’"}
 def clean_instruction(text: str) -> str:
     """The completed third instruction: its first line, without an "Instruction 3:" label and without quotes
     that enclose the whole line. Quotes inside the instruction are kept ('Write about "rivers"')."""
-    line = text.strip().split("\n")[0].strip()
+    text = text.strip()
     for label in ("Instruction 3:", "指令3：", "Instruction:"):
-        if line.startswith(label):
-            line = line[len(label):].strip()
+        if text.startswith(label):  # the label may stand alone on its line, the instruction below it
+            text = text[len(label):].strip()
             break
+    line = text.split("\n")[0].strip()
     return line[1:-1].strip() if _enclosed(line) else line
 
 

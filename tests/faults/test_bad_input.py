@@ -125,6 +125,17 @@ def test_a_parquet_string_that_is_not_utf8_is_one_quarantined_row(tmp_path):
     assert loaded.bad[0].source == f"{path}:2" and "UTF-8" in loaded.bad[0].reason
 
 
+@pytest.mark.parametrize("column", [
+    pa.array([0, 10**13, 0], pa.timestamp("s")), pa.array([0, 2**31 - 1, 0], pa.date32()),
+    pa.array([0, 2**62, 0], pa.duration("s"))])
+def test_a_parquet_value_python_cannot_hold_is_one_quarantined_row(tmp_path, column):
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"prompt": ["a", "b", "c"], "length": [10, 10, 10], "extra": column}), path)
+    loaded = read_instructions(path, instruction_field="prompt", target_field="length")
+    assert [r["instruction"] for r in loaded.rows] == ["a", "c"]
+    assert loaded.bad[0].source == f"{path}:2" and "cannot be read" in loaded.bad[0].reason
+
+
 def test_a_bom_and_lone_surrogates(tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_bytes(BOM + b'{"prompt": "Write about rain.", "length": 10}\n'

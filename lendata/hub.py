@@ -200,14 +200,15 @@ def is_export(folder: Path) -> bool:
 
 
 def check_target(version: st.Version, target: Path, overwrite: bool) -> Path:
-    """The resolved export folder, or ExportError: never the store, inside it or around it; a non-empty folder
-    only with `overwrite`, and only when it is an earlier lendata export."""
-    store = version.store.resolve()
-    t = target.expanduser().resolve()
-    where = ("the store" if t == store else "inside the store" if store in t.parents
-             else "a folder that holds the store" if t in store.parents else None)
-    if where:
-        raise ExportError(f"{target} is {where} ({store}): export to a folder outside it")
+    """The resolved export folder, or ExportError: never in a store, a committed version or around the version's
+    store (the rule every output option follows, `paths.check_output`); a non-empty folder only with
+    `overwrite`, and only when it is an earlier lendata export."""
+    from lendata.paths import check_output
+
+    try:
+        t = check_output(target, version.store, "the export folder")
+    except ValueError as e:
+        raise ExportError(str(e)) from None
     if t.exists() and not t.is_dir():
         raise ExportError(f"{target} exists and is not a folder")
     if t.is_dir() and any(t.iterdir()):

@@ -38,8 +38,8 @@ def check_output(path: str | os.PathLike, store: Path | None, what: str = "outpu
     p = Path(path).expanduser().resolve()
     for folder in (p, *p.parents):
         if _is_version(folder):
-            raise ValueError(f"{what} {path} is inside a committed dataset version ({folder}): write it somewhere "
-                             "else")
+            raise ValueError(f"{what} {path} is inside a committed dataset version of a store ({folder}): write "
+                             "it somewhere else")
         if (folder / STORE_MARK).is_file():
             raise ValueError(f"{what} {path} is inside the store {folder}: write it somewhere else")
     if store is None:

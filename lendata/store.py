@@ -28,7 +28,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lendata import faults
-from lendata.atomic import ExchangeUnsupported, exchange, fsync_dir, fsync_file, fsync_tree, sha256_file
+from lendata.atomic import (
+    ExchangeUnsupported,
+    exchange,
+    fsync_dir,
+    fsync_file,
+    fsync_tree,
+    sha256_file,
+    temporary_beside,
+)
 from lendata.paths import STORE_MARK, check_name
 
 MANIFEST = "manifest.json"
@@ -73,7 +81,7 @@ def bump(v: str, part: str = "patch") -> str:
 def write_parquet_atomic(table: pa.Table, path: Path, **kwargs: Any) -> dict[str, Any]:
     """Write to a temporary name, fsync, rename: the file appears complete or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temporary_beside(path)
     try:
         pq.write_table(table, tmp, compression=kwargs.pop("compression", "zstd"), **kwargs)
         faults.point("shard_write")

@@ -53,16 +53,6 @@ def test_fit_text_keeps_the_most_recent_text():
     assert aw.fit_text(100, text, 60, count) == ""
 
 
-@pytest.mark.parametrize("raw, clean", [
-    ("Paragraph 2: The river flows.", "The river flows."),
-    ("**Paragraph 3**\nThe river flows.", "The river flows."),
-    ("## Step 1 - The river flows.", "The river flows."),
-    ("The paragraph is fine.", "The paragraph is fine."),
-])
-def test_step_labels_are_stripped(raw, clean):
-    assert checks.strip_step_label(raw) == clean
-
-
 def _words(n, start=0):
     """n distinct alphabetic words (LongWriter counts only letter runs, and distinct words cannot loop)."""
     def word(i):

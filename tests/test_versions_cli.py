@@ -146,6 +146,11 @@ def test_export_overwrite_never_replaces_the_store_or_a_foreign_folder(store, tm
         assert res.exit_code == 1, (target, res.output)
         assert "store" in res.output or "not an earlier lendata export" in res.output, res.output
     assert _files(store) == before
+    other = tmp_path / "other-store"  # nor into another store, or one of its versions
+    st.commit(other, "x", {"train": pa.table({"x": [1]})})
+    for target in (other / "new", other / "x" / "0.1.0" / "train"):
+        res = CliRunner().invoke(app, ["export", "ds@0.1.1", str(target), "--store", str(store), "--no-plots"])
+        assert res.exit_code == 1 and "store" in res.output, (target, res.output)
     assert (foreign / "notes.txt").read_text() == "keep me" and sorted(p.name for p in foreign.iterdir()) == [
         "notes.txt"]
     # an earlier export is replaced whole: the old version's files do not survive beside the new ones

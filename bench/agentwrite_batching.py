@@ -26,7 +26,7 @@ TOPICS = ["rivers", "bridges", "volcanoes", "libraries", "bees", "trains", "glac
 
 def main() -> None:
     from lendata.engines import make_engine
-    from lendata.methods import agentwrite as aw
+    from lendata.methods.agentwrite import plan_and_write as aw
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--engine", default="llamacpp", choices=["llamacpp", "vllm"])

@@ -60,7 +60,7 @@ def tokenised(glob: str):
 
 
 def bench_bucketing(batches) -> dict:
-    from lendata.methods.decompose import Settings, decompose_lengths, gather
+    from lendata.methods.decompose.buckets import Settings, decompose_lengths, gather
 
     s = Settings(overflow="random")
     typed = [(pa.array(b.flat.astype(np.uint16)), b.starts, b.lengths) for b in batches]
@@ -87,13 +87,13 @@ def bench_bucketing(batches) -> dict:
 
 
 def bench_end_to_end(glob: str, tok_seconds: float) -> dict:
+    from lendata import build as builds
     from lendata import recipes
-    from lendata.methods import decompose_build
 
     with tempfile.TemporaryDirectory() as tmp:
         recipe = recipes.load("decompose", {"glob": glob})
         t0 = time.monotonic()
-        report = decompose_build.build(recipe, Path(tmp), progress=False)
+        report = builds.run(recipe, Path(tmp), progress=False)
         e2e = time.monotonic() - t0
     return {"tokenise_s": round(tok_seconds, 2), "end_to_end_s": round(e2e, 2), "ratio": round(e2e / tok_seconds, 3),
             "sequences": report.rows}
@@ -104,9 +104,9 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {repo!r})
 from lendata import recipes
-from lendata.methods import decompose_build
-recipe = recipes.load("decompose", {{"input": {src!r}, "glob": None, "text_field": "text"}})
-decompose_build.build(recipe, Path({store!r}), progress=False)
+from lendata import build as builds
+recipe = recipes.load("decompose", {{"input": {src!r}, "text_field": "text"}})
+builds.run(recipe, Path({store!r}), progress=False)
 # VmHWM: this process image's peak RSS (ru_maxrss would include the parent's size at fork, kept over exec)
 print(next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:")))
 """

@@ -17,17 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from lendata import recipes  # noqa: E402
 from lendata.engines import CachedEngine, ResponseCache  # noqa: E402
 from lendata.engines.llamacpp import LlamaCppEngine  # noqa: E402
 from lendata.inputs import read_instructions  # noqa: E402
 from lendata.lengths import count_words, length_score  # noqa: E402
-from lendata.methods import agentwrite as aw  # noqa: E402
-from lendata.methods.direct import direct  # noqa: E402
+from lendata.methods.agentwrite import plan_and_write as aw  # noqa: E402
+from lendata.methods.direct.generate import direct  # noqa: E402
 
 
 def main() -> None:
@@ -36,8 +35,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "bench/out/length_fidelity"), help="cache directory")
     args = ap.parse_args()
     rows = read_instructions(REPO / "pipelines/data/longwrite_ruler_en.jsonl", "prompt", "length", n=args.n).rows
-    recipe = yaml.safe_load((REPO / "pipelines/agentwrite.yaml").read_text())
-    settings = aw.Settings.from_recipe(recipe)
+    settings = recipes.load("agentwrite").settings
     engine = CachedEngine(LlamaCppEngine(), ResponseCache(Path(args.out) / "responses.sqlite"))
 
     t0 = time.monotonic()
@@ -53,7 +51,7 @@ def main() -> None:
     kept = table.num_rows
 
     t0 = time.monotonic()
-    d_table, d_quarantine = direct(rows, engine, temperature=0.5, seed=42)
+    d_table, d_quarantine = direct(rows, engine, recipes.load("direct").settings)
     d_secs = time.monotonic() - t0
     d_scores = d_table.column("length_score").to_pylist()
     print("direct (baseline: one budgeted call per prompt)")

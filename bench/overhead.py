@@ -1,7 +1,7 @@
 """The fixed cost of a trivial build (issue 13, item 14): a dozen small files through `decompose`.
 
 Times, each the median of --repeat runs, all in this one run:
-- `work`: the build's own work, `decompose_build.build()` called in a fresh Python without Prefect (imports
+- `work`: the build's own work, `builds.run()` called in a fresh Python without Prefect (imports
   excluded): the floor any orchestration adds to;
 - `first`: `lendata build decompose` on a machine where lendata's Prefect server has never run (a private user
   cache): CLI start, the server's database created, the flow, the commit;
@@ -34,10 +34,10 @@ WORK = """
 import sys, time
 from pathlib import Path
 from lendata import recipes
-from lendata.methods import decompose_build
+from lendata import build as builds
 recipe = recipes.load("decompose", {"input": sys.argv[1], "glob": "*.txt", "dataset": "bench"})
 t0 = time.perf_counter()
-decompose_build.build(recipe, Path(sys.argv[2]), progress=False)
+builds.run(recipe, Path(sys.argv[2]), progress=False)
 print(time.perf_counter() - t0)
 """
 

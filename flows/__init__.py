@@ -1,45 +1,42 @@
-"""Prefect flows: thin wiring of lendata functions into tasks. The only place lendata imports Prefect."""
+"""Prefect: the one flow every recipe runs through (flows/build.py), the shard runner (flows/_runner.py) and
+the API server builds share (flows/_server.py). The only place lendata imports Prefect."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 from pathlib import Path
-from typing import Any
 
 from lendata.build import BuildReport, configure_prefect
+from lendata.recipes import Recipe
 
 
-def run_recipe(
-    recipe: dict[str, Any], store: Path, overwrite: bool = False, progress: bool = True, verbose: bool = False
-) -> BuildReport:
-    """Run a loaded recipe through its flow (`flows/<flow>.py`, function `flow`)."""
+def run_recipe(recipe: Recipe, store: Path, overwrite: bool = False, progress: bool = True,
+               verbose: bool = False) -> BuildReport:
+    """Build a loaded recipe as a Prefect flow run named after its method."""
     configure_prefect(store, verbose)  # before prefect is first imported: it reads its settings at import
-    name = recipe["flow"]
-    try:
-        module = importlib.import_module(f"flows.{name}")
-    except ModuleNotFoundError as e:
-        if e.name != f"flows.{name}":
-            raise
-        raise ValueError(f"recipe {recipe['_name']!r} names flow {name!r}, which does not exist") from None
-    ray, shards = recipe.get("runner", "local") == "ray", int(recipe.get("shards") or 1)
-    if (ray or shards > 1) and not getattr(module, "SHARDED", False):
-        raise ValueError(f"recipe {recipe['_name']!r}: the {name} flow runs on the local runner in one shard "
-                         "only (runner: ray and shards are supported by the direct, agentwrite and self_lengthen "
-                         "flows)")
-    run = {"recipe": recipe, "store": str(store), "overwrite": overwrite, "progress": progress}
+    method = recipe.method
+    ray, shards = recipe.run.runner == "ray", recipe.run.shards
+    if (ray or shards > 1) and not method.sharded:
+        from lendata.methods import registry
+
+        sharded = ", ".join(name for name, m in registry().items() if m.sharded)
+        raise ValueError(f"recipe {recipe.name!r}: the {method.name} method runs on the local runner in one shard "
+                         f"only (runner: ray and shards are supported by: {sharded})")
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows._runner import check_ray_api, task_runner
     from flows._server import shared_server
+    from flows.build import build
 
     if ray:
         check_ray_api(recipe)
+    run = {"recipe": recipe, "store": str(store), "overwrite": overwrite, "progress": progress}
+    flow = build.with_options(name=method.name)
     with shared_server() as url, temporary_settings({PREFECT_API_URL: url}):
         try:
             if not ray:
-                return module.flow(**run)
-            return module.flow.with_options(task_runner=task_runner(recipe, url))(**run)
+                return flow(**run)
+            return flow.with_options(task_runner=task_runner(recipe, url))(**run)
         finally:
             _drain_prefect()
 

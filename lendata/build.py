@@ -1,11 +1,23 @@
-"""What every recipe build shares, without Prefect: engine + cache, inputs, validation, commit, report."""
+"""The one build path, for every method: load → run → validate every split → quarantine → threshold →
+publish atomically → one report with one engine usage. Without Prefect; flows/ runs the same path as a flow.
+
+A method's `run` gets a `BuildRun` (the `Build` of `lendata/methods/base.py`). Whole splits it hands over with
+`add` are validated when the method returns; batches it `stream`s are validated as they are written into the
+staged version. Either way a row failing its split's pandera schema goes to `quarantine` with the failed
+checks, and the build fails when quarantined rows pass `max_quarantine_share` of the counted rows.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import platform
+import socket
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,25 +28,11 @@ from lendata import faults
 from lendata import store as st
 from lendata.atomic import sha256_file
 from lendata.engines import CachedEngine, ResponseCache, make_engine
-from lendata.inputs import Loaded, read_instructions
-from lendata.paths import check_name, work_dir
-from lendata.recipes import resolve_input
-
-QUARANTINE_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("stage", pa.string()),
-        ("reason", pa.large_string()),
-        ("source", pa.string()),
-        ("record", pa.large_string()),
-    ]
-)
-
-
-def quarantine_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Quarantine (or rejected-candidate) records as a table of QUARANTINE_SCHEMA; missing keys are null."""
-    return pa.Table.from_pylist([{k: r.get(k) for k in QUARANTINE_SCHEMA.names} for r in rows],
-                                schema=QUARANTINE_SCHEMA)
+from lendata.engines.pool import EnginePool, Usage
+from lendata.methods.base import Split, quarantine_table
+from lendata.paths import work_dir
+from lendata.progress import GenerationProgress
+from lendata.recipes import Recipe
 
 
 class BuildFailed(RuntimeError):
@@ -77,161 +75,267 @@ def configure_prefect(store: Path, verbose: bool = False) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def open_engine(recipe: dict[str, Any], store: Path, cache_file: str = "responses.sqlite") -> CachedEngine:
-    dataset = check_name(recipe["dataset"], "dataset")
-    cache = ResponseCache(work_dir(store) / dataset / cache_file)
-    engine = make_engine(recipe.get("engine", "llamacpp"), **(recipe.get("engine_options") or {}))
-    return CachedEngine(engine, cache)
+# --- engines --------------------------------------------------------------------------------------------
 
 
-class RoleEngines:
-    """Engines for named roles (Self-Lengthen's Generator and Extender): roles with the same engine and
-    options share one loaded engine and one response cache; calls and hits are summed for the report."""
+def open_engine(recipe: Recipe, store: Path, engine: str, options: dict[str, Any],
+                cache_file: str = "responses.sqlite") -> CachedEngine:
+    cache = ResponseCache(work_dir(store) / recipe.dataset / cache_file)
+    return CachedEngine(make_engine(engine, **options), cache)
 
-    def __init__(self, recipe: dict[str, Any], store: Path, cache_file: str = "responses.sqlite"):
-        self.recipe, self.store, self.cache_file = recipe, store, cache_file
-        self._open: dict[str, CachedEngine] = {}
 
-    def get(self, engine: str, options: dict[str, Any] | None = None) -> CachedEngine:
-        key = json.dumps([engine, options or {}], sort_keys=True, default=str)
-        if key not in self._open:
-            self._open[key] = open_engine({**self.recipe, "engine": engine, "engine_options": options or {}},
-                                          self.store, self.cache_file)
-        return self._open[key]
+def engine_pool(recipe: Recipe, store: Path, cache_file: str = "responses.sqlite",
+                threads: int | None = None) -> EnginePool:
+    def opener(engine: str, options: dict[str, Any]) -> CachedEngine:
+        return open_engine(recipe, store, engine, options, cache_file)
 
-    @property
-    def first(self) -> CachedEngine | None:
-        return next(iter(self._open.values()), None)
+    return EnginePool(opener, recipe.run.engine, recipe.run.engine_options, threads)
 
-    @property
-    def name(self) -> str:
-        return "+".join(dict.fromkeys(e.name for e in self._open.values()))
 
-    @property
-    def model_id(self) -> str:
-        return "+".join(dict.fromkeys(e.model_id for e in self._open.values()))
+# --- shards ---------------------------------------------------------------------------------------------
 
-    @property
-    def calls(self) -> int:
-        return sum(e.calls for e in self._open.values())
 
-    @property
-    def hits(self) -> int:
-        return sum(e.hits for e in self._open.values())
+def cut(items: Sequence[Any], shards: int) -> list[tuple[int, list[Any]]]:
+    """(offset of its first item, items) for at most `shards` contiguous, near-equal, non-empty pieces."""
+    n = len(items)
+    shards = max(1, min(shards, n))
+    bounds = [round(i * n / shards) for i in range(shards + 1)]
+    return [(a, list(items[a:b])) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
-    @property
-    def tokens(self) -> int:
-        return sum(e.tokens for e in self._open.values())
+
+class LocalRunner:
+    """Runs a build in this process: stages are plain calls, shards run one after another on the build's
+    engines. flows/ subclasses it to make stages Prefect tasks and send shards to Ray."""
+
+    def step(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args)
+
+    def map(self, build: BuildRun, step: Callable[..., Any], items: Sequence[Any], label: str,
+            *extra: Any) -> list[Any]:
+        pieces = cut(items, build.recipe.run.shards)
+        results = []
+        for i, (offset, piece) in enumerate(pieces):
+            name = label if len(pieces) == 1 else f"{label} {i + 1}/{len(pieces)}"
+            results.append(self.step(name, step, build.settings, piece, offset, build.engines,
+                                     build.progress_for(name), *extra))
+            build.shards.append({"label": label, "offset": offset, "rows": len(piece), "runner": "local",
+                                 "host": socket.gethostname(), "pid": os.getpid()})
+        return results
+
+
+# --- the build ------------------------------------------------------------------------------------------
+
+
+class _CheckedWriter:
+    """A split's shard writer that validates each batch first (see BuildRun.stream)."""
+
+    def __init__(self, build: BuildRun, split: str, declared: Split, writer: st.ShardWriter):
+        self.build, self.split, self.declared, self.writer = build, split, declared, writer
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> pa.Table | pa.RecordBatch:
+        """Write the batch's valid rows; return what was written."""
+        from schemas import check_rows
+
+        if self.declared.contract is not None and batch.num_rows:
+            table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+            keep, failed = check_rows(table, self.declared.contract, self.declared.unchecked)
+            if failed:
+                self.build.quarantine(failed)
+                batch = table.take(pa.array(keep, type=pa.int64()))
+        self.writer.write(batch)
+        if self.declared.counted:
+            self.build.counted_rows += batch.num_rows
+        return batch
 
     def close(self) -> None:
-        for e in self._open.values():
-            e.close()
+        self.writer.close()
 
 
-def input_identity(recipe: dict[str, Any], keys: tuple[str, ...] = ("input", "distractors", "tokenizer")
-                   ) -> list[dict[str, Any]]:
-    """What the recipe read, as a dataset card may publish it: each input's file name and sha256 (never its
-    path). A folder is identified by its name, file count and the sha256 of its listing (relative path and size
-    of each file matching `glob`), not of every byte; a built-in source (`@stdlib`) by the Python version."""
-    import hashlib
-    import platform
+# manifest entries the build and the store write; a method's `build.meta` must not replace them
+RESERVED_META = {"recipe", "method", "recipe_settings", "inputs", "engine", "model", "shards", "dataset", "version",
+                 "created", "lendata_version", "content_hash", "same_content_as", "splits", "schema"}
 
+
+class BuildRun:
+    """One build of one recipe: what a method's `run` sees (lendata.methods.base.Build)."""
+
+    def __init__(self, recipe: Recipe, store: Path, progress: bool = True, runner: LocalRunner | None = None,
+                 engines: EnginePool | None = None):
+        self.recipe, self.store, self.show_progress = recipe, store, progress
+        self.method = recipe.method
+        self.dataset = recipe.dataset
+        self.settings = recipe.settings
+        self.declared: dict[str, Split] = self.method.splits(recipe.settings)
+        self.runner = runner or LocalRunner()
+        self.engines = engines or engine_pool(recipe, store)
+        self.remote_usage = Usage()  # engines of shards that ran elsewhere
+        self.meta: dict[str, Any] = {}
+        self.shards: list[dict[str, Any]] = []
+        self.scratch = work_dir(store) / recipe.dataset
+        self.counted_rows = 0
+        self._quarantine: list[dict[str, Any]] = []
+        self._parts: dict[str, list[pa.Table]] = {}
+        self._exit = contextlib.ExitStack()
+        self._stage: st.Stage | None = None
+
+    # what a method calls
+    def progress(self, total: int | None, label: str) -> GenerationProgress:
+        return GenerationProgress(total, label, enabled=self.show_progress)
+
+    def progress_for(self, shard: str) -> Callable[[int, str], GenerationProgress]:
+        """The progress factory a shard's step gets: bars named after the shard."""
+        return lambda total, what: self.progress(total, f"{shard}: {what}" if what else shard)
+
+    def path(self, value: str) -> Path:
+        return self.recipe.path(value)
+
+    def quarantine(self, records: Sequence[dict[str, Any]]) -> None:
+        self._quarantine.extend(records)
+
+    def _declared(self, split: str) -> Split:
+        if split not in self.declared:
+            raise ValueError(f"method {self.method.name} wrote split {split!r}, which it does not declare "
+                             f"(its splits: {', '.join(self.declared)})")
+        return self.declared[split]
+
+    def add(self, split: str, table: pa.Table) -> None:
+        self._declared(split)
+        if self._stage is not None and split in self._stage.splits:
+            raise ValueError(f"method {self.method.name} adds rows to split {split!r}, which it streams")
+        self._parts.setdefault(split, []).append(table)
+
+    def stream(self, split: str, schema: pa.Schema, partition: str | None = None,
+               rows_per_shard: int = 10_000) -> _CheckedWriter:
+        declared = self._declared(split)
+        if split in self._parts:
+            raise ValueError(f"method {self.method.name} streams split {split!r}, which it adds whole")
+        return _CheckedWriter(self, split, declared, self.stage().writer(split, schema, partition, rows_per_shard))
+
+    def check_share(self, bad: int, total: int, what: str) -> None:
+        self._check_share(bad, total, what)
+
+    def map(self, step: Callable[..., Any], items: Sequence[Any], label: str, *extra: Any) -> list[Any]:
+        return self.runner.map(self, step, items, label, *extra)
+
+    def step(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.runner.step(name, fn, *args)
+
+    # the build's own part
+    def stage(self) -> st.Stage:
+        """The staged version, opened on first use: a streaming method writes into it as it goes; a method
+        that hands over whole splits holds the dataset's lock only while they are written."""
+        if self._stage is None:
+            self._stage = self._exit.enter_context(st.Stage(self.store, self.recipe.dataset))
+        return self._stage
+
+    def usage(self) -> Usage:
+        return self.engines.usage() + self.remote_usage
+
+    def publish(self, overwrite: bool, started: float) -> BuildReport:
+        from schemas import check_rows
+
+        faults.point("generated")
+        valid: dict[str, pa.Table] = {}
+        for split, declared in self.declared.items():
+            parts = self._parts.get(split)
+            if parts is None:
+                if declared.arrow is None or (self._stage is not None and split in self._stage.splits):
+                    continue  # streamed, or written only when the method has rows for it
+                parts = [declared.arrow.empty_table()]
+            table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+            if declared.contract is not None and table.num_rows:
+                keep, failed = check_rows(table, declared.contract, declared.unchecked)
+                if failed:
+                    self.quarantine(failed)
+                    table = table.take(pa.array(keep, type=pa.int64()))
+            valid[split] = table
+            if declared.counted:
+                self.counted_rows += table.num_rows
+        self._check_share(len(self._quarantine), self.counted_rows + len(self._quarantine), "rows")
+        stage = self.stage()
+        for split, table in valid.items():
+            stage.add_table(split, table)
+        stage.add_table("quarantine", quarantine_table(self._quarantine))  # always, so it can be queried
+        usage = self.usage()
+        clash = set(self.meta) & RESERVED_META
+        if clash:
+            raise ValueError(f"method {self.method.name} sets manifest entries the build owns: {sorted(clash)}")
+        meta = {
+            "recipe": self.recipe.name,
+            "method": self.method.name,
+            "recipe_settings": self.recipe.resolved(),
+            "inputs": input_identity(self.recipe),
+            "engine": usage.name or None,
+            "model": usage.model_id or None,
+            **self.meta,
+        }
+        if any(s["runner"] == "ray" for s in self.shards) or len({(s["label"], s["offset"]) for s in self.shards}) > \
+                len({s["label"] for s in self.shards}):
+            meta["shards"] = self.shards
+        version = stage.publish(self.recipe.run.version, overwrite, meta)
+        main = self.method.main_split
+        return BuildReport(dataset=version.dataset, version=version.version, path=str(version.path),
+                           rows=version.rows(main) if main else version.rows(),
+                           quarantined=version.rows("quarantine"), engine_calls=usage.calls,
+                           cache_hits=usage.hits, seconds=round(time.monotonic() - started, 2),
+                           unchanged=version.unchanged)
+
+    def _check_share(self, quarantined: int, total: int, what: str) -> None:
+        limit = self.recipe.run.max_quarantine_share
+        if total == 0:
+            raise BuildFailed(f"the build produced no {what} at all: check the input file and `n`")
+        share = quarantined / total
+        if share > limit:
+            reasons = Counter(str(q["reason"]).split(":")[0] for q in self._quarantine).most_common(5)
+            raise BuildFailed(
+                f"{quarantined} of {total} {what} quarantined ({share:.0%} > max_quarantine_share {limit:.0%}); "
+                f"top reasons: {'; '.join(f'{r} ({n})' for r, n in reasons)}")
+
+    def close(self) -> None:
+        try:
+            self.engines.close()
+        finally:
+            self._exit.close()  # the staged folder and the dataset's lock, whatever closing an engine did
+
+
+def run(recipe: Recipe, store: Path, overwrite: bool = False, progress: bool = True,
+        runner: LocalRunner | None = None, engines: EnginePool | None = None) -> BuildReport:
+    """Build a recipe: its method runs, then every split is validated, and the version published.
+    `engines`: the engines to use instead of the recipe's (a test's scripted engine)."""
+    started = time.monotonic()
+    build = BuildRun(recipe, store, progress, runner, engines)
+    try:
+        build.method.run(build.settings, build)
+        return build.step("validate and publish", build.publish, overwrite, started)
+    finally:
+        build.close()
+
+
+# --- what the card may say about the inputs -------------------------------------------------------------
+
+
+def input_identity(recipe: Recipe) -> list[dict[str, Any]]:
+    """What the recipe read (the settings its method names in `inputs`), as a dataset card may publish it: each
+    input's file name and sha256 (never its path). A folder is identified by its name, file count and the
+    sha256 of its listing (relative path and size of each file matching the method's `glob` setting, if it has
+    one), not of every byte; a built-in source (`@stdlib`) by the Python version."""
+    settings = asdict(recipe.settings)
     out: list[dict[str, Any]] = []
-    for key in keys:
-        value = recipe.get(key)
+    for key in recipe.method.inputs:
+        value = settings.get(key)
         if not value:
             continue
         if str(value).startswith("@"):
             out.append({"setting": key, "name": str(value), "python": platform.python_version()})
             continue
-        path = resolve_input(recipe, str(value))
+        path = recipe.path(str(value))
         if path.is_file():
             out.append({"setting": key, "name": path.name, "files": 1, "sha256": sha256_file(path)})
         elif path.is_dir():
-            files = sorted(p for p in path.glob(str(recipe.get("glob") or "**/*")) if p.is_file())
+            files = sorted(p for p in path.glob(str(settings.get("glob") or "**/*")) if p.is_file())
             h = hashlib.sha256()
             for p in files:
                 h.update(f"{p.relative_to(path).as_posix()}\0{p.stat().st_size}\n".encode())
             out.append({"setting": key, "name": path.name, "files": len(files), "sha256": h.hexdigest(),
                         "identity": "listing"})
     return out
-
-
-def load_inputs(recipe: dict[str, Any]) -> Loaded:
-    return read_instructions(
-        resolve_input(recipe, str(recipe["input"])),
-        instruction_field=recipe.get("instruction_field", "instruction"),
-        target_field=recipe.get("target_field"),
-        n=recipe.get("n"),
-    )
-
-
-def finish(
-    recipe: dict[str, Any],
-    store: Path,
-    table: pa.Table | dict[str, pa.Table],
-    quarantine: list[dict[str, Any]],
-    engine: CachedEngine | RoleEngines | None,
-    started: float,
-    overwrite: bool = False,
-    extra_meta: dict[str, Any] | None = None,
-    schemas: dict[str, str] | None = None,
-) -> BuildReport:
-    """Validate each split against its schema, enforce the quarantine threshold, commit, report.
-
-    `table` is the `train` split (checked with the recipe's `schema`), or several named splits whose schema
-    kinds `schemas` gives.
-    """
-    from schemas import split_valid
-
-    faults.point("generated")
-    splits = table if isinstance(table, dict) else {"train": table}
-    kinds = schemas or {"train": recipe.get("schema", "sft")}
-    valid: dict[str, pa.Table] = {}
-    for name, tbl in splits.items():
-        valid[name], failed = split_valid(tbl, kinds[name])
-        quarantine = [*quarantine, *failed]
-    total = sum(t.num_rows for t in valid.values()) + len(quarantine)
-    share = len(quarantine) / total if total else 0.0
-    limit = float(recipe.get("max_quarantine_share", 0.5))
-    if total == 0:
-        raise BuildFailed("the build produced no rows at all: check the input file and `n`")
-    if share > limit:
-        reasons = Counter(q["reason"].split(":")[0] for q in quarantine).most_common(5)
-        raise BuildFailed(
-            f"{len(quarantine)} of {total} rows quarantined ({share:.0%} > max_quarantine_share {limit:.0%}); "
-            f"top reasons: {'; '.join(f'{r} ({n})' for r, n in reasons)}"
-        )
-    # always written (even empty) so `<dataset>__quarantine` can be queried for every build
-    tables = {
-        **valid,
-        "quarantine": quarantine_table(quarantine),
-    }
-    recipe_meta = {k: v for k, v in recipe.items() if not k.startswith("_")}
-    meta = {
-        "recipe": recipe["_name"],
-        "recipe_settings": recipe_meta,
-        "inputs": input_identity(recipe),
-        "engine": engine.name if engine else None,
-        "model": engine.model_id if engine else None,
-        **(extra_meta or {}),
-    }
-    version = st.commit(
-        store,
-        recipe["dataset"],
-        tables,
-        version=str(recipe.get("version", st.AUTO)),
-        overwrite=overwrite,
-        meta=meta,
-    )
-    return BuildReport(
-        dataset=version.dataset,
-        version=version.version,
-        path=str(version.path),
-        rows=version.rows(),
-        quarantined=version.rows("quarantine"),
-        engine_calls=engine.calls if engine else 0,
-        cache_hits=engine.hits if engine else 0,
-        seconds=round(time.monotonic() - started, 2),
-        unchanged=version.unchanged,
-    )

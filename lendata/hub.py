@@ -37,20 +37,22 @@ def size_category(rows: int) -> str:
     return next((tag for bound, tag in bounds if rows < bound), "n>1B")
 
 
-TASKS = {  # recipe -> (task_categories, tags)
-    "agentwrite": (["text-generation"], ["long-output", "sft", "agentwrite"]),
-    "direct": (["text-generation"], ["long-output", "sft"]),
-    "self_lengthen": (["text-generation"], ["long-output", "sft", "self-lengthen"]),
-    "decompose": (["text-generation"], ["pretraining", "variable-sequence-length", "dataset-decomposition"]),
-    "lveval": (["question-answering"], ["long-context", "lv-eval"]),
-    "longwrite_ruler": (["text-generation"], ["long-output", "evaluation"]),
-}
+def card_tags(manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(task_categories, tags) of a version's card: its method's, plus the recipe's own `tags`."""
+    from lendata.methods import method_of
+
+    method = method_of(manifest)
+    extra = list((manifest.get("recipe_settings") or {}).get("tags") or [])
+    if method is None:
+        return ["text-generation"], extra
+    return list(method.card_tasks), list(dict.fromkeys([*method.card_tags, *extra]))
 
 
 # settings that name local things (paths, servers, clusters, commands, credentials' variable names): never on a
 # card; inputs are identified by file name and sha256 instead (the manifest's `inputs`)
-LOCAL_SETTINGS = {"engine_options", "runner", "shards", "ray", "input", "distractors", "tokenizer", "trainer",
-                  "lora", "model_path", "base_url", "api_key_env", "address", "store"}
+# (plus the settings a method names as its `inputs` and `local_settings`)
+LOCAL_SETTINGS = {"engine_options", "runner", "shards", "ray", "input", "lora", "model_path", "base_url",
+                  "api_key_env", "address", "store"}
 _WINDOWS_PATH = re.compile(r"^[A-Za-z]:")  # C:\\x, C:/x and the drive-relative D:x
 _HOST_PORT = re.compile(r"^\[?[\w.:\-]+\]?:\d{1,5}$")  # localhost:8000, 10.0.0.5:8000, [fe80::1]:8000
 _IP = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b|\[[0-9a-fA-F:]+\]")
@@ -79,10 +81,12 @@ def _is_local(value: Any) -> bool:
     return any(x in v for x in env)
 
 
-def public_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def public_settings(settings: dict[str, Any], local: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
     """(the recipe settings a card may show, the dotted keys it withholds): what shapes the data stays; local
-    paths, URLs, hosts, run settings and commands go."""
+    paths, URLs, hosts, run settings and commands go, and the keys in `local` (the method's inputs and local
+    settings)."""
     withheld: list[str] = []
+    local_keys = LOCAL_SETTINGS | set(local)
 
     def walk(d: dict[str, Any], prefix: str) -> dict[str, Any]:
         out = {}
@@ -90,7 +94,7 @@ def public_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], list[str]
             key = f"{prefix}{k}"
             if str(k).startswith("_"):
                 continue
-            if k in LOCAL_SETTINGS or _is_local(k):
+            if k in local_keys or _is_local(k):
                 withheld.append(key)
             elif isinstance(v, dict):
                 out[k] = walk(v, key + ".")
@@ -114,7 +118,7 @@ def card(version: st.Version, files: dict[str, list[str]], stats: dict[str, Any]
          plots: list[str]) -> str:
     m = version.manifest
     recipe = m.get("recipe") or "unknown"
-    tasks, tags = TASKS.get(recipe, (["text-generation"], []))
+    tasks, tags = card_tags(m)
     header = {
         "license": licence,
         "task_categories": tasks,
@@ -143,7 +147,11 @@ def card(version: st.Version, files: dict[str, list[str]], stats: dict[str, Any]
             if ls.get("rows") and ls.get("p90_words", 0) > 1:  # skip ids, labels and other one-word columns
                 lines.append(f"| {split} | {col} | {ls['rows']:,} | {ls['mean_words']:,} | {ls['p10_words']:,} | "
                              f"{ls['p50_words']:,} | {ls['p90_words']:,} | {ls['max_words']:,} |")
-    settings, withheld = public_settings(m.get("recipe_settings", {}))
+    from lendata.methods import method_of
+
+    method = method_of(m)
+    local = (*method.inputs, *method.local_settings) if method else ()
+    settings, withheld = public_settings(m.get("recipe_settings", {}), local)
     lines += ["", *([f"![{Path(p).stem}]({p})" for p in plots]), ""]
     inputs = m.get("inputs") or []
     if inputs:

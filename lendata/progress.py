@@ -12,7 +12,7 @@ from lendata.engines.base import Result
 
 
 class GenerationProgress:
-    def __init__(self, total: int, description: str = "generating", enabled: bool = True):
+    def __init__(self, total: int | None, description: str = "generating", enabled: bool = True):
         self.total = total
         self.tokens = 0
         self.started = time.monotonic()

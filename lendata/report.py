@@ -46,8 +46,8 @@ def split_lengths(con, version: st.Version, split: str, expr: str) -> dict[str, 
             continue
         sample.append(text)
         chars += len(text)
-    from lendata.methods.budget import language_of
-    from lendata.methods.checks import default_n, max_ngram_repeats
+    from lendata.methods.shared.budget import language_of
+    from lendata.methods.shared.checks import default_n, max_ngram_repeats
 
     repeats = 0
     for text in sample[:REPEAT_SAMPLE]:

@@ -1,4 +1,5 @@
-"""Scoring any file of responses: S_l, LonGen length-following, Ruler PM/FM (length), LV-Eval (answers)."""
+"""Scoring any file of responses: S_l, LonGen length-following, Ruler PM/FM (length), and the metrics methods
+declare (`Method.metrics`: LV-Eval's answer score)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,19 @@ from typing import Any
 
 from lendata import lengths as L
 from lendata.inputs import InputError, records
-from lendata.methods.constraints import extract
+from lendata.methods.shared.constraints import extract
 
-METRICS = ("sl", "longen", "ruler", "lveval")
+LENGTH_METRICS = ("sl", "longen", "ruler")
+
+
+def metrics() -> dict[str, Any]:
+    """Every metric: the length metrics here (None), then each method's own (its scorer)."""
+    from lendata.methods import registry
+
+    out: dict[str, Any] = dict.fromkeys(LENGTH_METRICS)
+    for method in registry().values():
+        out.update(method.metrics)
+    return out
 _TARGET_FIELDS = ("target_words", "target", "length", "words")
 _TEXT_FIELDS = ("instruction", "prompt", "query", "constraint")
 
@@ -54,13 +65,16 @@ def score_file(
     counter: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(per-row scores, summary). Rows without a response or a target are listed as skipped with why."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    known = metrics()
+    if metric not in known:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(known)}")
     path = Path(path)
     if not path.is_file():
         raise InputError(f"file not found: {path}")
-    if metric == "lveval":
-        return _score_lveval(path, response_field)
+    if known[metric] is not None:
+        skipped: list[str] = []
+        rows = known[metric](_readable(path, skipped), response_field, lambda rec: _response(rec, None), skipped)
+        return rows, _summary(metric, "longwriter", rows, skipped)
     counter = counter or {"sl": "longwriter", "longen": "longen", "ruler": "ruler"}[metric]
     rows, skipped = [], []
     for where, rec in _readable(path, skipped):
@@ -89,54 +103,24 @@ def score_file(
             row.update(pm=100.0 * L.ruler_hit(target, words, "pm"), fm=100.0 * L.ruler_hit(target, words, "fm"))
             row["score"] = row["pm"]
         rows.append(row)
-    by_target: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        by_target[r["target"]].append(r)
-    summary: dict[str, Any] = {
-        "metric": metric, "counter": counter, "rows": len(rows), "skipped": skipped,
-        "mean": statistics.fmean(r["score"] for r in rows) if rows else None,
-        "by_target": {
-            t: {"rows": len(rs), "mean_words": statistics.fmean(r["words"] for r in rs),
-                "mean_score": statistics.fmean(r["score"] for r in rs)}
-            for t, rs in sorted(by_target.items())
-        },
-    }
+    summary = _summary(metric, counter, rows, skipped)
     if metric == "ruler" and rows:
         summary["pm"] = statistics.fmean(r["pm"] for r in rows)
         summary["fm"] = statistics.fmean(r["fm"] for r in rows)
     return rows, summary
 
 
-def _score_lveval(path: Path, response_field: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """LV-Eval records with a prediction (`pred`, or --response-field), `answers`, `answer_keywords` (or the
-    reference's `gold_ans`) and `language`; grouped by `length` (the level) when present."""
-    from lendata.methods.lveval_metric import score
-
-    rows, skipped = [], []
-    for where, rec in _readable(path, skipped):
-        pred = rec.get(response_field) if response_field else rec.get("pred", _response(rec, None))
-        answers = rec.get("answers")
-        if not isinstance(pred, str):
-            skipped.append(f"{where}: no prediction (`pred`, or set --response-field)")
-            continue
-        if isinstance(answers, str):
-            answers = [answers]
-        if not isinstance(answers, list) or not answers:
-            skipped.append(f"{where}: no `answers` list")
-            continue
-        lang = "zh" if str(rec.get("language", "")).startswith("zh") else "en"
-        keywords = rec.get("answer_keywords", rec.get("gold_ans"))
-        level = rec.get("level", rec.get("length")) or 0
-        rows.append({"source": where, "target": level, "words": L.count_words(pred, "longwriter"), "language": lang,
-                     "score": 100 * score(pred, [str(a) for a in answers], keywords or None, lang)})
-    by_level: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+def _summary(metric: str, counter: str, rows: list[dict[str, Any]], skipped: list[str]) -> dict[str, Any]:
+    """The mean score, and rows, mean words and mean score per target (a length, or an LV-Eval level)."""
+    by_target: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        by_level[r["target"]].append(r)
-    summary = {
-        "metric": "lveval", "counter": "longwriter", "rows": len(rows), "skipped": skipped,
+        by_target[r["target"]].append(r)
+    return {
+        "metric": metric, "counter": counter, "rows": len(rows), "skipped": skipped,
         "mean": statistics.fmean(r["score"] for r in rows) if rows else None,
-        "by_target": {t: {"rows": len(rs), "mean_words": statistics.fmean(r["words"] for r in rs),
-                          "mean_score": statistics.fmean(r["score"] for r in rs)}
-                      for t, rs in sorted(by_level.items(), key=lambda kv: str(kv[0]))},
+        "by_target": {
+            t: {"rows": len(rs), "mean_words": statistics.fmean(r["words"] for r in rs),
+                "mean_score": statistics.fmean(r["score"] for r in rs)}
+            for t, rs in sorted(by_target.items(), key=lambda kv: (isinstance(kv[0], str), kv[0]))
+        },
     }
-    return rows, summary

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lendata import store as st
+from lendata.methods.base import Split
 
 
 def validate_version(store: Path, ref: str) -> tuple[list[str], list[str]]:
     """(problems, summary lines). No problems means every file, count and row checks out."""
-    from schemas import split_valid
+    from schemas import check_rows
 
     ver = st.open_version(store, ref)
     problems: list[str] = []
@@ -38,10 +41,33 @@ def validate_version(store: Path, ref: str) -> tuple[list[str], list[str]]:
         if rows != info["rows"]:
             problems.append(f"split {split}: {rows} rows, manifest says {info['rows']}")
         summary.append(f"  {split}: {rows} rows in {len(info['files'])} file(s)")
-    kind = ver.manifest.get("recipe_settings", {}).get("schema")
-    if kind and "train" in ver.splits and not problems:
-        _, failed = split_valid(ver.read("train"), kind)
-        for q in failed[:20]:
-            problems.append(f"row {q['id']}: {q['reason']}")
-        summary.append(f"  schema {kind}: {'ok' if not failed else f'{len(failed)} rows fail'}")
+    if not problems:
+        for split, declared in declared_splits(ver).items():
+            if declared.contract is None or split not in ver.splits or not ver.splits[split]["files"]:
+                continue
+            files = ver.files(split)
+            columns = [c for c in pq.read_schema(files[0]).names if c not in declared.unchecked]
+            _, failed = check_rows(pa.concat_tables(pq.read_table(f, columns=columns) for f in files),
+                                   declared.contract)
+            for q in failed[:20]:
+                problems.append(f"{split} row {q['id']}: {q['reason']}")
+            name = declared.contract.__name__
+            summary.append(f"  {split} against {name}: {'ok' if not failed else f'{len(failed)} rows fail'}")
     return problems, summary
+
+
+def declared_splits(ver: st.Version) -> dict[str, Split]:
+    """The splits the version's method declares for its recorded settings (none for a version whose method
+    or settings are unknown here)."""
+    from pydantic import TypeAdapter
+
+    from lendata.methods import UnknownMethod, get
+
+    recorded = ver.manifest.get("recipe_settings") or {}
+    try:
+        method = get(str(ver.manifest.get("method") or recorded.get("flow")))
+        fields = {f.name for f in dataclasses.fields(method.settings)}
+        settings = TypeAdapter(method.settings).validate_python({k: v for k, v in recorded.items() if k in fields})
+        return method.splits(settings)
+    except (UnknownMethod, ValueError):
+        return {}

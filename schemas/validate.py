@@ -10,29 +10,26 @@ import pandera.errors
 import polars as pl
 import pyarrow as pa
 
-from schemas.lveval import LevelSchema
-from schemas.self_lengthen import InstructionsSchema, PairsSchema, QueriesSchema, ResponsesSchema
-from schemas.sft import SFTSchema
 
-SCHEMAS = {
-    "sft": SFTSchema,
-    "sl_instructions": InstructionsSchema,
-    "sl_responses": ResponsesSchema,
-    "sl_pairs": PairsSchema,
-    "sl_queries": QueriesSchema,
-    "lveval_level": LevelSchema,
-}
-
-
-def split_valid(table: pa.Table, kind: str) -> tuple[pa.Table, list[dict[str, Any]]]:
+def split_valid(table: pa.Table, schema: Any) -> tuple[pa.Table, list[dict[str, Any]]]:
     """(valid rows as the input's Arrow schema, quarantine records for the rest)."""
-    try:
-        schema = SCHEMAS[kind]
-    except KeyError:
-        raise ValueError(f"unknown schema {kind!r}; choose from {', '.join(SCHEMAS)}") from None
-    if table.num_rows == 0:
+    keep, quarantine = check_rows(table, schema)
+    if not quarantine:
         return table, []
-    df = pl.from_arrow(table)
+    return table.take(pa.array(keep, type=pa.int64())), quarantine
+
+
+def check_rows(table: pa.Table, schema: Any, unchecked: tuple[str, ...] = ()
+               ) -> tuple[list[int], list[dict[str, Any]]]:
+    """(indices of the rows that pass the pandera `schema`, quarantine records for the others).
+
+    `unchecked` columns are left out of the check and of the quarantine record: a long context or a token
+    list would be copied into polars for nothing."""
+    if table.num_rows == 0:
+        return [], []
+    kind = getattr(schema, "__name__", str(schema))
+    checked = table.drop_columns([c for c in unchecked if c in table.column_names])
+    df = pl.from_arrow(checked)
     reasons: dict[int, list[str]] = defaultdict(list)
     if "id" in df.columns:
         # the first row with an id is kept; later copies are quarantined (pandera's unique flags all of them)
@@ -53,13 +50,13 @@ def split_valid(table: pa.Table, kind: str) -> tuple[pa.Table, list[dict[str, An
             table_wide.append(f"{what} ({case['failure_case']})")
         else:
             reasons[rows_of[int(case["index"])]].append(what)
-    if not reasons and not table_wide:
-        return table, []
     if table_wide:  # a column missing or of the wrong type is the method's bug, not a bad row
-        raise ValueError(f"{kind} schema failed for the whole table: {'; '.join(table_wide)}")
+        raise ValueError(f"{kind} failed for the whole table: {'; '.join(table_wide)}")
+    if not reasons:
+        return list(range(table.num_rows)), []
     bad = sorted(reasons)
     keep = [i for i in range(table.num_rows) if i not in reasons]
-    records = table.take(pa.array(bad, type=pa.int64())).to_pylist()
+    records = checked.take(pa.array(bad, type=pa.int64())).to_pylist()
     quarantine = [
         {
             "id": str(rec.get("id")),
@@ -70,4 +67,4 @@ def split_valid(table: pa.Table, kind: str) -> tuple[pa.Table, list[dict[str, An
         }
         for i, rec in zip(bad, records, strict=True)
     ]
-    return table.take(pa.array(keep, type=pa.int64())), quarantine
+    return keep, quarantine

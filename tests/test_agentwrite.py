@@ -3,8 +3,8 @@ import json
 import pytest
 
 from lendata.engines import Result, estimate_prompt_tokens
-from lendata.methods import agentwrite as aw
-from lendata.methods import checks
+from lendata.methods.agentwrite import plan_and_write as aw
+from lendata.methods.shared import checks
 
 
 def S(**kw):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lendata.methods.constraints import Constraint, constrain, draw, extract, ruler_instruction
+from lendata.methods.shared.constraints import Constraint, constrain, draw, extract, ruler_instruction
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from lendata.methods.curriculum import CurriculumSampler, preset_odds
-from lendata.methods.decompose import ConcatChunker, Settings, decompose_lengths, gather, random_odds
+from lendata.methods.decompose.buckets import ConcatChunker, Settings, decompose_lengths, gather, random_odds
+from lendata.methods.decompose.curriculum import CurriculumSampler, preset_odds
 
 lengths_st = hs.lists(hs.integers(min_value=0, max_value=70_000), min_size=1, max_size=40)
 settings_st = hs.builds(
@@ -174,7 +174,7 @@ def test_state_dict_resumes_mid_epoch():
 
 def test_torch_adapter_yields_long_tensors():
     torch = pytest.importorskip("torch")
-    from lendata.methods.curriculum import torch_dataset
+    from lendata.methods.decompose.curriculum import torch_dataset
 
     rows = {4: np.arange(64 * 16).reshape(64, 16)}
     ds = torch_dataset(CurriculumSampler({4: 64}, 64, seed=0, loader=lambda k, r: rows[k][r]))

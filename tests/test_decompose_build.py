@@ -106,9 +106,31 @@ def test_unreadable_documents_are_quarantined_with_their_file(tmp_path):
     assert v.manifest["decomposition"]["documents"] == 1
 
 
+def test_decompose_has_the_quarantine_threshold_over_documents_and_records_every_setting(tmp_path):
+    """The one build path: decompose used to publish whatever share of its corpus was unreadable."""
+    from lendata import build as builds
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "good.txt").write_text("word " * 400)
+    for i in range(2):
+        (corpus / f"bad{i}.txt").write_bytes(b"ok \xff\xfe broken")
+    recipe = recipes.load("decompose", {**SMALL, "input": str(corpus), "glob": "*.txt"})
+    with pytest.raises(builds.BuildFailed, match=r"2 of 3 rows quarantined \(67% > max_quarantine_share 50%\)"):
+        builds.run(recipe, tmp_path / "s", progress=False)
+    assert st.list_versions(tmp_path / "s", "decompose") == []
+    report = builds.run(recipes.load("decompose", {**SMALL, "input": str(corpus), "glob": "*.txt",
+                                                   "max_quarantine_share": 1.0}), tmp_path / "s", progress=False)
+    m = st.open_version(tmp_path / "s", "decompose").manifest
+    assert report.quarantined == 2
+    assert report.rows == sum(b["sequences"] for b in m["decomposition"]["buckets"].values())
+    # code defaults the YAML does not name are recorded too
+    assert m["recipe_settings"]["rows_per_shard"] == 8192 and m["recipe_settings"]["vocab_size"] is None
+    assert set(m["recipe_settings"]) == set(recipe.resolved())
+
 
 def test_curriculum_sampler_reads_a_committed_build(built):
-    from lendata.methods.curriculum import CurriculumSampler
+    from lendata.methods.decompose.curriculum import CurriculumSampler
 
     store, _ = built
     v = st.open_version(store, "decompose")

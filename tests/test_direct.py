@@ -1,8 +1,8 @@
 import pytest
 
 from lendata.engines import Result
-from lendata.methods.budget import budget_for, measure_tokens_per_word
-from lendata.methods.direct import direct
+from lendata.methods.direct.generate import Settings, direct
+from lendata.methods.shared.budget import budget_for, measure_tokens_per_word
 
 
 def test_budget_scales_with_target_and_caps_to_the_window():
@@ -31,7 +31,7 @@ def test_direct_rows_capped_flag_and_engine_errors(scripted):
     rows = [{"instruction": "write 100 words", "target": 100, "source": "f:1"},
             {"instruction": "write 100000 words", "target": 100000, "source": "f:2"},
             {"instruction": "please fail", "target": 10, "source": "f:3"}]
-    table, quarantine = direct(rows, eng, seed=1)
+    table, quarantine = direct(rows, eng, Settings(seed=1))
     got = table.to_pylist()
     assert [r["capped"] for r in got] == [False, True]
     assert got[0]["length_score"] == 100.0 and got[0]["response_words"] == 100
@@ -48,5 +48,5 @@ def test_direct_rows_capped_flag_and_engine_errors(scripted):
 def test_rows_name_a_local_model_by_its_folder_not_its_path(scripted, served, shown):
     eng = scripted()
     eng.model_id = served  # what `vllm serve /home/alice/ckpt/step-1000` reports as its model id
-    table, _ = direct([{"instruction": "write 10 words", "target": 10, "source": "f:1"}], eng, seed=1)
+    table, _ = direct([{"instruction": "write 10 words", "target": 10, "source": "f:1"}], eng, Settings(seed=1))
     assert table.column("model").to_pylist() == [shown]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from lendata.engines.base import Result
-from lendata.methods import lveval as lv
-from lendata.methods.lveval_context import EvidenceTooLong, PoolTooSmall, assemble, depth_plan, record, rng_for
-from lendata.methods.lveval_pool import Chars, Pool, Tokens, Unit, level_name, parse_level, read_pool, reflow, text_hash
+from lendata.methods.lveval import items as lv
+from lendata.methods.lveval.context import EvidenceTooLong, PoolTooSmall, assemble, depth_plan, record, rng_for
+from lendata.methods.lveval.pool import Chars, Pool, Tokens, Unit, level_name, parse_level, read_pool, reflow, text_hash
 
 EVIDENCE = ("The Zorvan Bridge crosses the Milla river at Tessport. It was opened in 1894 by the engineer Adela Brun, "
             "who also designed the lighthouse at Cape Orrin.")

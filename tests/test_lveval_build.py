@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from lendata import store as st
 from lendata.cli import app
-from lendata.methods import lveval as lv
+from lendata.methods.lveval import items as lv
 from tests.conftest import REPO
 
 LEVELS = "[16k,32k,64k]"
@@ -89,6 +89,20 @@ def test_grid_depths_give_a_record_per_depth_and_bad_items_are_quarantined(tmp_p
     assert bad["source"] == f"{qa.name}:3" and "does not occur in its documents" in bad["reason"]
 
 
+def test_the_quarantine_share_of_qa_items_does_not_depend_on_the_levels(tmp_path):
+    """2 of 3 items unusable fails at any number of levels: the early check counts QA items."""
+    from lendata import build as builds
+    from lendata import recipes
+
+    seeds = (REPO / "pipelines/data/lveval_seeds.jsonl").read_text().splitlines()
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("\n".join([seeds[0], *['{"question": "Q?", "answers": ["x"], "documents": "no"}'] * 2]) + "\n")
+    for levels in (["1k"], ["1k", "2k", "3k", "4k"]):
+        recipe = recipes.load("lveval", {"input": str(qa), "levels": levels, "facts_per_item": 0})
+        with pytest.raises(builds.BuildFailed, match=r"2 of 3 QA items quarantined \(67% > max_quarantine_share"):
+            builds.run(recipe, tmp_path / "store", progress=False)
+
+
 def test_a_pool_too_small_for_the_level_fails_clearly(tmp_path):
     corpus = tmp_path / "tiny.jsonl"
     corpus.write_text(json.dumps({"text": "a short document about rivers and towers " * 10}) + "\n")
@@ -104,19 +118,23 @@ def test_a_pool_too_small_for_the_level_fails_clearly(tmp_path):
 MEMORY = textwrap.dedent("""
     import gc, sys
     from pathlib import Path
-    from lendata import store as st
-    from lendata.methods import lveval as lv
-    from lendata.methods.lveval_build import write_levels
-    from lendata.methods.lveval_pool import Unit, read_pool
+    from lendata import recipes
+    from lendata.build import BuildRun
+    from lendata.methods.lveval import items as lv
+    from lendata.methods.lveval.levels import write_levels
+    from lendata.methods.lveval.pool import Unit, read_pool
 
     k, out = int(sys.argv[1]), Path(sys.argv[2])
     items = lv.read_items(Path(sys.argv[3])).rows[:k]
     pool = read_pool("@python-docs", Unit(), cap=300_000)
 
     def run(level, dataset):
-        with st.Stage(out, dataset) as stage:
-            stats, bad = write_levels(items, {}, {}, pool, Unit(), lv.Settings(levels=(level,)), dataset, stage)
-            stage.publish()
+        build = BuildRun(recipes.load("lveval", {"levels": [level], "dataset": dataset}), out, progress=False)
+        try:
+            stats = write_levels(items, {}, {}, pool, Unit(), lv.Settings(levels=(level,)), dataset, build)
+            build.publish(False, 0.0)
+        finally:
+            build.close()
         return stats
 
     run("4k", "warmup")  # imports, polars' and Arrow's pools, a Parquet writer: measure building, not start-up

@@ -20,8 +20,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from flows._runner import cache_file, cut
+from flows._runner import cache_file
 from flows._server import shared_server
+from lendata.build import cut
 from lendata.cli import app
 from tests.conftest import free_port
 
@@ -201,7 +202,7 @@ def test_a_sharded_recipe_on_ray_equals_the_local_runner(tmp_path, prefect_serve
 
     # the shards reported to the build's Prefect server (not to a temporary one per worker)
     runs = httpx.post(f"{prefect_server}/task_runs/filter", json={"limit": 50}, timeout=10).json()
-    generate = [r for r in runs if r["name"].startswith("generate")]
+    generate = [r for r in runs if r["name"].startswith("direct shard")]
     assert len(generate) == 3 and {r["state_type"] for r in generate} == {"COMPLETED"}
 
 
@@ -217,9 +218,9 @@ def test_self_lengthen_shards_on_ray_equal_the_local_runner(tmp_path, prefect_se
                                       env={**env, "PREFECT_API_URL": prefect_server}, recipe="self_lengthen")
     assert ray["rows"] == local["rows"] > 0
     assert ray_manifest["content_hash"] == local_manifest["content_hash"]
-    [iteration] = ray_manifest["shards"]
-    assert [s["rows"] for s in iteration["shards"]] == [1, 1]
-    assert all(s["ray_node"] and s["pid"] != driver and s["engine_calls"] > 0 for s in iteration["shards"])
+    shards = ray_manifest["shards"]
+    assert [(s["label"], s["rows"]) for s in shards] == [("iter 1", 1), ("iter 1", 1)]
+    assert all(s["ray_node"] and s["pid"] != driver and s["engine_calls"] > 0 for s in shards)
 
 
 def test_cut_makes_contiguous_near_equal_shards():
@@ -231,16 +232,16 @@ def test_cut_makes_contiguous_near_equal_shards():
 
 def test_a_shard_on_another_host_keeps_its_own_response_cache():
     here = socket.gethostname()
-    assert cache_file({"_driver_host": here}) == cache_file({}) == "responses.sqlite"
-    assert cache_file({"_driver_host": here + "-head"}) == f"responses-{here}.sqlite"
+    assert cache_file(here) == "responses.sqlite"
+    assert cache_file(here + "-head") == f"responses-{here}.sqlite"
 
 
 @pytest.mark.parametrize(("sets", "message"), [
-    (["runner=spark"], "use one of: local, ray"),
+    (["runner=spark"], "runner: Input should be 'local' or 'ray' (got 'spark')"),
     (["shards=0"], "at least 1"),
     (["ray.cpus_per_shard=-1"], "positive number"),
     (["ray.gpus_per_shard=-1"], "positive number"),
-    (["ray=8"], "ray must be a mapping"),
+    (["ray=8"], "ray: Input should be a dictionary"),
 ])
 def test_bad_run_settings_are_refused_before_anything_runs(tmp_path, sets, message):
     res = CliRunner().invoke(app, ["build", "direct", "--store", str(tmp_path), *(a for s in sets

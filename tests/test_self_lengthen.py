@@ -6,10 +6,10 @@ import pytest
 
 from lendata.engines.base import Result
 from lendata.lengths import count_words, longen_score
-from lendata.methods import checks
-from lendata.methods import self_lengthen as sl
-from lendata.methods import self_lengthen_sets as sets
-from lendata.methods.constraints import TYPES, extract, strip_constraint
+from lendata.methods.self_lengthen import sets
+from lendata.methods.self_lengthen import steps as sl
+from lendata.methods.shared import checks
+from lendata.methods.shared.constraints import TYPES, extract, strip_constraint
 
 EN_OK = ("Rivers shape the land they cross.\n\nThey carry silt from the mountains to the sea, and they build deltas "
          "where they slow down.")
@@ -99,7 +99,7 @@ def _extender(grow: dict[str, str]):
 
 def test_extend_round_builds_prefix_plus_continuation(scripted):
     eng = scripted(_extender({}))
-    s = sl.Settings(micro_rounds=1, extend_attempts=1, min_growth=1.0, counter="longwriter")
+    s = sl.Settings(micro_rounds=1, extend_attempts=1, min_growth=1.0, word_counter="longwriter")
     r = sl.Response("r", "i", "Write about rivers.", "en", 1, 0, initial="P1 is short.\n\nP2 is short too.")
     sl.extend([r], eng, s)
     a_req, b_req = eng.seen
@@ -110,7 +110,7 @@ def test_extend_round_builds_prefix_plus_continuation(scripted):
 
 
 def test_rounds_accept_only_longer_valid_text_and_the_1_2x_rule(scripted):
-    s = sl.Settings(micro_rounds=3, extend_attempts=2, counter="longwriter")
+    s = sl.Settings(micro_rounds=3, extend_attempts=2, word_counter="longwriter")
     initial = "P1 has five words here.\n\nP2 has five words too."
 
     # B output fails the check (no ending): no round accepted, both attempts fail -> not extended
@@ -129,7 +129,7 @@ def test_rounds_accept_only_longer_valid_text_and_the_1_2x_rule(scripted):
 
 
 def test_growth_at_or_below_1_2x_is_not_kept(scripted):
-    s = sl.Settings(micro_rounds=1, extend_attempts=1, keep_share=0.0, counter="longwriter")
+    s = sl.Settings(micro_rounds=1, extend_attempts=1, keep_share=0.0, word_counter="longwriter")
     r = sl.Response("r", "i", "x", "en", 1, 0, initial="one two three four five six seven eight nine ten.")
     # 12 words = exactly 1.2x: longer, so the round is accepted, but not *more than* 1.2x
     sl.extend([r], scripted(_extender({"B": "a b c d e f g h i j k l."})), s)

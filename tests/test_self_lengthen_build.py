@@ -8,8 +8,8 @@ import pytest
 from flows import run_recipe
 from lendata import recipes
 from lendata import store as st
-from lendata.methods import self_lengthen as sl
-from lendata.trainer import TrainerFailed, run_trainer, train_between
+from lendata.methods.self_lengthen import steps as sl
+from lendata.methods.self_lengthen.trainer import TrainerFailed, run_trainer, train_between
 
 SMALL = {"n": 1, "iterations": 2, "samples": 1, "max_tokens": 200, "micro_rounds": 2, "generate_attempts": 3,
          "drop_short": False}
@@ -71,19 +71,20 @@ def test_same_seed_gives_the_same_rows_in_a_fresh_store(two_builds):
 
 
 def test_role_config_layers_recipe_role_iteration_and_trained_adapter():
-    recipe = {"engine": "vllm", "engine_options": {"model": "m"}, "extender": {"lora": "/ext"},
-              "iteration_roles": {2: {"generator": {"lora": "/gen2"}}}}
-    assert sl.role_config(recipe, "generator", 1, None) == {"engine": "vllm", "engine_options": {"model": "m"},
-                                                            "lora": None}
-    assert sl.role_config(recipe, "extender", 1, None)["lora"] == "/ext"
-    assert sl.role_config(recipe, "generator", 2, "/trained")["lora"] == "/gen2"  # named wins
-    assert sl.role_config(recipe, "generator", 3, "/trained")["lora"] == "/trained"
+    s = sl.Settings(extender=sl.RoleSettings(lora="/ext"),
+                    iteration_roles={2: {"generator": sl.RoleSettings(lora="/gen2")}})
+    default = ("vllm", {"model": "m"})
+    assert sl.role_config(s, default, "generator", 1, None) == {"engine": "vllm", "engine_options": {"model": "m"},
+                                                                "lora": None}
+    assert sl.role_config(s, default, "extender", 1, None)["lora"] == "/ext"
+    assert sl.role_config(s, default, "generator", 2, "/trained")["lora"] == "/gen2"  # named wins
+    assert sl.role_config(s, default, "generator", 3, "/trained")["lora"] == "/trained"
     with pytest.raises(ValueError, match="llamacpp, which cannot load adapters"):
-        sl.role_config({"engine": "llamacpp"}, "extender", 2, "/trained")
+        sl.role_config(sl.Settings(), ("llamacpp", {}), "extender", 2, "/trained")
 
 
 def _pairs(n):
-    from lendata.methods.self_lengthen_sets import PAIR_SCHEMA
+    from lendata.methods.self_lengthen.sets import PAIR_SCHEMA
 
     rows = [{"id": str(i), "iteration": 1, "language": "en", "instruction": f"q{i}", "input": "", "output": f"a{i}.",
              "output_words": 1, "messages": [{"role": "user", "content": f"q{i}"},

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as hs
 
-from lendata.methods import checks
-from lendata.methods.lveval import strip_list_marker
-from lendata.methods.self_lengthen import clean_instruction
+from lendata.methods.lveval.items import strip_list_marker
+from lendata.methods.self_lengthen.steps import clean_instruction
+from lendata.methods.shared import checks
 
 # words a real paragraph starts with that begin with a label word: the audit's cases and their relatives
 TRAPS = ["Particularly", "Stepping", "Sections", "Part", "Parts", "Partial", "Steps", "Stepwise", "Paragraphs",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from lendata.methods.lveval_pool import reflow  # noqa: E402
+from lendata.methods.lveval.pool import reflow  # noqa: E402
 
 ITEMS = [
     ("nonlocal", "Which bindings do the identifiers listed in a nonlocal statement refer to?",

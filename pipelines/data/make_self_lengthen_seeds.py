@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from lendata.methods.constraints import extract, strip_constraint
+from lendata.methods.shared.constraints import extract, strip_constraint
 
 PER_LANGUAGE = 24
 # leftovers of a cut that no longer read as an instruction

@@ -123,21 +123,21 @@ def test_self_lengthen_iteration_two_runs_on_the_trained_adapter(engine, adapter
     """Iteration 1 on the base model -> a (trivial) trainer command -> iteration 2 on its adapter."""
     from pathlib import Path
 
-    from lendata.methods import self_lengthen as sl
-    from lendata.methods import self_lengthen_sets as sets
-    from lendata.trainer import train_between
+    from lendata.methods.self_lengthen import sets
+    from lendata.methods.self_lengthen import steps as sl
+    from lendata.methods.self_lengthen.trainer import train_between
 
     seeds_file = Path(__file__).resolve().parents[2] / "pipelines/data/self_lengthen_seeds.jsonl"
     seeds = [r for r in map(json.loads, seeds_file.read_text().splitlines()) if r["language"] == "en"]
-    s = sl.Settings(instructions=2, samples=1, max_tokens=200, micro_rounds=2, generate_attempts=3,
+    s = sl.Settings(n=2, samples=1, max_tokens=200, micro_rounds=2, generate_attempts=3,
                     drop_short=False, judge=False)
-    recipe = {"engine": "vllm", "trainer": f"cp -r {adapter} {{out_adapter}}"}
-    assert sl.role_config(recipe, "extender", 1, None)["lora"] is None
+    trainer = f"cp -r {adapter} {{out_adapter}}"
+    assert sl.role_config(s, ("vllm", {}), "extender", 1, None)["lora"] is None
     ins = sl.self_instruct(seeds, engine, s, 1)[0]
     kept, _ = sets.keep_long(sl.extend(sl.generate(ins, engine, s), engine, s), s, 1)
     gen_sft, ext_sft = sets.sft_tables(kept, s)
-    adapters = train_between(recipe["trainer"], tmp_path, 1, gen_sft, ext_sft)
-    lora = sl.role_config(recipe, "generator", 2, adapters["generator"])["lora"]
+    adapters = train_between(trainer, tmp_path, 1, gen_sft, ext_sft)
+    lora = sl.role_config(s, ("vllm", {}), "generator", 2, adapters["generator"])["lora"]
     assert lora == adapters["generator"] and (Path(lora) / "adapter_config.json").is_file()
     ins2 = sl.self_instruct(seeds, engine, s, 2, lora)[0]
     assert ins2 and all(r["iteration"] == 2 for r in ins2)

@@ -18,18 +18,19 @@ first half. Every rejection is returned as a record with its stage and reason.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from lendata.engines.base import Engine, OnResult, Request, estimate_prompt_tokens
 from lendata.lengths import WordCounter, count_words
-from lendata.methods import checks, settings
-from lendata.methods.budget import language_of
-from lendata.methods.direct import row_id
+from lendata.methods.shared import checks
+from lendata.methods.shared.budget import language_of
+from lendata.methods.shared.sft import row_id
 
 SELF_INSTRUCT = {
     "en": ("Your task is to write user instructions that lead to the generation of long texts. Each instruction "
@@ -59,18 +60,34 @@ EXTEND = {
 
 
 ROLES = ("generator", "extender")
+Role = Literal["generator", "extender"]
 
 
-def role_config(recipe: dict[str, Any], role: str, iteration: int, adapter: str | None) -> dict[str, Any]:
-    """engine / engine_options / lora of a role in an iteration: recipe defaults, then the role's own
-    settings, then `iteration_roles[iteration][role]`; a trained adapter applies unless a lora is named."""
-    cfg: dict[str, Any] = {"engine": recipe.get("engine", "llamacpp"),
-                           "engine_options": recipe.get("engine_options") or {}, "lora": None}
-    cfg.update(recipe.get(role) or {})
-    per = recipe.get("iteration_roles") or {}
-    override = (per.get(iteration) or per.get(str(iteration)) or {}).get(role) or {}
-    cfg.update(override)
-    if adapter and "lora" not in override:
+@dataclass
+class RoleSettings:
+    """What a role (the Generator or the Extender) uses instead of the recipe's engine; unset: the recipe's."""
+
+    __pydantic_config__ = {"extra": "forbid"}  # a misspelt key inside `iteration_roles` is an error too
+
+    engine: str | None = None  # llamacpp | openai | vllm
+    engine_options: dict[str, Any] | None = None  # replace the recipe's engine_options for this role
+    lora: str | None = None  # a LoRA adapter folder (vllm, or an openai server that loads adapters)
+
+
+def role_config(s: Settings, default: tuple[str, dict[str, Any]], role: str, iteration: int,
+                adapter: str | None) -> dict[str, Any]:
+    """engine / engine_options / lora of a role in an iteration: the recipe's engine (`default`), then the
+    role's own settings, then `iteration_roles[iteration][role]`; a trained adapter applies unless a lora is
+    named."""
+    cfg: dict[str, Any] = {"engine": default[0], "engine_options": default[1] or {}, "lora": None}
+    own: RoleSettings = getattr(s, role)
+    cfg.update({k: v for k, v in dataclasses.asdict(own).items() if v is not None})
+    per = s.iteration_roles or {}
+    at = next((v for k, v in per.items() if str(k) == str(iteration)), None) or {}
+    override: RoleSettings | None = at.get(role)
+    if override is not None:
+        cfg.update({k: v for k, v in dataclasses.asdict(override).items() if v is not None})
+    if adapter and (override is None or override.lora is None):
         cfg["lora"] = adapter
     if cfg["lora"] and cfg["engine"] == "llamacpp":
         raise ValueError(f"iteration {iteration}: the {role} uses LoRA adapter {cfg['lora']} but its engine is "
@@ -79,29 +96,52 @@ def role_config(recipe: dict[str, Any], role: str, iteration: int, adapter: str 
 
 
 @dataclass
+class QuerySettings:
+    """LonGen-style length-constrained queries made from the extended responses."""
+
+    min_words: int = 2000  # from responses with min_words <= words < max_words
+    max_words: int = 8000  # (exclusive)
+    types: tuple[str, ...] = ("about", "range", "above", "below")  # constraint types drawn
+    p1000: float = 0.8  # granularity 1000 with this probability, else 2000
+    zh_numerals: bool = False  # write zh lengths as 两千 instead of 2000
+
+
+@dataclass
 class Settings:
-    instructions: int = 8  # new instructions per iteration (step 0)
+    input: str = ""  # seed instructions (JSONL or Parquet, field `instruction_field`, optional `language`)
+    instruction_field: str = "instruction"  # the field holding a seed instruction
+    n: int = 8  # new instructions per iteration (step 0)
+    iterations: int = 1  # macro-iterations; a trainer's adapters are used from the second on
+    generator: RoleSettings = field(default_factory=RoleSettings)  # the Generator's engine, options, lora
+    extender: RoleSettings = field(default_factory=RoleSettings)  # the Extender's engine, options, lora
+    iteration_roles: dict[int | str, dict[Role, RoleSettings]] = field(default_factory=dict)  # {2: {extender: {..}}}
+    trainer: str | dict[str, str] | None = None  # run between iterations: "train.sh {gen_sft} {ext_sft} {out_adapter}"
     samples: int = 2  # responses per instruction (step 1)
-    languages: tuple[str, ...] = ("en",)
-    judge: bool = True
+    languages: tuple[str, ...] = ("en",)  # languages of the instructions to make (en, zh)
+    judge: bool = True  # a judge call keeps only instructions that suit a long text
     self_instruct_attempts: int = 10  # rounds of step 0 before giving up on the missing instructions
     generate_attempts: int = 20  # samples per response until one passes the check
-    extend_attempts: int = 2
-    micro_rounds: int = 3
+    extend_attempts: int = 2  # extension attempts per response
+    micro_rounds: int = 3  # split-extend-continue rounds per attempt
     keep_share: float = 2 / 3  # of the extended first half's paragraphs
     min_growth: float = 1.2  # keep an extension only when longer than this x the original
-    temperature: float = 0.7
-    top_p: float = 0.8
-    repetition_penalty: float = 1.1
+    temperature: float = 0.7  # sampling temperature of every call
+    top_p: float = 0.8  # nucleus sampling
+    repetition_penalty: float = 1.1  # repetition penalty of every call
     max_tokens: int = 16384  # per call, further capped by what fits the context window
-    seed: int = 42
-    counter: WordCounter = "longen"
-    drop_short: bool = True
+    seed: int = 42  # per-call seeds derive from this, the row and the attempt
+    word_counter: WordCounter = "longen"  # Self-Lengthen counts LonGen words
+    drop_short: bool = True  # drop responses shorter than the length their instruction asks for
     line_keep: float = 0.8  # ext_sft input: each line of the initial response kept with this probability
+    queries: QuerySettings = field(default_factory=QuerySettings)
 
-    @classmethod
-    def from_recipe(cls, recipe: dict[str, Any]) -> Settings:
-        return settings.from_recipe(cls, recipe)
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.iterations < 1:
+            raise ValueError(f"n and iterations must be at least 1, got n={self.n}, iterations={self.iterations}")
+
+    @property
+    def instructions(self) -> int:
+        return self.n
 
 
 @dataclass
@@ -136,7 +176,7 @@ def _seed(*parts: Any) -> int:
 
 
 def words(text: str, s: Settings) -> int:
-    return count_words(text, s.counter)
+    return count_words(text, s.word_counter)
 
 
 def rejection(stage: str, reason: str, record: dict[str, Any], rid: str = "") -> dict[str, Any]:

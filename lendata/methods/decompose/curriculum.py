@@ -12,14 +12,13 @@ any step, e.g. mid-epoch after a restart.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-
-from lendata.store import Version, partitions
 
 PRESETS = ("uniform", "grow_linear", "grow_p2")
 
@@ -41,6 +40,9 @@ class Batch:
     log2: int
     rows: np.ndarray  # row numbers within the bucket
     tokens: np.ndarray  # (sequences, tokens per sequence)
+
+
+_BUCKET = re.compile(r"(?:^|/)bucket=(\d+)/")
 
 
 class CurriculumSampler:
@@ -147,13 +149,15 @@ class CurriculumSampler:
     # --- from a committed decomposition --------------------------------------------------------------------
 
     @classmethod
-    def from_version(cls, version: Version, tokens_per_step: int, **kw: Any) -> CurriculumSampler:
-        """A sampler over a `decompose` build; each bucket's tokens are read once, when first needed."""
+    def from_version(cls, version: Any, tokens_per_step: int, **kw: Any) -> CurriculumSampler:
+        """A sampler over a committed `decompose` build (a `lendata.store.Version`: its manifest's train shards,
+        each under `train/bucket=K/`); each bucket's tokens are read once, when first needed."""
         files: dict[int, list] = {}
         for f in version.splits["train"]["files"]:
-            k = int(partitions(f["path"])["bucket"])
+            k = int(_BUCKET.search(f["path"]).group(1))
             files.setdefault(k, []).append((version.path / f["path"], f["rows"]))
-        settings = version.manifest.get("settings", {})
+        # versions built before the typed recipes kept the method's settings under `settings`
+        settings = version.manifest.get("recipe_settings") or version.manifest.get("settings", {})
         cache: dict[int, np.ndarray] = {}
 
         def load(k: int, rows: np.ndarray) -> np.ndarray:

@@ -7,8 +7,8 @@ to what the context window holds, and every row scored with S_l against its targ
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -16,59 +16,36 @@ import pyarrow as pa
 from lendata.engines.base import Engine, OnResult, Request, estimate_prompt_tokens
 from lendata.engines.identity import model_name
 from lendata.lengths import WordCounter, count_tokens, count_words, length_score
-from lendata.methods.budget import budget_for, language_of, measure_tokens_per_word
-
-MESSAGE = pa.struct([("role", pa.string()), ("content", pa.large_string())])
-
-# the response's lengths, score and provenance: the last columns of every long-output SFT table
-RESPONSE_FIELDS = [
-    ("response_words", pa.int32()),
-    ("response_chars", pa.int32()),
-    ("response_tokens", pa.int32()),
-    ("length_score", pa.float64()),
-    ("finish_reason", pa.string()),
-    ("engine", pa.string()),
-    ("model", pa.string()),
-    ("source", pa.string()),
-]
-
-SFT_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("messages", pa.list_(MESSAGE)),
-        ("instruction", pa.large_string()),
-        ("language", pa.string()),
-        ("requested_words", pa.int32()),
-        ("target_words", pa.int32()),
-        ("capped", pa.bool_()),
-        ("min_tokens", pa.int32()),
-        ("max_tokens", pa.int32()),
-        *RESPONSE_FIELDS,
-    ]
-)
+from lendata.methods.shared.budget import budget_for, language_of, measure_tokens_per_word
+from lendata.methods.shared.inputs import InstructionInput
+from lendata.methods.shared.sft import SFT_SCHEMA, row_id
 
 
-def row_id(*parts: Any) -> str:
-    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:16]
+@dataclass
+class Settings(InstructionInput):
+    temperature: float = 0.5  # LongBench-Write's generation setting
+    top_p: float = 0.95  # nucleus sampling
+    seed: int = 42  # row i is sampled with seed + i
+    word_counter: WordCounter = "longwriter"  # longwriter | longen | ruler
+    min_ratio: float = 0.85  # min_tokens = target words x tokens/word x min_ratio
+    max_ratio: float = 1.3  # max_tokens = target words x tokens/word x max_ratio
 
 
 def direct(
     rows: Sequence[dict[str, Any]],
     engine: Engine,
+    s: Settings | None = None,
     *,
-    temperature: float = 0.5,
-    top_p: float = 0.95,
-    seed: int = 42,
     first_index: int = 0,
-    counter: WordCounter = "longwriter",
-    min_ratio: float = 0.85,
-    max_ratio: float = 1.3,
     on_result: OnResult | None = None,
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
     """(SFT table, quarantine records for rows the engine failed on). Each row needs `instruction`, `target`.
 
     Row i is sampled with seed `seed + first_index + i`: a shard passes its first row's place in the whole
     input, so its rows get the seeds they would have had in one unsharded run."""
+    s = s or Settings()
+    temperature, top_p, seed, counter = s.temperature, s.top_p, s.seed, s.word_counter
+    min_ratio, max_ratio = s.min_ratio, s.max_ratio
     tpw = measure_tokens_per_word(engine, counter)
     chats = [({"role": "user", "content": r["instruction"]},) for r in rows]
     prompt_tokens = estimate_prompt_tokens(engine, chats)

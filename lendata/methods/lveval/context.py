@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from lendata.methods.lveval import Item, Replacer, Settings, replaced_item
-from lendata.methods.lveval_pool import SEP, Pool, Unit, level_name, text_hash
+from lendata.methods.lveval.items import Item, Replacer, Settings, replaced_item
+from lendata.methods.lveval.pool import SEP, Pool, Unit, level_name, text_hash
 
 
 class PoolTooSmall(ValueError):

@@ -19,8 +19,8 @@ from typing import Any
 
 from lendata.engines.base import Engine, Request, Result, estimate_prompt_tokens
 from lendata.inputs import Bad, Loaded, records
-from lendata.methods.lveval_metric import BLACKLIST_EN, BLACKLIST_ZH, normalize_en, normalize_zh, tokens
-from lendata.methods.lveval_pool import parse_level
+from lendata.methods.lveval.metric import BLACKLIST_EN, BLACKLIST_ZH, normalize_en, normalize_zh, tokens
+from lendata.methods.lveval.pool import parse_level
 
 STOP_EN = BLACKLIST_EN | frozenset(
     "the a an not no its into than then there these those such can may must will would should could also only "
@@ -31,22 +31,29 @@ STOP_EN = BLACKLIST_EN | frozenset(
 
 @dataclass
 class Settings:
-    levels: tuple[int | str, ...] = ("16k", "32k", "64k", "128k", "256k")
+    levels: tuple[int | str, ...] = ("16k", "32k", "64k", "128k", "256k")  # context lengths: 16k, 16000, ...
     unit: str = "auto"  # auto (words for en, characters for zh), words, chars or tokens
     depth: str = "uniform"  # uniform: a random depth per record; fixed: depths[0]; grid: a record per depth
-    depths: tuple[float, ...] = (0.5,)
+    depths: tuple[float, ...] = (0.5,)  # evidence depths (fractions in [0, 1]) for depth fixed or grid
     facts_per_item: int = 2  # confusing facts kept per QA item (0: no CFI)
     fact_attempts: int = 2  # engine calls per item at most, each asking for facts_per_item candidates
     min_fact_words: int = 5  # zh: characters / 2
-    max_fact_words: int = 60
+    max_fact_words: int = 60  # longer facts are rejected
     max_evidence_overlap: float = 0.5  # share of a fact's 4-grams found in the evidence above which it repeats it
     kpr: str = "given"  # given: the items' `replacements`; engine: proposed by the engine and checked; off
-    max_replacements: int = 3
-    max_tokens: int = 256
-    temperature: float = 0.8
-    top_p: float = 0.95
-    seed: int = 42
+    max_replacements: int = 3  # replacement pairs per item at most
+    max_tokens: int = 256  # per engine call (facts, replacement tables)
+    temperature: float = 0.8  # sampling temperature of the engine calls
+    top_p: float = 0.95  # nucleus sampling
+    seed: int = 42  # depths, distractor order and engine calls are seeded from this
     pool_factor: float = 2.0  # distractor units held in memory, as a multiple of the longest level
+    # inputs
+    input: str = ""  # QA items: question, answers, answer_keywords, documents[, replacements, language]
+    n: int | None = None  # use only the first n items
+    distractors: str = "@python-docs"  # the running Python's reference topics + docstrings; or a folder/.jsonl/.parquet
+    text_field: str = "text"  # the text column of .jsonl/.parquet distractors
+    glob: str = "**/*.txt"  # files of a distractor folder
+    tokenizer: str | None = None  # for unit tokens: a tokenizers JSON file; null: the bundled SmolLM2 tokenizer
 
     def __post_init__(self) -> None:
         self.levels = tuple(self.levels)
@@ -91,7 +98,7 @@ def _strings(value: Any) -> list[str] | None:
 def read_items(path, n: int | None = None) -> Loaded:
     """QA items from JSONL/Parquet: question (or input), answers, answer_keywords, documents (or context/evidence),
     optional language, replacements and id. Bad rows are returned with file:line and the reason."""
-    from lendata.methods.budget import language_of
+    from lendata.methods.shared.budget import language_of
 
     out = Loaded()
     for lineno, rec, problem, raw in records(path):

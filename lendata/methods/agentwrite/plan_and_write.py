@@ -28,10 +28,11 @@ import pyarrow as pa
 from lendata.engines.base import Engine, OnResult, Request, estimate_prompt_tokens
 from lendata.engines.identity import model_name
 from lendata.lengths import WordCounter, count_tokens, count_words, length_score
-from lendata.methods import checks, settings
-from lendata.methods.budget import language_of, measure_tokens_per_word
-from lendata.methods.constraints import Constraint, constrain, draw, extract
-from lendata.methods.direct import MESSAGE, RESPONSE_FIELDS, row_id
+from lendata.methods.shared import checks
+from lendata.methods.shared.budget import language_of, measure_tokens_per_word
+from lendata.methods.shared.constraints import Constraint, constrain, draw, extract
+from lendata.methods.shared.inputs import InstructionInput
+from lendata.methods.shared.sft import MESSAGE, RESPONSE_FIELDS, row_id
 
 PLAN_PROMPT = """I need you to help me break down the following long-form writing instruction into multiple \
 subtasks. Each subtask will guide the writing of one paragraph in the essay, and should include the main point \
@@ -80,33 +81,29 @@ PLAN_ITEM = pa.struct([("main_point", pa.large_string()), ("words", pa.int32())]
 
 
 @dataclass
-class Settings:
-    temperature: float = 0.5
-    top_p: float = 0.95
-    repetition_penalty: float = 1.1
-    seed: int = 42
-    counter: WordCounter = "longwriter"
-    min_paragraph: int = 200
-    max_paragraph: int = 1000
-    plan_attempts: int = 3
-    plan_max_tokens: int = 600
+class Settings(InstructionInput):
+    temperature: float = 0.5  # sampling temperature of plans and paragraphs
+    top_p: float = 0.95  # nucleus sampling
+    repetition_penalty: float = 1.1  # llama.cpp/vLLM repetition penalty
+    seed: int = 42  # per-sample seeds derive from this and the sample id
+    word_counter: WordCounter = "longwriter"  # longwriter | longen | ruler
+    min_paragraph: int = 200  # paragraph word bounds after plan repair (LongWriter: 200-1000)
+    max_paragraph: int = 1000  # upper paragraph word bound
+    plan_attempts: int = 3  # schema-constrained plan calls before the even fallback plan
+    plan_max_tokens: int = 600  # token budget of one plan call
     step_attempts: int = 3  # samples per step when a paragraph fails or repeats itself
     min_ratio: float = 0.9  # step min_tokens = words x tokens/word x min_ratio
     max_ratio: float = 1.1  # step max_tokens = words x tokens/word x max_ratio
     bound_margin: float = 0.1  # "above N" aims at N(1+margin), "below N" at N(1-margin)
     target_low: int = 500  # drawn targets for instructions that state none
-    target_high: int = 3000
-    target_types: tuple[str, ...] = ("about",)
-    max_steps: int = 50
+    target_high: int = 3000  # ...up to this many words
+    target_types: tuple[str, ...] = ("about",)  # constraint types of drawn targets (about, range, above, below)
+    max_steps: int = 50  # paragraphs (write steps) per sample at most
     write_prompt: str = "longwriter"  # longwriter (the reference prompt) | concise (better for small models)
     # output filters
     min_length_share: float = 0.8  # quarantine when words < share x the constraint's lower edge
-    tail_share: float = 0.3
+    tail_share: float = 0.3  # the share of the text at its end checked for repetition
     tail_ngram_repeats: int = 3  # quarantine when an n-gram occurs this often in the tail
-
-    @classmethod
-    def from_recipe(cls, recipe: dict[str, Any]) -> Settings:
-        return settings.from_recipe(cls, recipe)
 
 
 @dataclass
@@ -379,7 +376,7 @@ def step_requests(
 
 def write(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResult | None = None) -> None:
     """Write every sample's plan step by step; step k of all active samples is one batch."""
-    tpw_prior = measure_tokens_per_word(engine, s.counter)
+    tpw_prior = measure_tokens_per_word(engine, s.word_counter)
     for step in range(min(s.max_steps, max((len(x.plan) for x in samples), default=0))):
         active = [x for x in samples if x.failed is None and step < len(x.plan)]
         if not active:
@@ -404,11 +401,11 @@ def write(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResul
                 continue
             raw = checks.strip_step_label(res.text)
             para = checks.trim_to_sentence(raw, smp.language) if res.finish_reason == "length" else raw.strip()
-            raw_words = count_words(raw, s.counter)
+            raw_words = count_words(raw, s.word_counter)
             if raw_words:  # this sample's own tokens per word, for the next steps' budgets
                 smp.tokens_out += res.completion_tokens
                 smp.words_out += raw_words
-            kept = count_words(para, s.counter)
+            kept = count_words(para, s.word_counter)
             smp.words_out += kept - raw_words  # what was trimmed away no longer counts
             smp.paragraphs.append(para)
             smp.step_words.append(kept)
@@ -477,7 +474,7 @@ def to_table(
     tokens = count_tokens(texts) if texts else []
     rows, quarantine = [], []
     for smp, ntok in zip(samples, tokens, strict=True):
-        words = count_words(smp.text, s.counter)
+        words = count_words(smp.text, s.word_counter)
         row = {
             "id": smp.id,
             "messages": [{"role": "user", "content": smp.instruction}, {"role": "assistant", "content": smp.text}],

@@ -19,37 +19,38 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-
-from lendata.methods import settings
 
 Overflow = Literal["random", "cap"]
 
 
 @dataclass
 class Settings:
-    min_log2: int = 8
-    max_log2: int = 13
-    overflow: Overflow = "random"
-    plus_one: bool = False
-    seed: int = 42
+    min_log2: int = 8  # buckets D_min (2^min_log2 tokens) ...
+    max_log2: int = 13  # ... to D_max
+    overflow: Overflow = "random"  # random: k ~ 2^(max-k) for pieces of over-long documents (reference); cap
+    plus_one: bool = False  # pieces of 2^k + 1 tokens (inputs + shifted targets)
+    seed: int = 42  # the random overflow rule's stream
     eos_token: str | None = "<|endoftext|>"  # appended to every document; null for none
     baseline_length: int | None = 8192  # concat-and-chunk baseline at this length; null for none
     batch_docs: int = 2048  # documents per record batch (memory is bounded by this, not the corpus)
-    rows_per_shard: int = 8192
+    rows_per_shard: int = 8192  # pieces per Parquet shard of a bucket
+    # the corpus (fields after the method's own: `Settings(min_log2, max_log2, ...)` stays positional)
+    input: str = "@stdlib"  # the CPython standard library; or a folder, .jsonl/.parquet files, tokenised .parquet
+    glob: str | None = "**/*.txt"  # files of a folder input
+    text_field: str = "text"  # the text column of .jsonl/.parquet input
+    token_field: str | None = None  # a list-of-integers column: the input is already tokenised
+    tokenizer: str | None = None  # a tokenizers JSON file; null: the bundled SmolLM2 tokenizer
+    vocab_size: int | None = None  # for tokenised input: ids < 65,536 are stored as uint16
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_log2 <= self.max_log2 <= 30:
             raise ValueError(f"need 0 <= min_log2 <= max_log2 <= 30, got {self.min_log2}, {self.max_log2}")
         if self.overflow not in ("random", "cap"):
             raise ValueError(f"overflow is random or cap, got {self.overflow!r}")
-
-    @classmethod
-    def from_recipe(cls, recipe: dict[str, Any]) -> Settings:
-        return settings.from_recipe(cls, recipe)
 
     @property
     def extra(self) -> int:

@@ -20,10 +20,10 @@ import pyarrow as pa
 
 from lendata.engines.identity import model_name
 from lendata.lengths import count_words, longen_interval
-from lendata.methods import checks
-from lendata.methods.constraints import TYPES, Constraint, constrain
-from lendata.methods.direct import MESSAGE, row_id
-from lendata.methods.self_lengthen import Response, Settings, extend_chat, rejection, words
+from lendata.methods.self_lengthen.steps import Response, Settings, extend_chat, rejection, words
+from lendata.methods.shared import checks
+from lendata.methods.shared.constraints import TYPES, Constraint, constrain
+from lendata.methods.shared.sft import MESSAGE, row_id
 
 INSTRUCTIONS_SCHEMA = pa.schema([
     ("id", pa.string()), ("instruction", pa.large_string()), ("language", pa.string()), ("iteration", pa.int32()),

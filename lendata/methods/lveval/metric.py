@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 BLACKLIST_EN = frozenset(
     "and to of in her was with for it from is that his he by she they or at because be on are their what as had "
@@ -78,3 +79,31 @@ def score_one(prediction: str, answer: str, keywords: str | None, lang: str = "e
 def score(prediction: str, answers: Sequence[str], keywords: str | None, lang: str = "en") -> float:
     """An item's score: the best over its answers."""
     return max((score_one(prediction, a, keywords, lang) for a in answers), default=0.0)
+
+
+def score_records(records: Iterable[tuple[str, dict[str, Any]]], response_field: str | None,
+                  response: Callable[[dict[str, Any]], str | None], skipped: list[str]) -> list[dict[str, Any]]:
+    """`lendata score --metric lveval`: LV-Eval records with a prediction (`pred`, else the response), `answers`,
+    `answer_keywords` (or the reference's `gold_ans`) and `language`; the target is the level (`level`, else
+    `length`). `response(rec)` is the record's response (its last assistant turn, `response` or `output`).
+    Records that cannot be scored are added to `skipped` with why."""
+    from lendata.lengths import count_words
+
+    rows = []
+    for where, rec in records:
+        pred = rec.get(response_field) if response_field else rec.get("pred", response(rec))
+        answers = rec.get("answers")
+        if not isinstance(pred, str):
+            skipped.append(f"{where}: no prediction (`pred`, or set --response-field)")
+            continue
+        if isinstance(answers, str):
+            answers = [answers]
+        if not isinstance(answers, list) or not answers:
+            skipped.append(f"{where}: no `answers` list")
+            continue
+        lang = "zh" if str(rec.get("language", "")).startswith("zh") else "en"
+        keywords = rec.get("answer_keywords", rec.get("gold_ans"))
+        level = rec.get("level", rec.get("length")) or 0
+        rows.append({"source": where, "target": level, "words": count_words(pred, "longwriter"), "language": lang,
+                     "score": 100 * score(pred, [str(a) for a in answers], keywords or None, lang)})
+    return rows

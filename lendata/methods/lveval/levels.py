@@ -4,16 +4,14 @@ split, so only a few contexts are in memory at once; then the version is publish
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from lendata import store as st
-from lendata.methods.lveval import Item, Settings
-from lendata.methods.lveval_context import EvidenceTooLong, depth_plan, record
-from lendata.methods.lveval_pool import Pool, Unit, level_name, parse_level
+from lendata.methods.base import Build, Writer
+from lendata.methods.lveval.context import EvidenceTooLong, depth_plan, record
+from lendata.methods.lveval.items import Item, Settings
+from lendata.methods.lveval.pool import Pool, Unit, level_name, parse_level
 
 _REPLACEMENT = pa.struct([("original", pa.string()), ("replacement", pa.string()), ("count", pa.int64())])
 RECORD_SCHEMA = pa.schema([
@@ -45,32 +43,24 @@ def answers_missing(rec: dict[str, Any]) -> list[str]:
     return [a for a in rec["answers"] if a not in rec["context"]]
 
 
-def _flush(buf: list[dict[str, Any]], writer: st.ShardWriter, lengths: list[int],
-           quarantine: list[dict[str, Any]]) -> None:
-    from schemas import split_valid
-
-    table = pa.Table.from_pylist(buf, schema=RECORD_SCHEMA)
+def _flush(buf: list[dict[str, Any]], writer: Writer, lengths: list[int]) -> None:
+    # the build validates the batch (without the context column, which would be copied into polars for
+    # nothing: assembly never leaves it empty, and its length is the `length` column the schema checks)
+    written = writer.write(pa.Table.from_pylist(buf, schema=RECORD_SCHEMA))
     buf.clear()
-    # checked without the context column, which would be copied into polars; assembly never leaves it empty,
-    # and its length is the `length` column the schema checks
-    _, failed = split_valid(table.drop_columns(["context"]), "lveval_level")
-    if failed:
-        quarantine.extend(failed)
-        table = table.filter(pc.invert(pc.is_in(table["id"], pa.array([q["id"] for q in failed]))))
-    writer.write(table)
-    lengths.extend(table.column("length").to_pylist())
+    lengths.extend(written.column("length").to_pylist())
 
 
 def write_levels(items: list[Item], facts: dict[str, list[str]], tables: dict[str, dict[str, str]], pool: Pool,
-                 unit: Unit, s: Settings, dataset: str, stage: st.Stage,
-                 on_record: Callable[[str], None] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Stream every level into `stage`; (statistics per level, quarantine records)."""
+                 unit: Unit, s: Settings, dataset: str, build: Build,
+                 on_record: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Stream every level into its split of the build; the statistics per level. Records that cannot be
+    built are quarantined as they come (records failing the level schema by the build)."""
     stats: dict[str, Any] = {}
-    quarantine: list[dict[str, Any]] = []
     for level in sorted({parse_level(x) for x in s.levels}):
         name = level_name(level)
         per_batch = max(1, BATCH_UNITS // level)
-        writer = stage.writer(name, RECORD_SCHEMA, rows_per_shard=max(1, SHARD_UNITS // level))
+        writer = build.stream(name, RECORD_SCHEMA, rows_per_shard=max(1, SHARD_UNITS // level))
         lengths: list[int] = []
         buf: list[dict[str, Any]] = []
 
@@ -80,40 +70,23 @@ def write_levels(items: list[Item], facts: dict[str, list[str]], tables: dict[st
                     rec = record(item, facts.get(item.id, []), tables.get(item.id, {}), pool, unit, level, tag,
                                  targets, s, dataset)
                 except EvidenceTooLong as e:
-                    quarantine.append({"id": f"{item.id}-{name}-{tag}", "stage": "assemble", "reason": str(e),
-                                       "source": item.source, "record": ""})
+                    build.quarantine([{"id": f"{item.id}-{name}-{tag}", "stage": "assemble", "reason": str(e),
+                                       "source": item.source, "record": ""}])
                     continue
                 missing = answers_missing(rec)
                 if missing:  # a replacement broke an answer: never ship an unanswerable record
-                    quarantine.append({"id": rec["id"], "stage": "assemble", "source": item.source, "record": "",
-                                       "reason": f"answer {missing[0]!r} is not in the context"})
+                    build.quarantine([{"id": rec["id"], "stage": "assemble", "source": item.source, "record": "",
+                                       "reason": f"answer {missing[0]!r} is not in the context"}])
                 else:
                     buf.append(rec)
                 if on_record:
                     on_record(name)
                 if len(buf) >= per_batch:
-                    _flush(buf, writer, lengths, quarantine)
+                    _flush(buf, writer, lengths)
         if buf:
-            _flush(buf, writer, lengths, quarantine)
+            _flush(buf, writer, lengths)
         writer.close()
         stats[name] = {"rows": len(lengths), "level_length": level, "unit": unit.name,
                        "min_length": min(lengths, default=0), "max_length": max(lengths, default=0),
                        "mean_length": round(sum(lengths) / len(lengths), 1) if lengths else 0}
-    return stats, quarantine
-
-
-def publish(stage: st.Stage, recipe: dict[str, Any], rejected: list[dict[str, Any]],
-            quarantine: list[dict[str, Any]], meta: dict[str, Any], overwrite: bool = False) -> st.Version:
-    from lendata.build import quarantine_table
-
-    stage.add_table("rejected", quarantine_table(rejected))  # generated candidates that failed a check (CFI, KPR)
-    stage.add_table("quarantine", quarantine_table(quarantine))  # input rows and records that could not be built
-    return stage.publish(str(recipe.get("version", st.AUTO)), overwrite, meta)
-
-
-def input_path(recipe: dict[str, Any], key: str) -> Path | str:
-    from lendata.methods.lveval_pool import PYTHON_DOCS
-    from lendata.recipes import resolve_input
-
-    value = str(recipe[key])
-    return value if value == PYTHON_DOCS else resolve_input(recipe, value)
+    return stats

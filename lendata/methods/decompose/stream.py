@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from lendata.build import QUARANTINE_SCHEMA
 from lendata.corpus import DocBatch
-from lendata.methods.decompose import (
+from lendata.methods.base import Build
+from lendata.methods.decompose.buckets import (
     ConcatChunker,
     Pieces,
     Settings,
@@ -23,7 +23,6 @@ from lendata.methods.decompose import (
     numpy_type,
     to_lists,
 )
-from lendata.store import Stage
 
 DOCUMENTS_SCHEMA = pa.schema([
     ("doc_id", pa.int64()), ("source", pa.string()), ("tokens", pa.int64()), ("kept", pa.int64()),
@@ -40,17 +39,18 @@ def check_pieces(pieces: Pieces, lengths: np.ndarray, s: Settings) -> None:
 
 def decompose_corpus(
     batches: Iterable[DocBatch],
-    stage: Stage,
+    build: Build,
     s: Settings,
     ttype: pa.DataType,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Write `train` (hive-partitioned `bucket=K`), `documents`, `baseline` and `quarantine`; return stats."""
+    """Stream `train` (hive-partitioned `bucket=K`), `documents` and `baseline` into the build, quarantine the
+    unreadable documents; return the statistics."""
     rng = np.random.default_rng(s.seed)  # one stream for the corpus: the same seed and batch size, the same data
     writers: dict[int, Any] = {}
-    docs = stage.writer("documents", DOCUMENTS_SCHEMA, rows_per_shard=1 << 20)
+    docs = build.stream("documents", DOCUMENTS_SCHEMA, rows_per_shard=1 << 20)
     chunker = ConcatChunker(s.baseline_length, ttype) if s.baseline_length else None
-    base = stage.writer("baseline", chunker.schema, rows_per_shard=s.rows_per_shard) if chunker else None
+    base = build.stream("baseline", chunker.schema, rows_per_shard=s.rows_per_shard) if chunker else None
     seqs = {k: 0 for k in range(s.min_log2, s.max_log2 + 1)}
     bad: list[dict[str, Any]] = []
     n_docs = n_tokens = dropped = 0
@@ -62,9 +62,8 @@ def decompose_corpus(
         for k, view in gather(pa.array(flat, type=ttype), b.starts, ids, pieces, s):
             rb = to_lists(view)
             if k not in writers:
-                writers[k] = stage.writer("train", bucket_schema(ttype), f"bucket={k}", s.rows_per_shard)
-            writers[k].write(rb)
-            seqs[k] += rb.num_rows
+                writers[k] = build.stream("train", bucket_schema(ttype), f"bucket={k}", s.rows_per_shard)
+            seqs[k] += writers[k].write(rb).num_rows  # rows written: a row failing its schema is quarantined
         per_doc = np.bincount(pieces.doc, minlength=b.lengths.size).astype(np.int32)
         docs.write(pa.RecordBatch.from_arrays(
             [pa.array(ids), pa.array(b.sources, pa.string()), pa.array(b.lengths), pa.array(b.lengths - pieces.dropped),
@@ -81,7 +80,7 @@ def decompose_corpus(
             on_batch(b.lengths.size, int(b.lengths.sum()))
     for w in [*writers.values(), docs, *([base] if base else [])]:
         w.close()
-    stage.add_table("quarantine", pa.Table.from_pylist(bad, schema=QUARANTINE_SCHEMA))
+    build.quarantine(bad)
     buckets = {str(k): {"sequences": n, "tokens": n * s.size(k)} for k, n in seqs.items()}
     stats: dict[str, Any] = {
         "documents": n_docs, "input_tokens": n_tokens, "kept_tokens": n_tokens - dropped,

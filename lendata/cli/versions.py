@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from lendata.cli import StoreOpt, _fail, _store, app, out
+from lendata.cli._app import StoreOpt, app, fail, out, store_root
 
 
 def _open(root: Path, ref: str):
@@ -18,7 +18,7 @@ def _open(root: Path, ref: str):
     try:
         return st.open_version(root, ref)
     except (st.StoreError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
 
 
 def _card_inputs(version, root: Path, licence: str, plots: bool) -> tuple[str, list[Path], dict]:
@@ -44,7 +44,7 @@ def show(
     """Schema, rows per split and length statistics (words) of every text column of a version."""
     from lendata.describe import describe
 
-    d = describe(_open(_store(store), ref))
+    d = describe(_open(store_root(store), ref))
     if as_json:
         print(json.dumps(d, ensure_ascii=False, default=str))
         return
@@ -77,7 +77,7 @@ def diff(
     (mean, p50 and p90 words, and the Kolmogorov-Smirnov distance: 0 same, 1 disjoint)."""
     from lendata.describe import diff as run
 
-    root = _store(store)
+    root = store_root(store)
     d = run(_open(root, a), _open(root, b))
     if as_json:
         print(json.dumps(d, ensure_ascii=False, default=str))
@@ -114,13 +114,13 @@ def export(
     from lendata.hub import ExportError
     from lendata.hub import export as run
 
-    root = _store(store)
+    root = store_root(store)
     version = _open(root, ref)
     licence, pngs, stats = _card_inputs(version, root, licence, plots)
     try:
         res = run(version, target, licence=licence, plots=pngs, overwrite=overwrite, stats=stats)
     except ExportError as e:
-        _fail(str(e))
+        fail(str(e))
     out.print(f"[bold green]{version.dataset}@{version.version}[/] exported to {res['path']}: "
               + ", ".join(f"{s} {n:,} rows" for s, n in res["splits"].items()) + f"; {res['files']} files")
 
@@ -143,13 +143,13 @@ def push(
     from lendata.hub import ExportError, PushError
     from lendata.hub import push as run
 
-    root = _store(store)
+    root = store_root(store)
     version = _open(root, ref)
     licence, pngs, stats = _card_inputs(version, root, licence, plots)
     try:
         res = run(version, repo, private=private, dry_run=dry_run, licence=licence, plots=pngs, stats=stats)
     except (PushError, ExportError) as e:
-        _fail(str(e))
+        fail(str(e))
     if as_json:
         print(json.dumps(res))
         return

@@ -1,0 +1,43 @@
+"""The AgentWrite method's contract: targets prepared once, planning and writing sharded by samples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from lendata.methods.agentwrite import plan_and_write as aw
+from lendata.methods.base import Build, Method, Progress, Split
+from lendata.methods.shared.inputs import load_instructions
+from schemas.sft import SFTSchema
+
+
+def plan_write_filter(s: aw.Settings, samples: Sequence[aw.Sample], offset: int, engines: Any, progress: Progress
+                      ) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """One shard: plans, paragraphs in rounds, then the output filters."""
+    engine, samples = engines.get(), list(samples)
+    with progress(len(samples), "planning") as bar:
+        aw.make_plans(samples, engine, s, on_result=bar.update)
+    with progress(sum(len(x.plan) for x in samples), "writing") as bar:
+        aw.write(samples, engine, s, on_result=bar.update)
+    return aw.to_table(samples, engine, s)
+
+
+class AgentWrite(Method):
+    name = "agentwrite"
+    settings = aw.Settings
+    sharded = True
+    card_tags = ("long-output", "sft", "agentwrite")
+
+    def splits(self, s: aw.Settings) -> dict[str, Split]:
+        return {"train": Split(aw.OUTPUT_SCHEMA, SFTSchema)}
+
+    def run(self, s: aw.Settings, build: Build) -> None:
+        samples = aw.prepare(load_instructions(s, build), s)
+        done = build.map(plan_write_filter, samples, "agentwrite")
+        build.quarantine([q for _, filtered in done for q in filtered])
+        build.add("train", pa.concat_tables([t for t, _ in done]) if done else aw.OUTPUT_SCHEMA.empty_table())
+
+
+METHOD = AgentWrite()

@@ -1,0 +1,6 @@
+"""`direct`: answer each length-constrained instruction in one call with a per-row token budget (generate.py);
+the recipe contract in method.py."""
+
+from lendata.methods.direct.method import METHOD
+
+__all__ = ["METHOD"]

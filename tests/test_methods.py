@@ -1,0 +1,234 @@
+"""The method contract: one registry, one build path, methods that import only what they may."""
+
+import ast
+import random
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import lendata.methods
+from lendata import build as builds
+from lendata import recipes
+from lendata import store as st
+from lendata.engines import CachedEngine, ResponseCache
+from lendata.engines.base import Result
+from lendata.engines.pool import EnginePool
+from lendata.methods import get, registry
+from lendata.methods.base import Method
+
+REPO = Path(__file__).resolve().parents[1]
+FIVE = ["agentwrite", "decompose", "direct", "lveval", "self_lengthen"]
+
+
+def test_the_registry_is_the_method_folder():
+    methods = registry()
+    assert list(methods) == FIVE
+    for name, method in methods.items():
+        assert isinstance(method, Method) and (REPO / "lendata/methods" / name / "__init__.py").is_file()
+        assert method.splits(method.settings()), name  # defaults give a valid settings object and its splits
+    with pytest.raises(lendata.methods.UnknownMethod, match="no method 'shared'"):
+        get("shared")
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    return out
+
+
+FORBIDDEN = ("lendata.build", "lendata.store", "lendata.recipes", "lendata.cli", "lendata.catalog", "lendata.hub",
+             "lendata.paths", "flows", "prefect")
+
+
+def test_methods_import_engines_lengths_and_their_helpers_only():
+    for path in (REPO / "lendata/methods").rglob("*.py"):
+        for name in _imports(path):
+            assert not name.startswith(FORBIDDEN), f"{path.relative_to(REPO)} imports {name}"
+            if name.startswith("lendata.methods."):  # another method's package: only the shared helpers
+                own = path.relative_to(REPO / "lendata/methods").parts[0]
+                other = name.split(".")[2]
+                assert other in (own, "shared", "base") or own in ("__init__.py", "base.py"), \
+                    f"{path.relative_to(REPO)} imports {name}"
+
+
+def test_no_generic_module_names_a_method():
+    """Adding a method touches no registry: the build, the flows, the CLI, the card, the scores and the
+    validator know methods only through the registry."""
+    generic = [*REPO.glob("lendata/*.py"), *REPO.glob("lendata/cli/*.py"), *REPO.glob("flows/*.py"),
+               *REPO.glob("schemas/validate.py"), *REPO.glob("schemas/__init__.py")]
+    for path in generic:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in FIVE:
+                pytest.fail(f"{path.relative_to(REPO)}:{node.lineno} names the method {node.value!r}")
+        for name in _imports(path):
+            parts = name.split(".")
+            assert not (parts[:2] == ["lendata", "methods"] and len(parts) > 2 and parts[2] in FIVE), \
+                f"{path.relative_to(REPO)} imports {name}"
+
+
+# --- a method added by a newcomer: its package, its recipe, nothing else --------------------------------------
+
+TOY = textwrap.dedent('''
+    """A toy method: one row per line of a text file, with its word count."""
+    from dataclasses import dataclass
+
+    import pandera.polars as pdp
+    import pyarrow as pa
+
+    from lendata.methods.base import Method, Split
+
+    SCHEMA = pa.schema([("id", pa.string()), ("text", pa.large_string()), ("words", pa.int64())])
+
+
+    class LinesSchema(pdp.DataFrameModel):
+        id: str
+        words: int = pdp.Field(gt=0)
+
+        class Config:
+            strict = False
+
+
+    @dataclass
+    class Settings:
+        input: str = ""  # a text file
+        min_words: int = 0  # lines with fewer words are quarantined by the method
+
+
+    def count(s, lines, offset, engines, progress):
+        return [{"id": f"l{offset + i}", "text": t, "words": len(t.split())} for i, t in enumerate(lines)]
+
+
+    class Toy(Method):
+        name = "toylines"
+        settings = Settings
+        sharded = True
+        card_tags = ("toy",)
+
+        def splits(self, s):
+            return {"train": Split(SCHEMA, LinesSchema)}
+
+        def run(self, s, build):
+            lines = build.path(s.input).read_text().splitlines()
+            rows = [r for part in build.map(count, lines, "count") for r in part]
+            build.quarantine([{"id": r["id"], "stage": "filter", "reason": "short", "source": "", "record": r["text"]}
+                              for r in rows if 0 < r["words"] < s.min_words])
+            build.add("train", pa.Table.from_pylist([r for r in rows if not 0 < r["words"] < s.min_words], SCHEMA))
+
+
+    METHOD = Toy()
+''')
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    pkg = tmp_path / "extra" / "toylines"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(TOY)
+    monkeypatch.setattr(lendata.methods, "__path__", [*lendata.methods.__path__, str(tmp_path / "extra")])
+    (tmp_path / "lines.txt").write_text("one two three\n\nfour five\nsix\n")
+    recipe = tmp_path / "toy.yaml"
+    recipe.write_text("flow: toylines\ndataset: toy\ninput: lines.txt\nshards: 2\nmin_words: 2\n"
+                      "max_quarantine_share: 0.6\n")
+    yield recipe
+    import sys
+
+    sys.modules.pop("lendata.methods.toylines", None)
+
+
+def test_a_new_method_needs_only_its_package_and_its_recipe(toy, tmp_path):
+    assert "toylines" in registry()
+    recipe = recipes.load(str(toy))
+    with pytest.raises(recipes.RecipeError, match="did you mean 'min_words'"):
+        recipes.load(str(toy), {"min_word": "3"})
+    report = builds.run(recipe, tmp_path / "store", progress=False)
+    version = st.open_version(tmp_path / "store", "toy")
+    assert report.rows == 2 and version.read("train").column("text").to_pylist() == ["one two three", "four five"]
+    quarantine = version.read("quarantine").to_pylist()
+    # the method's own filter first, then the rows its pandera schema refused (the empty line has 0 words)
+    assert [(q["stage"], q["reason"]) for q in quarantine] == [("filter", "short"),
+                                                               ("schema", "words: greater_than(0)")]
+    m = version.manifest
+    assert m["method"] == "toylines" and m["recipe_settings"]["min_words"] == 2
+    assert set(m["recipe_settings"]) == set(recipes.keys(recipes.RunSettings)) - {"ray.address", "ray.num_cpus",
+                                          "ray.cpus_per_shard", "ray.gpus_per_shard"} | {"input", "min_words"}
+    assert [s["offset"] for s in m["shards"]] == [0, 2]  # two shards of the four lines
+    from lendata.hub import card_tags
+
+    assert card_tags(m) == (["text-generation"], ["toy"])
+
+
+def test_the_quarantine_threshold_holds_for_every_method(toy, tmp_path):
+    recipe = recipes.load(str(toy), {"max_quarantine_share": "0.4"})  # 2 of 4 rows quarantined: 50%
+    with pytest.raises(builds.BuildFailed, match=r"2 of 4 rows quarantined \(50% > max_quarantine_share 40%\)"):
+        builds.run(recipe, tmp_path / "store", progress=False)
+    assert st.list_versions(tmp_path / "store", "toy") == []  # nothing published, nothing half-written
+    assert not list((tmp_path / "store" / "toy").glob(".staging-*"))
+
+
+def test_a_method_writing_an_undeclared_split_is_a_bug_not_data(toy, tmp_path):
+    text = (toy.parent / "extra/toylines/__init__.py").read_text().replace('build.add("train"', 'build.add("tran"')
+    (toy.parent / "extra/toylines/__init__.py").write_text(text)
+    with pytest.raises(ValueError, match="wrote split 'tran', which it does not declare"):
+        builds.run(recipes.load(str(toy)), tmp_path / "store", progress=False)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    # a split both streamed and added would lose the streamed rows
+    ('build.stream("train", SCHEMA).write(pa.Table.from_pylist([{"id": "s", "text": "a b", "words": 2}], SCHEMA))\n'
+     '        build.add("train"', "adds rows to split 'train', which it streams"),
+    ('build.meta["content_hash"] = "x"\n        build.add("train"', "manifest entries the build owns"),
+])
+def test_a_method_cannot_overwrite_what_the_build_owns(toy, tmp_path, change, message):
+    path = toy.parent / "extra/toylines/__init__.py"
+    path.write_text(path.read_text().replace('build.add("train"', change))
+    with pytest.raises(ValueError, match=message):
+        builds.run(recipes.load(str(toy)), tmp_path / "store", progress=False)
+    assert st.list_versions(tmp_path / "store", "toy") == []
+    assert not list((tmp_path / "store" / "toy").glob(".staging-*"))
+
+
+# --- Self-Lengthen's iteration loop is the method's, testable without Prefect ------------------------------
+
+VOCAB = ("river stone valley harbor winter market garden lantern meadow bridge forest candle orchard village "
+         "tower signal engine letter mirror island mountain thunder canvas shadow ribbon cellar compass "
+         "harvest festival kitchen library").split()
+
+
+def _answer(req):
+    rng = random.Random(req.seed)
+    if req.stop == ("\n",):  # step 0: a new instruction
+        return Result(text=f"Write a long report about the {rng.choice(VOCAB)} of town {req.seed % 997}.",
+                      completion_tokens=12)
+    n = min(req.max_tokens, 160)
+    sentences = [" ".join(rng.choice(VOCAB) for _ in range(9)).capitalize() + "." for _ in range(n // 10)]
+    text = "\n\n".join(" ".join(sentences[i:i + 4]) for i in range(0, len(sentences), 4))
+    return Result(text=text, completion_tokens=n)
+
+
+def test_self_lengthen_iterates_and_hands_trained_adapters_over_without_prefect(tmp_path, scripted):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    engine = scripted(_answer)
+    recipe = recipes.load("self_lengthen", {"n": 1, "iterations": 2, "samples": 1, "judge": False,
+                                            "engine": "openai", "drop_short": False,
+                                            "trainer": f"cp -r {adapter} {{out_adapter}}"})
+    store = tmp_path / "store"
+    pool = EnginePool(lambda name, options: CachedEngine(engine, ResponseCache(tmp_path / "c.sqlite")), "openai")
+    builds.run(recipe, store, progress=False, engines=pool)
+    version = st.open_version(store, "self_lengthen")
+    assert sorted(set(version.read("instructions").column("iteration").to_pylist())) == [1, 2]
+    trained = [r.lora for r in engine.seen if r.lora]
+    assert trained and all(Path(x).name == "adapter" and (Path(x) / "adapter_config.json").is_file()
+                           for x in trained)
+    first_lora = next(i for i, r in enumerate(engine.seen) if r.lora)
+    assert all(r.lora is None for r in engine.seen[:first_lora])  # iteration 1 runs on the base model
+    roles = version.manifest["roles"]
+    assert roles[0]["generator"]["lora"] is None and roles[1]["generator"]["lora"] == trained[0]

@@ -189,6 +189,18 @@ class BuildRun:
     def path(self, value: str) -> Path:
         return self.recipe.path(value)
 
+    def version_files(self, ref: str, split: str = "train") -> tuple[str, list[Path]]:
+        from lendata.inputs import InputError
+
+        try:
+            version = st.open_version(self.store, ref)
+        except (st.StoreError, ValueError) as e:
+            raise InputError(f"{ref!r} is neither a file nor a version of this store: {e}") from None
+        if split not in version.splits:
+            raise InputError(f"{version.dataset}@{version.version} has no split {split!r} "
+                             f"(splits: {', '.join(version.splits)})")
+        return f"{version.dataset}@{version.version}:{split}", version.files(split)
+
     def quarantine(self, records: Sequence[dict[str, Any]]) -> None:
         self._quarantine.extend(records)
 

@@ -171,19 +171,24 @@ def ruler_score(targets: Sequence[int | str], words: Sequence[int], mode: Litera
     return 100.0 * sum(ruler_hit(t, w, mode) for t, w in zip(targets, words, strict=True)) / len(targets)
 
 
-# Meta Length Tokens: the narrow window a training row's length must fall in to get that tag
-_MLT_NARROW = {10: 5, 30: 5, 50: 5, 80: 5, 300: 5, 500: 5, 700: 5}
+# Ruler's levels: Level 0 = short, 1 = medium, 2 = long targets (PM/FM are reported per level and overall)
+RULER_GROUPS = {"10": "Level 0", "30": "Level 0", "50": "Level 0", "80": "Level 0", "150": "Level 1",
+                "300": "Level 1", "500": "Level 1", "700": "Level 2", ">800": "Level 2"}
+
+
+def ruler_group(target: int | str) -> str:
+    """Level 0 (10, 30, 50, 80), Level 1 (150, 300, 500) or Level 2 (700, >800) of a Ruler target."""
+    return RULER_GROUPS[ruler_level(target)]
+
+
+# Meta Length Tokens (Ruler's MetaLengthToken, METHODS §2): a training response gets the tag whose window
+# (lo, hi] holds its word count, lower bound exclusive; a response in no window is dropped
+MLT_WINDOWS: dict[str, tuple[float, float]] = {
+    "10": (5, 15), "30": (25, 35), "50": (45, 55), "80": (75, 85), "150": (135, 155), "300": (295, 305),
+    "500": (495, 505), "700": (695, 705), ">800": (800, math.inf),
+}
 
 
 def meta_length_token(words: int) -> str | None:
-    """The `[MLT:...]` tag for a training response of `words` words, or None (row is dropped)."""
-    if words > 800:
-        return "[MLT:>800]"
-    for level, margin in _MLT_NARROW.items():
-        if level - margin <= words <= level + margin:
-            return f"[MLT:{level}]"
-    # METHODS.md gives no narrow window for 150; the PM window is used (unverified against the reference)
-    pm150 = RULER_WINDOWS["150"][0]
-    if pm150[0] < words <= pm150[1]:
-        return "[MLT:150]"
-    return None
+    """The `[MLT:...]` tag for a training response of `words` words, or None (the row is dropped)."""
+    return next((f"[MLT:{level}]" for level, (lo, hi) in MLT_WINDOWS.items() if lo < words <= hi), None)

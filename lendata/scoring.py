@@ -107,6 +107,15 @@ def score_file(
     if metric == "ruler" and rows:
         summary["pm"] = statistics.fmean(r["pm"] for r in rows)
         summary["fm"] = statistics.fmean(r["fm"] for r in rows)
+        # Ruler's own table: PM and FM per level (0: 10-80 words, 1: 150-500, 2: 700 and >800) and overall
+        groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            groups[L.ruler_group(r["target"])].append(r)
+        summary["levels"] = {
+            name: {"n": len(rs), "pm": statistics.fmean(r["pm"] for r in rs),
+                   "fm": statistics.fmean(r["fm"] for r in rs)}
+            for name, rs in [*sorted(groups.items()), ("All", rows)]
+        }
     return rows, summary
 
 

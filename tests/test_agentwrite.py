@@ -187,3 +187,31 @@ def test_new_text_repeats_counts_what_a_paragraph_copies_from_the_text_before_it
                                    "falling slowly on the old town.", 10) == 1
     assert checks.new_text_repeats(before, "Again: the quick brown fox jumps over the lazy dog near the river.",
                                    10) == 2
+
+
+@pytest.mark.parametrize(("instruction", "stated", "goal"), [
+    # LongBench-Write scores against the length its prompt states: "at least N" -> N, "N字以内" -> N, and a
+    # range -> its upper bound ("300到400字" has length 400, "100至200字" 200, in longbench_write.jsonl)
+    ("Write about rivers in at least 400 words.", 400, 440),
+    ("Write about rivers in 300 to 400 words.", 400, 350),
+    ("Write about rivers in about 500 words.", 500, 500),
+])
+def test_length_score_is_what_longbench_write_scores(scripted, instruction, stated, goal):
+    from lendata.lengths import length_score
+
+    samples = aw.prepare([{"instruction": instruction}], S(min_paragraph=50, max_paragraph=600, plan_attempts=1))
+    assert samples[0].goal == goal
+    table, quarantine = aw.to_table(_written(samples, 450), scripted(), S())
+    row = table.to_pylist()[0] if table.num_rows else json.loads(quarantine[0]["record"])
+    assert row["length_score"] == pytest.approx(length_score(stated, 450))
+    assert row["goal_score"] == pytest.approx(length_score(goal, 450))
+
+
+def _written(samples, words):
+    """Samples as if written: one paragraph of `words` words each."""
+    for smp in samples:
+        smp.plan = [{"main_point": "all", "words": words}]
+        smp.plan_source = "model"
+        smp.paragraphs = [" ".join(["river"] * (words - 1)) + " ends."]
+        smp.step_targets, smp.step_words, smp.step_finish = [words], [words], ["stop"]
+    return samples

@@ -81,5 +81,7 @@ def test_longwrite_ruler_probe_reports_length_per_requested_length(tmp_path):
     summary = report["summary"]
     assert [s["requested_words"] for s in summary] == [1000]
     assert summary[0]["rows"] == report["rows"] and summary[0]["mean_words"] > 0
+    # 1,000 words do not fit a 1,024-token window: the table says the window, not the model, stopped them
+    assert summary[0]["window_capped"] == report["rows"]
     q = run("query", "SELECT min_tokens, max_tokens FROM longwrite_ruler", "--format", "json", store=tmp_path)
     assert all(r["min_tokens"] == 0 and r["max_tokens"] <= 1024 for r in json.loads(q.stdout))  # unforced

@@ -53,5 +53,7 @@ def test_goals_and_draws():
     assert Constraint("below", 1000).goal(0.1) == 900
     a = [draw(random.Random(3), 500, 3000, ("about", "range")) for _ in range(2)]
     assert a[0] == a[1] and 500 <= a[0].low <= 3000
-    assert "approximately 80 words" in ruler_instruction("Say it.", 80)
-    assert "more than 800" in ruler_instruction("Say it.", 1000)
+    # Ruler's wording (METHODS §2, corrected 2026-11-26)
+    assert ruler_instruction("Say it.", 80) == "Say it. The response should have a word count of 80 words."
+    assert ruler_instruction("Say it. ", 1000) == \
+        "Say it. The response should have a word count of more than 800 words."

@@ -142,6 +142,44 @@ def test_sampler_uses_each_sequence_once_with_constant_tokens_per_step(counts, c
     assert [(k, r.tolist()) for _, k, r in again.plan()] == [(k, r.tolist()) for _, k, r in smp.plan()]
 
 
+# token shares of D8..D13: the DD README's Wikipedia row, and lendata's own run on the CPython stdlib (README)
+MIXES = {"wikipedia": [15.3, 21.5, 23.0, 19.1, 13.1, 8.0], "cpython": [7.2, 9.3, 13.2, 17.7, 23.8, 28.7]}
+
+
+def _quarter_means(sched: np.ndarray, b: int) -> list[float]:
+    """Mean sequence length (tokens / sequences) of each quarter of the epoch."""
+    out = []
+    for part in np.array_split(sched.astype(np.int64), 4):
+        sequences = sum(b >> int(k) for k in part)
+        out.append(part.size * b / sequences)
+    return out
+
+
+@pytest.mark.parametrize("mix", MIXES)
+@pytest.mark.parametrize("cycles", [1, 8])
+def test_uniform_odds_keep_the_mix_flat_over_the_epoch(mix, cycles):
+    """METHODS §5 (corrected): a step's bucket is drawn with p ∝ o_i · n_i, so Uniform is no curriculum."""
+    b, total = 1 << 16, 1 << 30
+    buckets = {8 + i: int(total * share / 100) >> (8 + i) for i, share in enumerate(MIXES[mix])}
+    smp = CurriculumSampler(buckets, b, odds="uniform", cycles=cycles, seed=0)
+    quarters = _quarter_means(smp.schedule(), b)
+    epoch = len(smp) * b / sum(b >> int(k) for k in smp.schedule())
+    assert all(abs(q / epoch - 1) <= 0.10 for q in quarters), (quarters, epoch)
+
+
+@pytest.mark.parametrize("mix", MIXES)
+def test_grow_p2_lengthens_the_sequences_over_a_cycle(mix):
+    b, total = 1 << 16, 1 << 30
+    buckets = {8 + i: int(total * share / 100) >> (8 + i) for i, share in enumerate(MIXES[mix])}
+    quarters = _quarter_means(CurriculumSampler(buckets, b, odds="grow_p2", cycles=1, seed=0).schedule(), b)
+    assert quarters == sorted(quarters) and quarters[-1] > 2 * quarters[0], quarters
+
+
+def test_the_default_is_the_papers_best_setting():
+    smp = CurriculumSampler({8: 4096, 13: 128}, tokens_per_step=8192)
+    assert smp.cycles == 8 and smp.odds == {8: 2.0, 13: 1.0}  # Grow-P2 over the buckets present
+
+
 def test_grow_p2_puts_short_buckets_first_within_each_cycle():
     smp = CurriculumSampler({8: 4096, 13: 128}, tokens_per_step=8192, odds=[32, 1], cycles=2, seed=0)
     sched = smp.schedule()

@@ -1,6 +1,7 @@
 import pytest
 
 from lendata.engines import Result
+from lendata.lengths import length_score
 from lendata.methods.direct.generate import Settings, direct
 from lendata.methods.shared.budget import budget_for, measure_tokens_per_word
 
@@ -36,6 +37,8 @@ def test_direct_rows_capped_flag_and_engine_errors(scripted):
     assert [r["capped"] for r in got] == [False, True]
     assert got[0]["length_score"] == 100.0 and got[0]["response_words"] == 100
     assert got[1]["target_words"] < 100000 and got[1]["requested_words"] == 100000
+    # a capped row is scored against what was asked (LongWrite-Ruler: the window stopped it, not the model)
+    assert got[1]["length_score"] == 0.0 and got[1]["goal_score"] == length_score(got[1]["target_words"], 100)
     assert all(r["max_tokens"] <= eng.context_window for r in got)
     assert quarantine[0]["reason"] == "engine exploded" and quarantine[0]["source"] == "f:3"
     assert [r.min_tokens > 0 for r in eng.seen] == [True, True, True]

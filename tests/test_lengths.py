@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -115,3 +116,41 @@ def test_tokens_per_word_measured():
     assert L.tokens_per_word(["one two three", "four"], [6, 2]) == pytest.approx(2.0)
     with pytest.raises(ValueError):
         L.tokens_per_word(["123"], [1])
+
+
+# Ruler's Meta Length Tokens (METHODS §2, corrected 2026-11-26): narrow windows, lower bound exclusive
+@pytest.mark.parametrize(("words", "tag"), [
+    (5, None), (6, "[MLT:10]"), (15, "[MLT:10]"), (16, None),
+    (25, None), (26, "[MLT:30]"), (35, "[MLT:30]"), (36, None),
+    (45, None), (46, "[MLT:50]"), (55, "[MLT:50]"), (56, None),
+    (75, None), (76, "[MLT:80]"), (85, "[MLT:80]"), (86, None),
+    (135, None), (136, "[MLT:150]"), (155, "[MLT:150]"), (156, None), (160, None),
+    (295, None), (296, "[MLT:300]"), (305, "[MLT:300]"), (306, None),
+    (495, None), (496, "[MLT:500]"), (505, "[MLT:500]"), (506, None),
+    (695, None), (696, "[MLT:700]"), (705, "[MLT:700]"), (706, None),
+    (800, None), (801, "[MLT:>800]"), (5000, "[MLT:>800]"), (0, None),
+])
+def test_meta_length_tokens_use_rulers_windows(words, tag):
+    assert L.meta_length_token(words) == tag
+
+
+def test_ruler_levels_group_the_targets():
+    assert [L.ruler_group(t) for t in (10, 30, 50, 80, 150, 300, 500, 700, 1000, ">800")] == \
+        ["Level 0"] * 4 + ["Level 1"] * 3 + ["Level 2"] * 3
+
+
+def test_ruler_scores_are_reported_per_level_and_overall(tmp_path):
+    from lendata.scoring import score_file
+
+    rows = [(10, 12), (80, 95), (150, 160), (500, 700), (1000, 900), (700, 650)]  # (target, words produced)
+    f = tmp_path / "r.jsonl"
+    f.write_text("".join(json.dumps({"target_words": t, "response": "w " * n}) + "\n" for t, n in rows))
+    _, summary = score_file(f, "ruler")
+    # PM hits: 10 (0,20] yes; 80 (70,90] no; 150 (130,170] yes; 500 (450,550] no; >800 yes; 700 (630,770] yes
+    # FM hits: 80 (60,100] yes; 500 (400,600] no; the rest as PM
+    assert summary["levels"] == {
+        "Level 0": {"n": 2, "pm": 50.0, "fm": 100.0},
+        "Level 1": {"n": 2, "pm": 50.0, "fm": 50.0},
+        "Level 2": {"n": 2, "pm": 100.0, "fm": 100.0},
+        "All": {"n": 6, "pm": pytest.approx(400 / 6), "fm": pytest.approx(500 / 6)},
+    }

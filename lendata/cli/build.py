@@ -69,7 +69,9 @@ def _summary(store: Path, recipe, report) -> list[dict] | None:
 
     col = recipe.run.summary_by.replace('"', '""')
     df = run(store, f'SELECT "{col}", count(*) AS rows, round(avg(response_words)) AS mean_words, '
-                    f'max(response_words) AS max_words, round(avg(length_score), 1) AS mean_sl '
+                    f'max(response_words) AS max_words, round(avg(length_score), 1) AS mean_sl, '
+                    # rows whose target the context window capped: the window stopped them, not the model
+                    f'count(*) FILTER (WHERE capped) AS window_capped '
                     f'FROM "{report.dataset}@{report.version}" GROUP BY 1 ORDER BY 1')
     return df.to_dicts()
 

@@ -161,7 +161,12 @@ def score(
     for target, v in summary["by_target"].items():
         t.add_row(str(target), str(v["rows"]), f"{v['mean_words']:.0f}", f"{v['mean_score']:.1f}")
     out.print(t)
-    extra = f" (PM {summary['pm']:.1f}, FM {summary['fm']:.1f})" if metric == "ruler" else ""
+    if summary.get("levels"):  # Ruler's table: PM and FM per level and overall
+        t = Table("level", "rows", "PM", "FM")
+        for level, v in summary["levels"].items():
+            t.add_row(level, str(v["n"]), f"{v['pm']:.1f}", f"{v['fm']:.1f}")
+        out.print(t)
+    extra = f" (PM {summary['pm']:.1f}, FM {summary['fm']:.1f})" if "pm" in summary else ""
     out.print(f"{metric}: mean {summary['mean']:.2f} over {summary['rows']} rows{extra}")
 
 

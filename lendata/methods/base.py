@@ -122,6 +122,10 @@ class Build(Protocol):
     def path(self, value: str) -> Path:
         """An input setting as a path: relative to the recipe file, or to the working directory."""
 
+    def version_files(self, ref: str, split: str = "train") -> tuple[str, list[Path]]:
+        """A built version as an input: ("DATASET@VERSION:split", its Parquet shards). `ref` is DATASET (the
+        latest version) or DATASET@VERSION of the build's store."""
+
     def quarantine(self, records: Sequence[dict[str, Any]]) -> None:
         """Rows that are not in the data, with their reason (QUARANTINE_SCHEMA keys)."""
 

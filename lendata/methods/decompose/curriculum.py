@@ -1,10 +1,13 @@
 """Variable sequence length curriculum over decomposed buckets (Dataset Decomposition, METHODS.md §5).
 
 Every step holds the same number of tokens b: a step from bucket D_k is b / 2^k sequences of 2^k tokens.
-Each bucket's steps are split evenly over `cycles`; within a cycle each step's bucket is drawn with odds o_k
-among the buckets that still have steps in that cycle. Grow presets favour short sequences early in a cycle
-and long ones late. Within a bucket, sequences are used in a seeded random order, each at most once an epoch
-(the last b / 2^k - 1 at most may be left over, so that every step is full).
+Each bucket's steps are split evenly over `cycles`; within a cycle each step's bucket is drawn with
+probability ∝ o_k · n_k, where n_k is the bucket's number of steps in the cycle, among the buckets that still
+have steps in that cycle (the reference's get_dd_params.py multiplies the odds into token-proportional
+weights). Uniform odds therefore keep the mix flat over the epoch; Grow presets favour short sequences early
+in a cycle and long ones late. The default is the paper's best: Grow-P2 with 8 cycles. Within a bucket,
+sequences are used in a seeded random order, each at most once an epoch (the last b / 2^k - 1 at most may be
+left over, so that every step is full).
 
 The sampler is deterministic for its seed and epoch, and `state_dict()` / `load_state_dict()` resume it at
 any step, e.g. mid-epoch after a restart.
@@ -53,7 +56,7 @@ class CurriculumSampler:
         buckets: Mapping[int, int],
         tokens_per_step: int,
         odds: str | Sequence[float] = "grow_p2",
-        cycles: int = 1,
+        cycles: int = 8,
         seed: int = 0,
         epoch: int = 0,
         plus_one: bool = False,
@@ -95,9 +98,10 @@ class CurriculumSampler:
             for c in range(self.cycles):
                 left = {k: self.steps_of[k] // self.cycles + (1 if c < self.steps_of[k] % self.cycles else 0)
                         for k in self.ks}
+                supply = dict(left)  # n_k: the bucket's steps in this cycle
                 while any(left.values()):
                     ks = [k for k in self.ks if left[k]]
-                    w = np.array([self.odds[k] for k in ks])
+                    w = np.array([self.odds[k] * supply[k] for k in ks])
                     k = ks[int(rng.choice(len(ks), p=w / w.sum()))]
                     out.append(k)
                     left[k] -= 1

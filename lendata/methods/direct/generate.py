@@ -100,7 +100,9 @@ def direct(
                 "response_words": words,
                 "response_chars": len(text),
                 "response_tokens": ntok,
-                "length_score": length_score(b.target_words, words),
+                # against the length asked for, not the target a small context window capped it to
+                "length_score": length_score(b.requested_words, words),
+                "goal_score": length_score(b.target_words, words),
                 "finish_reason": res.finish_reason,
                 "engine": engine.name,
                 "model": model_name(engine.model_id),

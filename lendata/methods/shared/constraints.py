@@ -20,6 +20,11 @@ class Constraint:
     low: int
     high: int | None = None  # only for range
 
+    def required(self) -> int:
+        """The length LongBench-Write scores against (S_l's l): the stated number; a range's upper bound (its
+        data give "300到400字" length 400, "100至200字" 200)."""
+        return int(self.high or self.low) if self.ctype == "range" else self.low
+
     def goal(self, margin: float = 0.1) -> int:
         """The length to aim for: the target, a range's midpoint, or the bound plus/minus a margin."""
         if self.ctype == "range":
@@ -163,10 +168,10 @@ RULER_LEVELS = (10, 30, 50, 80, 150, 300, 500, 700, 1000)
 
 
 def ruler_instruction(instruction: str, level: int) -> str:
-    """Ruler-style length instruction (levels 10..700 and >800, here written as 1000)."""
-    if level > 800:
-        return f"{instruction.rstrip()} The output should contain more than 800 words."
-    return f"{instruction.rstrip()} The output should contain approximately {level} words."
+    """Ruler's target-length instruction (METHODS §2): "The response should have a word count of {N} words.";
+    the open level (>800, any level above 800) reads "more than 800"."""
+    n = "more than 800" if level > 800 else str(level)
+    return f"{instruction.rstrip()} The response should have a word count of {n} words."
 
 
 _LEAD_EN = re.compile(r"(?:,?\s*(?:aiming|aim|targeting|target|with|in|of|for|using|keeping|keep it|that is|"

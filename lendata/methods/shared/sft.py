@@ -15,7 +15,8 @@ RESPONSE_FIELDS = [
     ("response_words", pa.int32()),
     ("response_chars", pa.int32()),
     ("response_tokens", pa.int32()),
-    ("length_score", pa.float64()),
+    ("length_score", pa.float64()),  # S_l against the length the instruction states (LongBench-Write's l)
+    ("goal_score", pa.float64()),  # S_l against the length the method aimed at (target_words)
     ("finish_reason", pa.string()),
     ("engine", pa.string()),
     ("model", pa.string()),

@@ -62,7 +62,7 @@ def _readable(path: Path, skipped: list[str]):
 
 def score_file(
     path: str | Path, metric: str, target_field: str | None = None, response_field: str | None = None,
-    counter: str | None = None,
+    counter: str | None = None, best_of_answers: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(per-row scores, summary). Rows without a response or a target are listed as skipped with why."""
     known = metrics()
@@ -73,8 +73,9 @@ def score_file(
         raise InputError(f"file not found: {path}")
     if known[metric] is not None:
         skipped: list[str] = []
-        rows = known[metric](_readable(path, skipped), response_field, lambda rec: _response(rec, None), skipped)
-        return rows, _summary(metric, "longwriter", rows, skipped)
+        rows, extra = known[metric](_readable(path, skipped), response_field, lambda rec: _response(rec, None),
+                                    skipped, best_of_answers)
+        return rows, {**_summary(metric, "longwriter", rows, skipped), **extra}
     counter = counter or {"sl": "longwriter", "longen": "longen", "ruler": "ruler"}[metric]
     rows, skipped = [], []
     for where, rec in _readable(path, skipped):

@@ -131,8 +131,10 @@ def score(
     counter: Annotated[str | None, typer.Option(help="Word counter: longwriter, longen or ruler.")] = None,
     out_file: Annotated[Path | None, typer.Option("--to", help="Write per-row scores here (.jsonl).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    best_of_answers: Annotated[bool, typer.Option(
+        help="lveval: score an item's best answer (LV-Eval scores the first).")] = False,
 ) -> None:
-    """Score a file of responses against their target lengths."""
+    """Score a file of responses against their target lengths (or, for a method's metric, its answers)."""
     from lendata.inputs import InputError
     from lendata.paths import check_output
     from lendata.scoring import score_file
@@ -140,7 +142,7 @@ def score(
     try:
         if out_file is not None:
             out_file = check_output(out_file, None, "--to")
-        rows, summary = score_file(file, metric, target_field, response_field, counter)
+        rows, summary = score_file(file, metric, target_field, response_field, counter, best_of_answers)
     except (InputError, ValueError) as e:
         fail(str(e))
     for why in summary["skipped"]:
@@ -161,6 +163,11 @@ def score(
     for target, v in summary["by_target"].items():
         t.add_row(str(target), str(v["rows"]), f"{v['mean_words']:.0f}", f"{v['mean_score']:.1f}")
     out.print(t)
+    if summary.get("groups"):  # LV-Eval's table: a score per dataset and level
+        t = Table("dataset", "level", "rows", "score")
+        for g in summary["groups"]:
+            t.add_row(str(g["dataset"]), str(g["level"]), str(g["n"]), f"{g['score']:.2f}")
+        out.print(t)
     if summary.get("levels"):  # Ruler's table: PM and FM per level and overall
         t = Table("level", "rows", "PM", "FM")
         for level, v in summary["levels"].items():

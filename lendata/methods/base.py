@@ -159,8 +159,9 @@ class Method:
     main_split: ClassVar[str | None] = None  # the report's row count; None: every data split
     inputs: ClassVar[tuple[str, ...]] = ("input",)  # settings naming what it reads: identified on the card
     local_settings: ClassVar[tuple[str, ...]] = ()  # settings naming local things, withheld from the card
-    # metrics `lendata score --metric NAME` offers: scorer(records, response_field, response, skipped) -> rows
-    # of {source, target, words, score}, where records are (file:line, record) and response(record) its response
+    # metrics `lendata score --metric NAME` offers: scorer(records, response_field, response, skipped,
+    # best_of_answers) -> (rows of {source, target, words, score, ...}, summary entries), where records are
+    # (file:line, record) and response(record) its response
     metrics: ClassVar[dict[str, Callable[..., list[dict[str, Any]]]]] = {}
 
     def splits(self, settings: Any) -> dict[str, Split]:

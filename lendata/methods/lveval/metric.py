@@ -81,12 +81,74 @@ def score(prediction: str, answers: Sequence[str], keywords: str | None, lang: s
     return max((score_one(prediction, a, keywords, lang) for a in answers), default=0.0)
 
 
+# LVEval's config.py DATASET_METRIC: the metric of each dataset, named without its level suffix. Datasets it
+# does not list (lendata's own builds) get the keyword-gated F1 of the QA mixup sets.
+DATASET_METRIC = {
+    "hotpotwikiqa_mixup": "gated_f1", "loogle_SD_mixup": "gated_f1", "loogle_CR_mixup": "gated_f1",
+    "loogle_MIR_mixup": "gated_f1", "multifieldqa_en_mixup": "gated_f1", "multifieldqa_zh_mixup": "gated_f1",
+    "cmrc_mixup": "gated_f1", "lic_mixup": "gated_f1", "factrecall_en": "f1", "factrecall_zh": "f1",
+    "dureader_mixup": "rouge_l_blacklist",
+}
+_LEVEL_SUFFIX = re.compile(r"_.{1,3}k")  # the reference's split: "factrecall_en_16k" -> "factrecall_en"
+
+
+def dataset_name(dataset: str) -> str:
+    return _LEVEL_SUFFIX.split(dataset)[0]
+
+
+def metric_for(dataset: str) -> str:
+    return DATASET_METRIC.get(dataset_name(dataset), "gated_f1")
+
+
+def plain_f1(prediction: str, answer: str, keywords: str | None = None, lang: str = "en") -> float:
+    """Token F1 without the keyword gate (factrecall)."""
+    return f1(tokens(prediction, lang), tokens(answer, lang))
+
+
+def rouge_l_blacklist(prediction: str, answer: str, keywords: str | None = None, lang: str = "zh") -> float:
+    """ROUGE-L F (the `rouge` package, as the reference) over jieba tokens, normalised, blacklisted words dropped
+    from both sides (dureader)."""
+    import jieba
+    from rouge import Rouge
+
+    def kept(text: str) -> str:
+        return " ".join(t for t in (normalize_zh(x) for x in jieba.cut(text, cut_all=False)) if t not in BLACKLIST_ZH)
+
+    pred, gold = kept(prediction), kept(answer)
+    if not pred.split() or not gold.split():
+        return 0.0
+    try:
+        return float(Rouge().get_scores([pred], [gold], avg=True)["rouge-l"]["f"])
+    except (ValueError, RecursionError):  # the package's own failures on degenerate input: 0, as the reference
+        return 0.0
+
+
+_METRICS: dict[str, Callable[..., float]] = {"gated_f1": score_one, "f1": plain_f1,
+                                             "rouge_l_blacklist": rouge_l_blacklist}
+
+
+def score_record(prediction: str, answers: Sequence[str], keywords: str | None, lang: str, dataset: str,
+                 best: bool = False) -> tuple[float, str]:
+    """(score in [0, 1], the metric used) of one record. The first answer only, as LVEval's scorer (it breaks
+    after the first); `best`: the best over all answers."""
+    metric = metric_for(dataset)
+    scored = answers if best else answers[:1]
+    return max((_METRICS[metric](prediction, a, keywords, lang) for a in scored), default=0.0), metric
+
+
+def _level(rec: dict[str, Any]) -> str:
+    found = re.search(r"_(\d{1,3}k)$", str(rec.get("dataset") or ""))
+    return str(rec.get("level") or (found.group(1) if found else None) or rec.get("length") or "")
+
+
 def score_records(records: Iterable[tuple[str, dict[str, Any]]], response_field: str | None,
-                  response: Callable[[dict[str, Any]], str | None], skipped: list[str]) -> list[dict[str, Any]]:
+                  response: Callable[[dict[str, Any]], str | None], skipped: list[str],
+                  best_of_answers: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """`lendata score --metric lveval`: LV-Eval records with a prediction (`pred`, else the response), `answers`,
-    `answer_keywords` (or the reference's `gold_ans`) and `language`; the target is the level (`level`, else
-    `length`). `response(rec)` is the record's response (its last assistant turn, `response` or `output`).
-    Records that cannot be scored are added to `skipped` with why."""
+    `answer_keywords` (or the reference's `gold_ans`), `language` and `dataset` (which picks the metric, as
+    LVEval does). `response(rec)` is the record's response (its last assistant turn, `response` or
+    `output`). Returns the per-row scores and the scores per (dataset, level); records that cannot be scored
+    are added to `skipped` with why."""
     from lendata.lengths import count_words
 
     rows = []
@@ -103,7 +165,21 @@ def score_records(records: Iterable[tuple[str, dict[str, Any]]], response_field:
             continue
         lang = "zh" if str(rec.get("language", "")).startswith("zh") else "en"
         keywords = rec.get("answer_keywords", rec.get("gold_ans"))
-        level = rec.get("level", rec.get("length")) or 0
-        rows.append({"source": where, "target": level, "words": count_words(pred, "longwriter"), "language": lang,
-                     "score": 100 * score(pred, [str(a) for a in answers], keywords or None, lang)})
-    return rows
+        dataset = str(rec.get("dataset") or "")
+        value, metric = score_record(pred, [str(a) for a in answers], keywords or None, lang, dataset,
+                                     best_of_answers)
+        level = _level(rec)
+        rows.append({"source": where, "target": level or 0, "words": count_words(pred, "longwriter"),
+                     "language": lang, "dataset": dataset_name(dataset), "level": level, "metric_used": metric,
+                     "score": 100 * value})
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["level"]), []).append(r["score"])
+    summary = {"groups": [{"dataset": d, "level": lv, "n": len(s), "score": sum(s) / len(s)}
+                          for (d, lv), s in sorted(groups.items(), key=lambda kv: (kv[0][0], _level_key(kv[0][1])))]}
+    return rows, summary
+
+
+def _level_key(level: str) -> tuple[int, str]:
+    found = re.fullmatch(r"(\d+)k", level)
+    return (int(found.group(1)) * 1000, "") if found else (0, level)

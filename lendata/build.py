@@ -134,14 +134,10 @@ class _CheckedWriter:
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> pa.Table | pa.RecordBatch:
         """Write the batch's valid rows; return what was written."""
-        from schemas import check_rows
-
         if self.declared.contract is not None and batch.num_rows:
             table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-            keep, failed = check_rows(table, self.declared.contract, self.declared.unchecked)
-            if failed:
-                self.build.quarantine(failed)
-                batch = table.take(pa.array(keep, type=pa.int64()))
+            valid = self.build.valid_rows(table, self.declared)
+            batch = batch if valid is table else valid
         self.writer.write(batch)
         if self.declared.counted:
             self.build.counted_rows += batch.num_rows
@@ -243,9 +239,18 @@ class BuildRun:
     def usage(self) -> Usage:
         return self.engines.usage() + self.remote_usage
 
-    def publish(self, overwrite: bool, started: float) -> BuildReport:
+    def valid_rows(self, table: pa.Table, declared: Split) -> pa.Table:
+        """The rows of `table` its split's pandera schema accepts (the table itself when all pass); the others
+        are quarantined with the failed checks."""
         from schemas import check_rows
 
+        keep, failed = check_rows(table, declared.contract, declared.unchecked)
+        if not failed:
+            return table
+        self.quarantine(failed)
+        return table.take(pa.array(keep, type=pa.int64()))
+
+    def publish(self, overwrite: bool, started: float) -> BuildReport:
         faults.point("generated")
         valid: dict[str, pa.Table] = {}
         for split, declared in self.declared.items():
@@ -256,10 +261,7 @@ class BuildRun:
                 parts = [declared.arrow.empty_table()]
             table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
             if declared.contract is not None and table.num_rows:
-                keep, failed = check_rows(table, declared.contract, declared.unchecked)
-                if failed:
-                    self.quarantine(failed)
-                    table = table.take(pa.array(keep, type=pa.int64()))
+                table = self.valid_rows(table, declared)
             valid[split] = table
             if declared.counted:
                 self.counted_rows += table.num_rows

@@ -10,7 +10,6 @@ training responses, and target-length generation (TLG) instructions to evaluate 
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import pyarrow as pa
 
 from lendata.lengths import MLT_WINDOWS, meta_length_token, ruler_group, ruler_words
 from lendata.methods.shared.constraints import ruler_instruction, strip_constraint
-from lendata.methods.shared.sft import MESSAGE
+from lendata.methods.shared.sft import MESSAGE, row_id
 
 LEVELS = tuple(MLT_WINDOWS)  # 10, 30, 50, 80, 150, 300, 500, 700, >800
 
@@ -47,10 +46,6 @@ class Tagged:
     tlg: list[dict[str, Any]]
     bad: list[dict[str, Any]]  # quarantine records: rows with no user and assistant turn
     dropped: int  # rows whose response is in no window
-
-
-def _id(*parts: Any) -> str:
-    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
 def _turns(record: dict[str, Any], field: str) -> tuple[str, str] | None:
@@ -84,13 +79,13 @@ def tag(records: Iterable[tuple[str, dict[str, Any]]], field: str, levels: tuple
             out.dropped += 1
             continue
         messages = [{"role": "user", "content": user}, {"role": "assistant", "content": f"{mlt}{reply}"}]
-        out.train.append({"id": _id("ruler", user, reply), "messages": messages, "mlt": mlt,
+        out.train.append({"id": row_id("ruler", user, reply), "messages": messages, "mlt": mlt,
                           "response_words": words, "source": source})
     for text, source in instructions.items():
         rng = random.Random(f"{seed}|tlg|{text}")
         for k in range(per_instruction):
             level = rng.choice(levels)
             n = 1000 if level == ">800" else int(level)
-            out.tlg.append({"id": _id("tlg", text, k, level), "instruction": ruler_instruction(text, n),
+            out.tlg.append({"id": row_id("tlg", text, k, level), "instruction": ruler_instruction(text, n),
                             "target": level, "target_words": n, "level": ruler_group(level), "source": source})
     return out

@@ -215,3 +215,104 @@ def _written(samples, words):
         smp.paragraphs = [" ".join(["river"] * (words - 1)) + " ends."]
         smp.step_targets, smp.step_words, smp.step_finish = [words], [words], ["stop"]
     return samples
+
+
+# --- plans for long targets (issue 15, item 2) --------------------------------------------------------------
+
+def _plan_answer(k, words):
+    plan = {"paragraphs": [{"main_point": f"point {i}", "words": words} for i in range(k)]}
+    return lambda req: Result(text=json.dumps(plan), completion_tokens=20 * k)
+
+
+@pytest.mark.parametrize("goal", [2000, 10000, 20000])
+def test_the_plan_budget_is_sized_to_the_target(scripted, goal):
+    """A 20,000-word target needs room for up to 50 paragraphs: the budget grows with the most paragraphs the
+    bounds allow (a plan item costs what the engine's tokenizer says), capped at the reference's 4,096."""
+    engine = scripted(_plan_answer(3, 100))
+    samples = aw.prepare([{"instruction": f"Write a {goal}-word history of the Nile."}], S())
+    aw.make_plans(samples, engine, S())
+    req = engine.seen[0]
+    lo, hi = aw.paragraph_count(samples[0].goal, S())
+    assert req.json_schema["properties"]["paragraphs"]["maxItems"] == hi
+    assert req.json_schema["properties"]["paragraphs"]["minItems"] == lo
+    item = aw.plan_item_tokens(engine, samples[0].instruction, S())
+    assert req.max_tokens >= hi * item and req.max_tokens <= 4096
+    assert req.max_tokens > 600 or goal == 2000
+
+
+def test_the_plan_prompt_leaves_the_paragraph_count_to_the_model(scripted):
+    engine = scripted(_plan_answer(13, 800))
+    samples = aw.prepare([{"instruction": "Write a 10000-word history of the Nile."}], S())
+    aw.make_plans(samples, engine, S())
+    prompt = engine.seen[0].messages[0]["content"]
+    assert "no less than 200 words and no more than 1000 words" in prompt
+    assert "into 10 paragraphs" not in prompt and "10000 words" in prompt
+    assert len(samples[0].plan) == 13 and samples[0].plan_source == "model_repaired"  # its count, our sum
+    assert sum(p["words"] for p in samples[0].plan) == 10000 and samples[0].plan_fallback is None
+
+
+@pytest.mark.parametrize(("answer", "why"), [
+    (lambda req: Result(text='{"paragraphs": [{"main_point": "a', completion_tokens=req.max_tokens,
+                        finish_reason="length"), "truncated"),
+    (lambda req: Result(text="no json at all"), "not a plan"),
+    (lambda req: Result.failed("server went away"), "server went away"),
+])
+def test_every_plan_fallback_is_recorded_with_its_reason_and_warned(scripted, caplog, answer, why):
+    samples = aw.prepare([{"instruction": "Write a 3000-word history of the Nile."}], S())
+    with caplog.at_level("WARNING", logger="lendata"):
+        aw.make_plans(samples, scripted(answer), S())
+    smp = samples[0]
+    assert smp.plan_source == "fallback" and why in smp.plan_fallback
+    assert any(why in r.getMessage() and smp.id in r.getMessage() for r in caplog.records)
+    table, quarantine = aw.to_table(_written(samples, 3000), scripted(), S())
+    row = table.to_pylist()[0] if table.num_rows else json.loads(quarantine[0]["record"])
+    assert why in row["plan_fallback"]
+
+
+def test_both_write_prompts_omit_open_ended_conclusions():
+    for prompt in aw.WRITE_PROMPTS.values():
+        assert "open-ended conclusions" in prompt and "rhetorical hooks" in prompt
+
+
+@pytest.fixture(scope="module")
+def llama_8k():
+    from lendata.engines.llamacpp import LlamaCppEngine
+
+    engine = LlamaCppEngine(n_ctx=8192)
+    yield engine
+    engine.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("goal", [10000, 20000])
+def test_real_model_plans_10k_and_20k_word_targets(llama_8k, goal):
+    """The bundled model's plan for a very long target parses within the sized budget: no fallback."""
+    s = S()
+    samples = aw.prepare([{"instruction": f"Write a {goal}-word history of the Roman Empire."}], s)
+    aw.make_plans(samples, llama_8k, s)
+    smp = samples[0]
+    assert smp.plan_source != "fallback", smp.plan_fallback
+    lo, hi = aw.paragraph_count(smp.goal, s)
+    assert lo <= len(smp.plan) <= hi and sum(p["words"] for p in smp.plan) == smp.goal
+
+
+def test_a_build_counts_its_fallback_plans_in_the_manifest(tmp_path, scripted):
+    from lendata import build as builds
+    from lendata import recipes
+    from lendata import store as st
+    from lendata.engines import CachedEngine, ResponseCache
+    from lendata.engines.pool import EnginePool
+
+    def answer(req):  # every plan call is cut off; paragraphs are fine
+        if req.json_schema:
+            return Result(text='{"paragraphs": [', completion_tokens=req.max_tokens, finish_reason="length")
+        return Result(text=" ".join(_words(req.min_tokens + 5)) + ".", completion_tokens=req.min_tokens + 5)
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"Write a 300-word note on river {i}."}) + "\n" for i in range(2)))
+    recipe = recipes.load("agentwrite", {"input": str(src), "target_field": None, "n": 2, "engine": "openai",
+                                         "max_quarantine_share": 1.0})
+    pool = EnginePool(lambda name, options: CachedEngine(scripted(answer), ResponseCache(tmp_path / "c.sqlite")),
+                      "openai")
+    builds.run(recipe, tmp_path / "store", progress=False, engines=pool)
+    assert st.open_version(tmp_path / "store", "agentwrite").manifest["plan_fallbacks"] == 2

@@ -126,7 +126,7 @@ def test_resolved_settings_hold_every_field_with_code_defaults():
     resolved = r.resolved()
     fields = {f.name for f in dataclasses.fields(r.settings)} | {f.name for f in dataclasses.fields(r.run)}
     assert set(resolved) == fields
-    assert resolved["max_steps"] == 50 and resolved["plan_max_tokens"] == 600  # not in the YAML
+    assert resolved["max_steps"] == 50 and resolved["plan_max_tokens"] == 4096  # not in the YAML
     assert resolved["min_paragraph"] == 100  # the YAML's value
     yaml.safe_dump(resolved)  # plain data: JSON/YAML-able for the manifest
 

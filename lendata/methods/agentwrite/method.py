@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +37,12 @@ class AgentWrite(Method):
     def run(self, s: aw.Settings, build: Build) -> None:
         samples = aw.prepare(load_instructions(s, build), s)
         done = build.map(plan_write_filter, samples, "agentwrite")
-        build.quarantine([q for _, filtered in done for q in filtered])
+        quarantined = [q for _, filtered in done for q in filtered]
+        build.quarantine(quarantined)
+        # how many samples were written from the even fallback plan, and why: in the manifest, not just a log
+        reasons = [r for t, _ in done for r in t.column("plan_fallback").to_pylist() if r]
+        reasons += [r for q in quarantined if (r := json.loads(q["record"]).get("plan_fallback"))]
+        build.meta["plan_fallbacks"] = len(reasons)
         build.add("train", pa.concat_tables([t for t, _ in done]) if done else aw.OUTPUT_SCHEMA.empty_table())
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -41,8 +42,10 @@ and the word count of that paragraph.
 The writing instruction is as follows:
 {instruction}
 
-Break it down into {k} paragraphs of about {total} words in total. Answer in JSON: \
-{{"paragraphs": [{{"main_point": "...", "words": N}}, ...]}}"""
+Make sure that each subtask is clear and specific, and that all subtasks cover the entire content of the \
+writing instruction. Do not split the subtasks too finely; each subtask's paragraph should be no less than \
+{min_words} words and no more than {max_words} words, and the word counts should add up to about {total} words. \
+Answer in JSON: {{"paragraphs": [{{"main_point": "...", "words": N}}, ...]}}"""
 
 WRITE_PROMPT = """You are an excellent writing assistant. I will give you an original writing instruction and \
 my planned writing steps. I will also provide you with the text I have already written. Please help me \
@@ -60,7 +63,8 @@ Already written text:
 
 Please integrate the original writing instruction, writing steps, and the already written text, and now \
 continue writing step {step}: {point} ({words} words). If needed, you can add a small subtitle at the \
-beginning. Remember to only output the paragraph you write, without repeating the already written text."""
+beginning. Remember to only output the paragraph you write, without repeating the already written text. As \
+this is an ongoing work, omit open-ended conclusions or other rhetorical hooks."""
 
 # Small models answer the reference prompt conversationally ("I'm happy to help..."); this one asks only for
 # the text. Same inputs: instruction, plan, text so far, current step.
@@ -73,9 +77,12 @@ Text written so far:
 {text}
 
 Write section {step} of the outline now: {point}. Write about {words} words of the text itself, continuing \
-from where the text so far ends. Do not greet, do not comment on the task, do not repeat earlier sections."""
+from where the text so far ends. Do not greet, do not comment on the task, do not repeat earlier sections. \
+This is an ongoing work: omit open-ended conclusions or other rhetorical hooks."""
 
 WRITE_PROMPTS = {"longwriter": WRITE_PROMPT, "concise": WRITE_PROMPT_CONCISE}
+
+log = logging.getLogger("lendata.agentwrite")
 
 PLAN_ITEM = pa.struct([("main_point", pa.large_string()), ("words", pa.int32())])
 
@@ -90,7 +97,10 @@ class Settings(InstructionInput):
     min_paragraph: int = 200  # paragraph word bounds after plan repair (LongWriter: 200-1000)
     max_paragraph: int = 1000  # upper paragraph word bound
     plan_attempts: int = 3  # schema-constrained plan calls before the even fallback plan
-    plan_max_tokens: int = 600  # token budget of one plan call
+    # a plan call's budget is sized to the target: room for the most paragraphs the bounds allow, each main
+    # point up to plan_point_chars long, priced by the engine's tokenizer
+    plan_max_tokens: int = 4096  # the most a plan call's budget may be (the reference's 4,096)
+    plan_point_chars: int = 200  # longest main point a plan item may have (the JSON schema's maxLength)
     step_attempts: int = 3  # samples per step when a paragraph fails or repeats itself
     min_ratio: float = 0.9  # step min_tokens = words x tokens/word x min_ratio
     max_ratio: float = 1.1  # step max_tokens = words x tokens/word x max_ratio
@@ -116,6 +126,7 @@ class Sample:
     source: str = ""
     plan: list[dict[str, Any]] = field(default_factory=list)
     plan_source: str = ""
+    plan_fallback: str | None = None  # why the even fallback plan was used (the last attempt's failure)
     paragraphs: list[str] = field(default_factory=list)
     step_targets: list[int] = field(default_factory=list)
     step_words: list[int] = field(default_factory=list)
@@ -158,19 +169,20 @@ def prepare(rows: Sequence[dict[str, Any]], s: Settings) -> list[Sample]:
 # --- 2. plan ------------------------------------------------------------------------------------------
 
 
-def plan_schema(max_items: int) -> dict[str, Any]:
-    # bounded strings and arrays: an unbounded grammar lets a small model loop until max_tokens
+def plan_schema(min_items: int, max_items: int, point_chars: int) -> dict[str, Any]:
+    # bounded strings and arrays: an unbounded grammar lets a small model loop until max_tokens; the item
+    # bounds are the paragraph bounds, so the model chooses its paragraphs and the grammar keeps them feasible
     return {
         "type": "object",
         "properties": {
             "paragraphs": {
                 "type": "array",
-                "minItems": 1,
+                "minItems": min_items,
                 "maxItems": max_items,
                 "items": {
                     "type": "object",
                     "properties": {
-                        "main_point": {"type": "string", "minLength": 3, "maxLength": 200},
+                        "main_point": {"type": "string", "minLength": 3, "maxLength": point_chars},
                         "words": {"type": "integer", "minimum": 1, "maximum": 100000},
                     },
                     "required": ["main_point", "words"],
@@ -179,6 +191,30 @@ def plan_schema(max_items: int) -> dict[str, Any]:
         },
         "required": ["paragraphs"],
     }
+
+
+_PLAN_FRAME_TOKENS = 32  # '{"paragraphs": [' ... ']}' and the end of the turn, generously
+
+
+def plan_item_tokens(engine: Engine, instruction: str, s: Settings) -> int:
+    """Tokens of the longest plan item the schema allows, in the instruction's script, by the engine's own
+    tokenizer (a Chinese main point costs several times an English one)."""
+    filler = (instruction.strip() or "x") * (s.plan_point_chars // max(1, len(instruction.strip())) + 1)
+    item = json.dumps({"main_point": filler[: s.plan_point_chars], "words": 100000}, ensure_ascii=False) + ", "
+    return engine.count_tokens([item])[0] + 2
+
+
+def plan_request_shape(smp: Sample, prompt: str, engine: Engine, s: Settings) -> tuple[int, int, int]:
+    """(fewest items, most items, max_tokens) of one plan call: room for the most paragraphs the bounds allow,
+    within `plan_max_tokens` and what the context window leaves after the prompt. When even that is too little,
+    the item bound shrinks to what fits (repair then splits paragraphs back to the bounds)."""
+    lo, hi = paragraph_count(smp.goal, s)
+    item = plan_item_tokens(engine, smp.instruction, s)
+    prompt_tokens = estimate_prompt_tokens(engine, [({"role": "user", "content": prompt},)])[0]
+    room = min(s.plan_max_tokens, engine.context_window - prompt_tokens - 16)
+    fits = max(1, (room - _PLAN_FRAME_TOKENS) // item)
+    most = min(hi, fits)
+    return min(lo, most), most, max(1, min(room, _PLAN_FRAME_TOKENS + most * item))
 
 
 def paragraph_count(goal: int, s: Settings) -> tuple[int, int]:
@@ -278,34 +314,50 @@ def fallback_points(k: int) -> list[str]:
     return ["Introduce the topic and the approach", *middle, "Conclude and summarise the answer"][:k]
 
 
+def _plan_failure(res: Any, max_tokens: int) -> str:
+    if not res.ok:
+        return f"engine error: {res.error}"
+    if res.finish_reason == "length":
+        return f"truncated at {max_tokens} tokens"
+    return "not a plan (invalid JSON or no paragraph with a main point)"
+
+
 def make_plans(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResult | None = None) -> None:
-    """Plan every sample: schema-constrained calls, retried for the ones that did not parse, then repaired."""
+    """Plan every sample: schema-constrained calls, retried for the ones that did not parse, then repaired.
+    A sample that ends on the even fallback plan records why (`plan_fallback`) and is logged as a warning."""
     pending = list(samples)
     parsed: dict[str, list[dict[str, Any]]] = {}
+    failures: dict[str, str] = {}
     for attempt in range(s.plan_attempts):
         if not pending:
             break
         reqs = []
         for smp in pending:
-            lo, hi = paragraph_count(smp.goal, s)
-            k = min(hi, max(lo, round(smp.goal / ((s.min_paragraph + s.max_paragraph) / 2))))
-            prompt = PLAN_PROMPT.format(instruction=smp.instruction, k=k, total=smp.goal)
+            prompt = PLAN_PROMPT.format(
+                instruction=smp.instruction, total=smp.goal, min_words=min(s.min_paragraph, smp.goal),
+                max_words=max(s.max_paragraph, min(s.min_paragraph, smp.goal)),
+            )
+            fewest, most, max_tokens = plan_request_shape(smp, prompt, engine, s)
             reqs.append(Request(
-                messages=({"role": "user", "content": prompt},), max_tokens=s.plan_max_tokens,
+                messages=({"role": "user", "content": prompt},), max_tokens=max_tokens,
                 temperature=s.temperature, top_p=s.top_p, seed=_seed(s.seed, smp.id, "plan"),
-                json_schema=plan_schema(max(hi, 1) * 2), sample_index=attempt,
+                json_schema=plan_schema(fewest, most, s.plan_point_chars), sample_index=attempt,
             ))
         results = engine.generate(reqs, on_result=on_result)
         still = []
-        for smp, res in zip(pending, results, strict=True):
+        for smp, req, res in zip(pending, reqs, results, strict=True):
             plan = parse_plan(res.text) if res.ok else None
             if plan:
                 parsed[smp.id] = plan
             else:
+                failures[smp.id] = _plan_failure(res, req.max_tokens)
                 still.append(smp)
         pending = still
     for smp in samples:
         smp.plan, smp.plan_source = repair_plan(parsed.get(smp.id), smp.goal, s)
+        if smp.plan_source == "fallback":
+            smp.plan_fallback = f"{failures.get(smp.id, 'no plan call')} (after {s.plan_attempts} attempts)"
+            log.warning("agentwrite: sample %s uses the even fallback plan: %s", smp.id, smp.plan_fallback)
 
 
 # --- 3. write in rounds -------------------------------------------------------------------------------
@@ -441,6 +493,7 @@ OUTPUT_SCHEMA = pa.schema([
     ("target_words", pa.int32()),
     ("plan", pa.list_(PLAN_ITEM)),
     ("plan_source", pa.string()),
+    ("plan_fallback", pa.string()),
     ("step_targets", pa.list_(pa.int32())),
     ("step_words", pa.list_(pa.int32())),
     ("step_finish_reasons", pa.list_(pa.string())),
@@ -486,6 +539,7 @@ def to_table(
             "target_words": smp.goal,
             "plan": smp.plan,
             "plan_source": smp.plan_source,
+            "plan_fallback": smp.plan_fallback,
             "step_targets": smp.step_targets,
             "step_words": smp.step_words,
             "step_finish_reasons": smp.step_finish,

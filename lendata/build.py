@@ -148,8 +148,9 @@ class _CheckedWriter:
 
 
 # manifest entries the build and the store write; a method's `build.meta` must not replace them
-RESERVED_META = {"recipe", "method", "recipe_settings", "inputs", "engine", "model", "shards", "dataset", "version",
-                 "created", "lendata_version", "content_hash", "same_content_as", "splits", "schema"}
+RESERVED_META = {"recipe", "method", "recipe_settings", "inputs", "engine", "model", "tokenizer", "shards",
+                 "dataset", "version", "created", "lendata_version", "content_hash", "same_content_as", "splits",
+                 "schema"}
 
 
 class BuildRun:
@@ -281,6 +282,7 @@ class BuildRun:
             "inputs": input_identity(self.recipe),
             "engine": usage.name or None,
             "model": usage.model_id or None,
+            "tokenizer": usage.tokenizer or None,  # what every *_tokens column was counted with
             **self.meta,
         }
         if any(s["runner"] == "ray" for s in self.shards) or len({(s["label"], s["offset"]) for s in self.shards}) > \

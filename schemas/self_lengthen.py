@@ -24,6 +24,8 @@ class ResponsesSchema(pa.DataFrameModel):
     extended_response: str = pa.Field(str_length={"min_value": 1})
     initial_words: pl.Int32 = pa.Field(gt=0)
     extended_words: pl.Int32 = pa.Field(gt=0)
+    initial_tokens: pl.Int32 = pa.Field(gt=0)  # by the Generator's tokenizer
+    extended_tokens: pl.Int32 = pa.Field(gt=0)  # by the Extender's tokenizer
     growth: float = pa.Field(gt=1.0)  # the 1.2x rule is the method's; here: an extension is never shorter
 
     class Config:
@@ -39,6 +41,7 @@ class PairsSchema(pa.DataFrameModel):
     instruction: str = pa.Field(str_length={"min_value": 1})
     input: str
     output: str = pa.Field(str_length={"min_value": 1})
+    output_tokens: pl.Int32 = pa.Field(gt=0)
 
     @pa.check("messages", name="user_then_assistant")
     def two_turns(cls, data: pa.PolarsData) -> pl.LazyFrame:
@@ -60,6 +63,7 @@ class QueriesSchema(pa.DataFrameModel):
     constraint_low: pl.Int32 = pa.Field(gt=0)
     constraint_high: pl.Int32 = pa.Field(nullable=True)
     response_words: pl.Int32 = pa.Field(gt=0)
+    response_tokens: pl.Int32 = pa.Field(gt=0)
 
     class Config:
         strict = False

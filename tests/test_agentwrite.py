@@ -316,3 +316,12 @@ def test_a_build_counts_its_fallback_plans_in_the_manifest(tmp_path, scripted):
                       "openai")
     builds.run(recipe, tmp_path / "store", progress=False, engines=pool)
     assert st.open_version(tmp_path / "store", "agentwrite").manifest["plan_fallbacks"] == 2
+
+
+def test_agentwrite_response_tokens_use_the_engine_tokenizer(scripted):
+    eng = scripted()
+    eng.count_tokens = lambda texts: [7 * len(t) for t in texts]
+    samples = _written(aw.prepare([{"instruction": "Write about rivers in about 300 words."}], S()), 300)
+    table, quarantine = aw.to_table(samples, eng, S())
+    row = table.to_pylist()[0] if table.num_rows else json.loads(quarantine[0]["record"])
+    assert row["response_tokens"] == 7 * len(samples[0].text)

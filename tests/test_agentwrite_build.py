@@ -42,6 +42,7 @@ def test_agentwrite_rows_carry_plans_constraints_and_steps(built):
         assert len(r["plan"]) == 1 and r["plan_source"] in {"model", "model_repaired", "fallback"}
         assert len(r["step_words"]) == len(r["step_targets"]) == 1
         assert r["length_score"] >= 60, r  # a 135M model, length held by the pipeline
+    assert ver.manifest["tokenizer"].startswith("gguf:") and "plan_fallbacks" in ver.manifest
     p = run("query", "SELECT count(*) AS n FROM agentwrite WHERE len(plan) = 1", "--format", "json", store=store)
     assert json.loads(p.stdout)[0]["n"] == ver.rows()
 

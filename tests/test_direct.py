@@ -53,3 +53,39 @@ def test_rows_name_a_local_model_by_its_folder_not_its_path(scripted, served, sh
     eng.model_id = served  # what `vllm serve /home/alice/ckpt/step-1000` reports as its model id
     table, _ = direct([{"instruction": "write 10 words", "target": 10, "source": "f:1"}], eng, Settings(seed=1))
     assert table.column("model").to_pylist() == [shown]
+
+
+class _CharTokens:
+    """A scripted engine whose tokenizer is not the bundled one: 7 tokens per character."""
+
+    tokenizer = "test:7-per-char"
+
+    def count_tokens(self, texts):
+        return [7 * len(t) for t in texts]
+
+
+def test_response_tokens_are_counted_by_the_engine_that_wrote_them(scripted):
+    eng = scripted()
+    eng.count_tokens = _CharTokens().count_tokens
+    table, _ = direct([{"instruction": "write 10 words", "target": 10, "source": "f:1"}], eng, Settings(seed=1))
+    row = table.to_pylist()[0]
+    assert row["response_tokens"] == 7 * len(row["messages"][1]["content"])
+
+
+def test_the_manifest_names_the_tokenizer_that_counted(tmp_path, scripted):
+    import json
+
+    from lendata import build as builds
+    from lendata import recipes
+    from lendata import store as st
+    from lendata.engines import CachedEngine, ResponseCache
+    from lendata.engines.pool import EnginePool
+
+    eng = scripted()
+    eng.tokenizer, eng.count_tokens = _CharTokens.tokenizer, _CharTokens().count_tokens
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"prompt": "Write 30 words on rivers.", "length": 30}) + "\n")
+    recipe = recipes.load("direct", {"input": str(src), "n": 1, "engine": "openai"})
+    pool = EnginePool(lambda name, options: CachedEngine(eng, ResponseCache(tmp_path / "c.sqlite")), "openai")
+    builds.run(recipe, tmp_path / "store", progress=False, engines=pool)
+    assert st.open_version(tmp_path / "store", "direct").manifest["tokenizer"] == "test:7-per-char"

@@ -219,3 +219,19 @@ def test_strip_constraint_removes_the_length_and_keeps_the_task():
 def test_zh_numbers_read_back():
     for n in (1000, 2000, 3000, 10000, 12000, 25000):
         assert extract(f"写一篇文章，字数大约{sets.zh_number(n)}字。").low == n
+
+
+def test_token_columns_are_counted_by_the_engine_of_each_role(scripted):
+    gen, ext = scripted(), scripted()
+    gen.count_tokens = lambda texts: [3 * len(t) for t in texts]
+    ext.count_tokens = lambda texts: [5 * len(t) for t in texts]
+    s = sl.Settings()
+    long = " ".join(["river"] * 2500) + "."
+    r = sl.Response("r1", "i1", "Write about rivers.", "en", 1, 0, initial="Short text.", extended=long)
+    sets.count_tokens([r], gen, ext)
+    resp = sets.responses_table([r], s, ext.name, ext.model_id).to_pylist()[0]
+    assert (resp["initial_tokens"], resp["extended_tokens"]) == (3 * len("Short text."), 5 * len(long))
+    gen_sft, ext_sft = sets.sft_tables([r], s)
+    assert gen_sft.column("output_tokens").to_pylist() == ext_sft.column("output_tokens").to_pylist() == [5 * len(long)]
+    q = sets.queries_table([r], s).to_pylist()
+    assert q and q[0]["response_tokens"] == 5 * len(long)

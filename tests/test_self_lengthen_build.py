@@ -41,14 +41,23 @@ def test_two_iterations_give_every_split_and_account_for_every_response(two_buil
     # each instruction has `samples` responses: every one is kept or quarantined with its reason
     assert len(responses) + len(failed) == len(instructions) * SMALL["samples"]
     assert all(q["reason"] for q in failed)
+    from lendata.engines.identity import content_identity
+    from lendata.lengths import count_tokens
+    from lendata.models import bundled_gguf_path, gguf_tokenizer_path
+
+    gguf = bundled_gguf_path()  # the model that wrote them, counted with its own vocabulary
     for r in responses:
         assert r["extended_words"] > 1.2 * r["initial_words"] and r["growth"] > 1.2
+        assert [r["initial_tokens"], r["extended_tokens"]] == count_tokens(
+            [r["initial_response"], r["extended_response"]], str(gguf_tokenizer_path(gguf)))
+    assert v.manifest["tokenizer"] == f"gguf:{gguf.name}@sha256:{content_identity(gguf)[:16]}"
     gen, ext = v.read("gen_sft").to_pylist(), v.read("ext_sft").to_pylist()
     assert len(gen) == len(ext) == len(responses)
     for g, e, r in zip(gen, ext, responses, strict=True):
         assert g["output"] == e["output"] == r["extended_response"]
         assert g["instruction"] == r["instruction"] and "Original outline" in e["instruction"]
         assert g["messages"][1]["content"] == g["output"]
+        assert g["output_tokens"] == e["output_tokens"] == r["extended_tokens"]
     roles = v.manifest["roles"]
     assert [x["iteration"] for x in roles] == [1, 2] and roles[0]["generator"]["engine"] == "llamacpp"
 

@@ -127,5 +127,10 @@ class CachedEngine:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return self.engine.count_tokens(texts)
 
+    @property
+    def tokenizer(self) -> str:
+        """The wrapped engine's tokenizer identity ("" for an engine that does not name one)."""
+        return getattr(self.engine, "tokenizer", "")
+
     def close(self) -> None:
         self.engine.close()

@@ -110,3 +110,9 @@ def producer(engine: Any) -> dict[str, Any]:
     model id (scripted test engines)."""
     ident = getattr(engine, "identity", None)
     return ident() if callable(ident) else {"engine": engine.name, "model": engine.model_id}
+
+
+def tokenizer_file(path: str | os.PathLike) -> str:
+    """A tokenizer file as the manifest names it: its name and content (`file:tokenizer.json@sha256:…`)."""
+    p = Path(path).expanduser()
+    return f"file:{p.name}@sha256:{file_sha256(p)[:16]}" if p.is_file() else f"file:{p} (missing)"

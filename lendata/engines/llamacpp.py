@@ -160,6 +160,15 @@ class LlamaCppEngine:
         tok = self._tokenizer_path or str(gguf_tokenizer_path(self.model_path))
         return count_tokens(texts, tok)
 
+    @property
+    def tokenizer(self) -> str:
+        """What `count_tokens` counts with: the GGUF's own vocabulary (by the weights' content), or a file."""
+        from lendata.engines.identity import content_identity, tokenizer_file
+
+        if self._tokenizer_path:
+            return tokenizer_file(self._tokenizer_path)
+        return f"gguf:{Path(self.model_path).name}@sha256:{content_identity(self.model_path)[:16]}"
+
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is not None:

@@ -4,11 +4,17 @@ Requests go out concurrently (bounded by `concurrency`); 429, 5xx, timeouts, dro
 unreadable bodies are retried with exponential backoff (honouring Retry-After); a row that still fails after
 the last retry becomes an error result. The API key comes from the environment and is never logged or
 stored.
+
+Token counts use the served model's own tokenizer: a `tokenizer` file when one is configured, else the
+server's tokenize route (vLLM's `/tokenize`, llama_cpp.server's `/extras/tokenize`). A server with neither (a
+hosted API) is counted with the bundled tokenizer as an approximation, which `tokenizer` names and a warning
+reports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 from collections.abc import Sequence
@@ -20,6 +26,7 @@ import httpx
 from lendata.engines.base import OnResult, Request, Result
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+log = logging.getLogger("lendata.engines")
 
 
 class OpenAIEngine:
@@ -53,6 +60,9 @@ class OpenAIEngine:
         self.json_format = json_format
         self.send_min_tokens = send_min_tokens
         self._tokenizer = tokenizer
+        self._route: str | None = None  # the tokenize route found on first use: vllm | llama_cpp | none
+        self._bos = 0  # tokens llama_cpp.server's route adds to every text (its BOS)
+        self._counted: dict[str, int] = {}  # prompt fitting counts the same texts again and again
         self.retries = 0  # retried attempts over the engine's life, for reports
         served = self._models() if (model is None or context_window is None) else []
         self.model_id = model or (served[0]["id"] if served else "")
@@ -183,10 +193,74 @@ class OpenAIEngine:
         with ThreadPoolExecutor(1) as pool:
             return pool.submit(asyncio.run, self._run(requests, on_result)).result()
 
+    @property
+    def _root(self) -> str:
+        """The server's root: tokenize routes live beside /v1, not under it."""
+        return self.base_url.removesuffix("/v1")
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            r = httpx.post(f"{self._root}{path}", json=body, headers=self._headers(), timeout=self.timeout)
+        except httpx.HTTPError as e:
+            raise ConnectionError(f"cannot count tokens at {self._root}{path}: {type(e).__name__}: {e}") from e
+        if r.status_code in (404, 405, 501):
+            return None
+        try:
+            r.raise_for_status()
+            return r.json()
+        except (httpx.HTTPError, ValueError) as e:
+            raise ConnectionError(f"cannot count tokens at {self._root}{path}: {r.status_code} {r.text[:200]}") from e
+
+    def _find_route(self) -> str:
+        if self._route is None:
+            if self._post("/tokenize", {"model": self.model_id, "prompt": "", "add_special_tokens": False}) is not None:
+                self._route = "vllm"
+            elif (got := self._post("/extras/tokenize", {"model": self.model_id, "input": ""})) is not None:
+                self._route, self._bos = "llama_cpp", len(got.get("tokens") or [])
+            else:
+                self._route = "none"
+                log.warning("%s has no tokenize route (/tokenize, /extras/tokenize): token counts are approximated "
+                            "with the bundled tokenizer; set engine_options.tokenizer to the model's tokenizer.json",
+                            self._root)
+        return self._route
+
+    def _count_one(self, text: str) -> int:
+        if self._route == "vllm":
+            got = self._post("/tokenize", {"model": self.model_id, "prompt": text, "add_special_tokens": False})
+            return int((got or {})["count"])
+        got = self._post("/extras/tokenize", {"model": self.model_id, "input": text})
+        return max(0, len((got or {})["tokens"]) - self._bos)
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         from lendata.lengths import count_tokens
 
-        return count_tokens(texts, self._tokenizer)
+        if self._tokenizer:
+            return count_tokens(texts, self._tokenizer)
+        if self._find_route() == "none":
+            return count_tokens(texts)
+        for text in dict.fromkeys(t for t in texts if t not in self._counted):
+            if len(self._counted) > 10_000:
+                self._counted.clear()
+            self._counted[text] = self._count_one(text) if text else 0
+        return [self._counted[t] for t in texts]
+
+    @property
+    def tokenizer(self) -> str:
+        """What `count_tokens` counts with: a file by content, the server's route and model, or the bundled
+        tokenizer as an approximation (a server without a tokenize route)."""
+        from lendata.engines.identity import server_url, tokenizer_file
+
+        if self._tokenizer:
+            return tokenizer_file(self._tokenizer)
+        try:
+            route = self._find_route()
+        except ConnectionError:  # a report must not fail because the server is gone by now
+            return f"server:{server_url(self._root)} (tokenize route not reached)"
+        if route == "none":
+            return (f"approximate:bundled SmolLM2-135M tokenizer ({server_url(self._root)} has no tokenize route; "
+                    "set engine_options.tokenizer)")
+        path = "/tokenize" if route == "vllm" else "/extras/tokenize"
+        return f"server:{server_url(self._root)}{path} model={self.model_id}"
 
     def close(self) -> None:
         pass

@@ -26,14 +26,15 @@ class Usage:
     calls: int = 0  # requests sent to an engine (not replayed from the cache)
     hits: int = 0  # requests replayed from the cache
     tokens: int = 0  # completion tokens generated
+    tokenizer: str = ""  # what the engines count tokens with (their `tokenizer` identities, joined with "+")
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(_joined(self.name, other.name), _joined(self.model_id, other.model_id), self.calls + other.calls,
-                     self.hits + other.hits, self.tokens + other.tokens)
+                     self.hits + other.hits, self.tokens + other.tokens, _joined(self.tokenizer, other.tokenizer))
 
     @classmethod
     def of(cls, engine: CachedEngine) -> Usage:
-        return cls(engine.name, engine.model_id, engine.calls, engine.hits, engine.tokens)
+        return cls(engine.name, engine.model_id, engine.calls, engine.hits, engine.tokens, engine.tokenizer)
 
 
 class EnginePool:

@@ -164,5 +164,12 @@ class VLLMEngine:
         tok = self._llm.get_tokenizer()
         return [len(tok.encode(t, add_special_tokens=False)) for t in texts]
 
+    @property
+    def tokenizer(self) -> str:
+        """What `count_tokens` counts with: a tokenizer file by content, else the model's own tokenizer."""
+        from lendata.engines.identity import tokenizer_file
+
+        return tokenizer_file(self._tokenizer) if self._tokenizer else f"model:{self._model}"
+
     def close(self) -> None:
         self._llm = None

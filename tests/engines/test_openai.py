@@ -196,3 +196,80 @@ def test_output_changing_options_are_part_of_the_identity():
     b = OpenAIEngine(base_url="http://127.0.0.1:9/v1", model="m", context_window=1024, json_format="json_object")
     c = OpenAIEngine(base_url="http://127.0.0.1:9/v1", model="m", context_window=1024, send_min_tokens=False)
     assert len({json.dumps(e.identity(), sort_keys=True) for e in (a, b, c)}) == 3
+
+
+# --- token counts with the served model's own tokenizer (issue 15, item 4) ---------------------------------
+
+class _TokenizeHandler(BaseHTTPRequestHandler):
+    """A server whose tokenizer is not the bundled one (3 tokens per character), on vLLM's or llama_cpp.server's
+    route, or on none (a hosted API)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self._send(200, {"data": [{"id": "m", "max_model_len": 4096}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        route = self.server.route
+        if route == "vllm" and self.path == "/tokenize":
+            n = 3 * len(body["prompt"]) + (0 if body.get("add_special_tokens") is False else 1)
+            return self._send(200, {"count": n, "tokens": list(range(n)), "max_model_len": 4096})
+        if route == "llama_cpp" and self.path == "/extras/tokenize":
+            n = 3 * len(body["input"]) + 1  # llama_cpp.server adds the BOS token
+            return self._send(200, {"tokens": list(range(n))})
+        self._send(404, {"detail": "Not Found"})
+
+    def _send(self, status, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def tokenize_server(request):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _TokenizeHandler)
+    srv.route = request.param
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv, f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    srv.shutdown()
+
+
+@pytest.mark.parametrize("tokenize_server", ["vllm", "llama_cpp"], indirect=True)
+def test_counts_tokens_with_the_servers_tokenizer(tokenize_server):
+    srv, url = tokenize_server
+    engine = OpenAIEngine(base_url=url)
+    assert engine.count_tokens(["abc", "", "héllo wörld"]) == [9, 0, 33]
+    path = "/tokenize" if srv.route == "vllm" else "/extras/tokenize"
+    assert engine.tokenizer == f"server:{url.removesuffix('/v1')}{path} model=m"
+
+
+@pytest.mark.parametrize("tokenize_server", ["none"], indirect=True)
+def test_a_server_without_a_tokenize_route_counts_approximately_and_says_so(tokenize_server, caplog):
+    _, url = tokenize_server
+    engine = OpenAIEngine(base_url=url)
+    with caplog.at_level("WARNING", logger="lendata"):
+        from lendata.lengths import count_tokens
+
+        assert engine.count_tokens(["abc"]) == count_tokens(["abc"])
+    assert engine.tokenizer.startswith("approximate:") and "tokenizer" in engine.tokenizer
+    assert any("tokenize" in r.getMessage() for r in caplog.records)
+
+
+def test_a_configured_tokenizer_file_wins_and_is_named_by_content(tmp_path):
+    from lendata.models import bundled_tokenizer_path
+
+    engine = OpenAIEngine(base_url="http://127.0.0.1:9/v1", model="m", context_window=2048,
+                          tokenizer=str(bundled_tokenizer_path()))
+    assert engine.tokenizer.startswith("file:") and "@sha256:" in engine.tokenizer
+
+
+def test_llama_cpp_server_counts_as_the_model_does(llama_server, llama):
+    _, url = llama_server
+    engine = OpenAIEngine(base_url=url)
+    texts = ["The river runs to the sea.", "河流流向大海。", ""]
+    assert engine.count_tokens(texts) == llama.count_tokens(texts)
+    assert engine.tokenizer.endswith("/extras/tokenize model=smollm2")

@@ -100,6 +100,8 @@ def test_count_tokens_matches_the_bundled_tokenizer(engine):
 
     texts = ["The Roman Empire was vast.", "中国旅游指南"]
     assert engine.count_tokens(texts) == count_tokens(texts)
+    # the manifest names the checkpoint's own tokenizer file by content
+    assert engine.tokenizer.startswith("file:tokenizer.json@sha256:")
 
 
 def test_max_tokens_past_the_window_is_capped_not_fatal(engine):

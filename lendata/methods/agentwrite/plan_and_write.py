@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from lendata.engines.base import Engine, OnResult, Request, estimate_prompt_tokens
 from lendata.engines.identity import model_name
-from lendata.lengths import WordCounter, count_tokens, count_words, length_score
+from lendata.lengths import WordCounter, count_words, length_score
 from lendata.methods.shared import checks
 from lendata.methods.shared.budget import language_of, measure_tokens_per_word
 from lendata.methods.shared.constraints import Constraint, constrain, draw, extract
@@ -524,7 +524,7 @@ def to_table(
     samples: list[Sample], engine: Engine, s: Settings
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
     texts = [x.text for x in samples]
-    tokens = count_tokens(texts) if texts else []
+    tokens = engine.count_tokens(texts) if texts else []  # the tokenizer of the model that wrote them
     rows, quarantine = [], []
     for smp, ntok in zip(samples, tokens, strict=True):
         words = count_words(smp.text, s.word_counter)

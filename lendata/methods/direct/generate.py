@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from lendata.engines.base import Engine, OnResult, Request, estimate_prompt_tokens
 from lendata.engines.identity import model_name
-from lendata.lengths import WordCounter, count_tokens, count_words, length_score
+from lendata.lengths import WordCounter, count_words, length_score
 from lendata.methods.shared.budget import budget_for, language_of, measure_tokens_per_word
 from lendata.methods.shared.inputs import InstructionInput
 from lendata.methods.shared.sft import SFT_SCHEMA, row_id
@@ -72,7 +72,7 @@ def direct(
         )
     results = engine.generate(requests, on_result=on_result)
     ok_texts = [r.text.strip() for r in results]
-    tokens = count_tokens(ok_texts) if ok_texts else []
+    tokens = engine.count_tokens(ok_texts) if ok_texts else []  # the tokenizer of the model that wrote them
     out, quarantine = [], []
     for row, b, res, text, ntok in zip(rows, budgets, results, ok_texts, tokens, strict=True):
         rid = row_id(row["instruction"], b.requested_words, seed)

@@ -74,6 +74,7 @@ class SelfLengthen(Method):
             done = build.map(generate_and_extend, instructions, f"iter {it}", roles)
             responses = [r for part in done for r in part]
             kept, dropped = sets.keep_long(responses, s, it)
+            sets.count_tokens(kept, gen, ext)
             build.quarantine(rejected + sets.failures(responses) + dropped)
             gen_sft, ext_sft = sets.sft_tables(kept, s)
             build.add("instructions", pa.Table.from_pylist(instructions, schema=sets.INSTRUCTIONS_SCHEMA))

@@ -39,6 +39,8 @@ RESPONSES_SCHEMA = pa.schema([
     ("extended_response", pa.large_string()),
     ("initial_words", pa.int32()),
     ("extended_words", pa.int32()),
+    ("initial_tokens", pa.int32()),
+    ("extended_tokens", pa.int32()),
     ("growth", pa.float64()),
     ("generate_attempts", pa.int32()),
     ("extend_attempts", pa.int32()),
@@ -55,6 +57,7 @@ PAIR_SCHEMA = pa.schema([
     ("input", pa.large_string()),
     ("output", pa.large_string()),
     ("output_words", pa.int32()),
+    ("output_tokens", pa.int32()),
 ])
 QUERIES_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -66,6 +69,7 @@ QUERIES_SCHEMA = pa.schema([
     ("constraint_low", pa.int32()),
     ("constraint_high", pa.int32()),
     ("response_words", pa.int32()),
+    ("response_tokens", pa.int32()),
     ("messages", pa.list_(MESSAGE)),
 ])
 
@@ -89,6 +93,15 @@ def failures(responses: Sequence[Response]) -> list[dict[str, Any]]:
             for r in responses if r.failed]
 
 
+def count_tokens(kept: Sequence[Response], generator: Any, extender: Any) -> None:
+    """Each text's tokens by the tokenizer of the model that wrote it: the Generator's for the initial
+    response, the Extender's for the extended one."""
+    for r, n in zip(kept, generator.count_tokens([r.initial for r in kept]) if kept else [], strict=True):
+        r.initial_tokens = n
+    for r, n in zip(kept, extender.count_tokens([r.extended or "" for r in kept]) if kept else [], strict=True):
+        r.extended_tokens = n
+
+
 def responses_table(kept: Sequence[Response], s: Settings, engine: str, model: str) -> pa.Table:
     rows = []
     for r in kept:
@@ -96,7 +109,8 @@ def responses_table(kept: Sequence[Response], s: Settings, engine: str, model: s
         rows.append({"id": r.id, "instruction_id": r.instruction_id, "instruction": r.instruction,
                      "language": r.language, "iteration": r.iteration, "sample": r.sample,
                      "initial_response": r.initial, "extended_response": r.extended, "initial_words": a,
-                     "extended_words": b, "growth": round(b / a, 4) if a else None,
+                     "extended_words": b, "initial_tokens": r.initial_tokens, "extended_tokens": r.extended_tokens,
+                     "growth": round(b / a, 4) if a else None,
                      "generate_attempts": r.gen_attempts, "extend_attempts": r.extend_attempts,
                      "rounds_accepted": r.rounds_accepted, "engine": engine, "model": model_name(model)})
     return pa.Table.from_pylist(rows, schema=RESPONSES_SCHEMA)
@@ -106,7 +120,8 @@ def _pair(rid: str, r: Response, prompt: str, s: Settings) -> dict[str, Any]:
     out = r.extended or ""
     return {"id": rid, "iteration": r.iteration, "language": r.language,
             "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": out}],
-            "instruction": prompt, "input": "", "output": out, "output_words": words(out, s)}
+            "instruction": prompt, "input": "", "output": out, "output_words": words(out, s),
+            "output_tokens": r.extended_tokens}
 
 
 def drop_lines(text: str, keep: float, rng: random.Random) -> str:
@@ -195,6 +210,6 @@ def queries_table(
         query, c = made
         rows.append({"id": row_id("query", r.id), "iteration": r.iteration, "language": r.language, "query": query,
                      "instruction": r.instruction, "constraint_type": c.ctype, "constraint_low": c.low,
-                     "constraint_high": c.high, "response_words": n,
+                     "constraint_high": c.high, "response_words": n, "response_tokens": r.extended_tokens,
                      "messages": [{"role": "user", "content": query}, {"role": "assistant", "content": text}]})
     return pa.Table.from_pylist(rows, schema=QUERIES_SCHEMA)

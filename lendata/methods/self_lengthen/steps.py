@@ -158,6 +158,9 @@ class Response:
     extend_attempts: int = 0
     rounds_accepted: int = 0
     failed: str | None = None  # stage: reason, when the response never became usable
+    # counted by the tokenizer of the model that wrote each text (`sets.count_tokens`)
+    initial_tokens: int | None = None
+    extended_tokens: int | None = None
 
 
 @dataclass

@@ -10,7 +10,8 @@ class LevelSchema(pa.DataFrameModel):
     id: str = pa.Field(unique=True)
     input: str = pa.Field(str_length={"min_value": 1})
     answers: pl.List(pl.String)
-    length: pl.Int64 = pa.Field(gt=0)
+    length: pl.Int64 = pa.Field(gt=0)  # input + context + answers, as LV-Eval counts it
+    context_length: pl.Int64 = pa.Field(gt=0)
     language: str = pa.Field(isin=["en", "zh"])
     level_length: pl.Int64 = pa.Field(gt=0)
     depth: pl.List(pl.Float64)
@@ -29,6 +30,10 @@ class LevelSchema(pa.DataFrameModel):
     def on_level(cls, data: pa.PolarsData) -> pl.LazyFrame:
         off = (pl.col("length") - pl.col("level_length")).abs()
         return data.lazyframe.select(off <= pl.col("level_length") * LENGTH_TOLERANCE)
+
+    @pa.dataframe_check(name="context_shorter_than_the_record")
+    def context_within(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(pl.col("context_length") < pl.col("length"))
 
     class Config:
         strict = False

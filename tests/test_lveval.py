@@ -274,3 +274,44 @@ def test_chinese_contexts_count_characters():
     ctx = assemble(zh, [], pool, Chars(), 3000, None, rng_for(0), lv.Replacer({"阿黛拉": "欧米"}, "zh"))
     assert ctx.length == 3000 - 1  # the replacement is a character shorter
     assert "欧米" in ctx.text and "阿黛拉" not in ctx.text
+
+
+# ---- what LV-Eval counts, and where distractors come from (issue 15, item 7) ----
+
+
+def test_a_records_length_is_input_plus_context_plus_answers_as_lveval_counts():
+    pool = pool_of(filler())
+    rec = record(item(), [], {}, pool, Unit(), 2000, "u", None, lv.Settings(), "demo")
+    unit = Unit()
+    qa = unit.count(rec["input"]) + sum(unit.count(a) for a in rec["answers"])
+    assert rec["context_length"] == unit.count(rec["context"])
+    assert rec["length"] == qa + rec["context_length"]
+    assert rec["length"] == 2000  # the level is what LV-Eval's `length` reaches
+
+
+def test_other_items_documents_are_mixed_into_every_context():
+    other = item(id="q2", documents=["The Kelvar ferry sails from Ostrand to Mirelle every Tuesday at noon, "
+                                     "carrying mail and cattle across the bay."])
+    from lendata.methods.lveval.context import item_documents
+
+    rec = record(item(), [], {}, pool_of(filler()), Unit(), 1500, "u", None, lv.Settings(), "demo",
+                 mixed=item_documents([item(), other], Unit()))
+    assert "Kelvar ferry" in rec["context"] and rec["context"].count("The Zorvan Bridge crosses") == 1
+
+
+def _corpus(tmp_path, docs, name="docs.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    return path
+
+
+def test_the_pool_is_a_seeded_sample_of_the_whole_corpus_not_its_first_documents(tmp_path):
+    docs = [f"document {i} " + t for i, t in enumerate(filler(400, 50))]
+    path = _corpus(tmp_path, docs)
+    pool = read_pool(path, Unit(), cap=2_000, seed=1)
+    picked = sorted(docs.index(t) for t in pool.texts)
+    assert 2_000 <= pool.total < 2_000 + 60 and max(picked) > 200  # not the first ~40 documents
+    assert read_pool(path, Unit(), cap=2_000, seed=1).texts == pool.texts
+    assert set(read_pool(path, Unit(), cap=2_000, seed=2).texts) != set(pool.texts)
+    backwards = read_pool(_corpus(tmp_path, docs[::-1], "rev.jsonl"), Unit(), cap=2_000, seed=1)
+    assert set(backwards.texts) == set(pool.texts)  # the sample does not depend on the corpus order

@@ -45,7 +45,10 @@ def test_one_split_per_level_and_every_record_checked(built):
         for r in rows:
             target = int(level[:-1]) * 1000
             assert r["level_length"] == target and abs(r["length"] - target) <= 0.02 * target
-            assert r["length"] == len(r["context"].split())
+            # LV-Eval's length: input + context + answers; the context alone in its own column
+            assert r["context_length"] == len(r["context"].split())
+            assert r["length"] == len(r["input"].split()) + r["context_length"] + sum(len(a.split())
+                                                                                      for a in r["answers"])
             assert all(a in r["context"] for a in r["answers"]), r["id"]
             item = seeds[r["item_id"]]
             for fact, offset in zip(r["confusing_facts"], r["fact_offsets"], strict=True):
@@ -110,8 +113,8 @@ def test_a_pool_too_small_for_the_level_fails_clearly(tmp_path):
                                    f"distractors={corpus}", "--set", "levels=[16k]", "--set", "n=1", "--set",
                                    "facts_per_item=0"])
     assert res.exit_code == 1
-    assert "distractor pool holds 70 words (1 document)" in res.output
-    assert "a 16k context needs 15,867 words of distractors" in res.output
+    assert "distractor pool holds 70 words (1 document) and the other QA items 0 words (0 documents)" in res.output
+    assert "the 16k level's context needs 15,845 words of distractors" in res.output
     assert st.list_versions(tmp_path / "s", "lveval") == []
 
 

@@ -1,5 +1,10 @@
 """One LV-Eval context: the item's supporting documents at a recorded depth, its confusing facts at random
-paragraph boundaries, and distractors sampled from the pool until the level is reached.
+paragraph boundaries, and distractors until the level is reached: first the other QA items' documents (LV-Eval's
+"mixup": the documents of the other questions are the closest distractors there are), then documents sampled
+from the distractor pool, in a seeded random order.
+
+A record's `length` counts what LV-Eval's does: input + context + answers (words for en, characters for zh),
+so the context is filled to the level minus the question and answers; `context_length` is the context alone.
 
 Distractors are whole documents except the last, which is cut to the units left, so a context lands on its
 level (words and characters exactly, tokens within a token or two) before replacements change it slightly.
@@ -10,6 +15,7 @@ copies of it, whatever the number of records.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,36 +58,56 @@ class Context:
     distractors: int
 
 
+def item_documents(items: Sequence[Item], unit: Unit) -> Pool:
+    """Every QA item's supporting documents as a pool (sources: the owning item's id), to mix into the other
+    items' contexts."""
+    docs = [(it.id, d) for it in items for d in it.documents]
+    texts = [d for _, d in docs]
+    return Pool(texts=texts, sources=[i for i, _ in docs], sizes=np.asarray(unit.counts(texts), np.int64),
+                hashes=[text_hash(t) for t in texts])
+
+
 def distractors(pool: Pool, unit: Unit, budget: int, rng: np.random.Generator, exclude: set[str],
-                level: int) -> tuple[list[str], list[int]]:
-    """Pool documents in a random order until `budget` units are spent; the last one is cut to fit."""
+                level: int, mixed: Pool | None = None, label: str | None = None) -> tuple[list[str], list[int]]:
+    """The other items' documents, then pool documents, each in a random order, until `budget` units are
+    spent (the last one is cut to fit); returned in a random order, so the mixed ones are not all up front."""
+    mixed = mixed or Pool()
+    order = [(mixed, int(i)) for i in rng.permutation(len(mixed.texts))]
+    order += [(pool, int(i)) for i in rng.permutation(len(pool.texts))]
     texts, sizes = [], []
     left = budget
-    for i in rng.permutation(len(pool.texts)):
+    for src, i in order:
         if left <= unit.sep:
             break
-        if pool.hashes[i] in exclude:
+        if src.hashes[i] in exclude:
             continue
-        cost = int(pool.sizes[i]) + unit.sep
+        cost = int(src.sizes[i]) + unit.sep
         if cost <= left:
-            texts.append(pool.texts[i])
-            sizes.append(int(pool.sizes[i]))
+            texts.append(src.texts[i])
+            sizes.append(int(src.sizes[i]))
             left -= cost
         else:
-            cut = unit.cut(pool.texts[i], left - unit.sep)
+            cut = unit.cut(src.texts[i], left - unit.sep)
             texts.append(cut)
             sizes.append(left - unit.sep)
             left = 0
     if left > unit.sep + max(2, level // 100):
+        others = [i for i in range(len(mixed.texts)) if mixed.hashes[i] not in exclude]
+        held = f"{len(others)} document{'' if len(others) == 1 else 's'}"
         raise PoolTooSmall(
             f"the distractor pool holds {pool.total:,} {unit.name} ({len(pool.texts)} document"
-            f"{'' if len(pool.texts) == 1 else 's'}) but a {level_name(level)} context needs {budget:,} {unit.name} "
-            "of distractors: point `distractors` at a larger corpus, raise `pool_factor`, or lower the levels")
-    return texts, sizes
+            f"{'' if len(pool.texts) == 1 else 's'}) and the other QA items {int(mixed.sizes[others].sum()):,} "
+            f"{unit.name} ({held}), but the {label or level_name(level)} level's context needs {budget:,} "
+            f"{unit.name} of distractors: point `distractors` at a larger corpus, raise `pool_factor`, or lower "
+            "the levels")
+    shuffled = rng.permutation(len(texts))
+    return [texts[i] for i in shuffled], [sizes[i] for i in shuffled]
 
 
 def assemble(item: Item, facts: list[str], pool: Pool, unit: Unit, level: int, targets: list[float] | None,
-             rng: np.random.Generator, replace: Replacer | None = None) -> Context:
+             rng: np.random.Generator, replace: Replacer | None = None, mixed: Pool | None = None,
+             label: str | None = None) -> Context:
+    """A context of `level` units around the item's documents and facts (`label`: the level it is for)."""
     ev_sizes = unit.counts(item.documents)
     f_sizes = unit.counts(facts) if facts else []
     fixed = sum(ev_sizes) + sum(f_sizes) + unit.sep * (len(ev_sizes) + len(f_sizes) - 1)
@@ -89,7 +115,7 @@ def assemble(item: Item, facts: list[str], pool: Pool, unit: Unit, level: int, t
         raise EvidenceTooLong(f"{item.id}: the supporting documents and facts are {fixed:,} {unit.name}, longer "
                               f"than the {level_name(level)} level")
     exclude = {text_hash(d) for d in item.documents}
-    d_texts, d_sizes = distractors(pool, unit, level - fixed, rng, exclude, level)
+    d_texts, d_sizes = distractors(pool, unit, level - fixed, rng, exclude, level, mixed, label)
     # evidence and facts go between paragraphs, not only between documents: a depth sweep needs finer steps
     # than whole documents; splitting on SEP and joining with it again gives back the same text
     d_texts = [p for t in d_texts for p in t.split(SEP)]
@@ -135,18 +161,28 @@ def assemble(item: Item, facts: list[str], pool: Pool, unit: Unit, level: int, t
 
 
 def record(item: Item, facts: list[str], table: dict[str, str], pool: Pool, unit: Unit, level: int,
-           tag: str, targets: list[float] | None, s: Settings, dataset: str) -> dict[str, Any]:
-    """One output row in LV-Eval's shape plus level, depth, offsets and the replacements made."""
+           tag: str, targets: list[float] | None, s: Settings, dataset: str, mixed: Pool | None = None
+           ) -> dict[str, Any]:
+    """One output row in LV-Eval's shape plus level, depth, offsets and the replacements made. `mixed`: the QA
+    items' documents (`item_documents`), mixed in as the first distractors (the item's own are skipped)."""
     replace = Replacer(table, item.language)
-    ctx = assemble(item, facts, pool, unit, level, targets, rng_for(s.seed, item.id, level, tag), replace)
+    # LV-Eval's `length` is input + context + answers: the context gets what the question and answers leave
+    qa = unit.count(item.question) + sum(unit.counts(list(item.answers)))
+    if qa >= level:
+        raise EvidenceTooLong(f"{item.id}: the question and answers are {qa:,} {unit.name}, as long as the "
+                              f"{level_name(level)} level")
+    ctx = assemble(item, facts, pool, unit, level - qa, targets, rng_for(s.seed, item.id, level, tag), replace,
+                   mixed, level_name(level))
     question, answers, keywords = replaced_item(item, replace)
+    length = unit.count(question) + ctx.length + sum(unit.counts(list(answers)))
     name = level_name(level)
     return {
         "id": f"{item.id}-{name}-{tag}",
         "input": question,
         "context": ctx.text,
         "answers": answers,
-        "length": ctx.length,
+        "length": length,
+        "context_length": ctx.length,
         "dataset": f"{dataset}_{name}",
         "language": item.language,
         "answer_keywords": keywords,

@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 
 from lendata.methods.base import Build, Writer
-from lendata.methods.lveval.context import EvidenceTooLong, depth_plan, record
+from lendata.methods.lveval.context import EvidenceTooLong, depth_plan, item_documents, record
 from lendata.methods.lveval.items import Item, Settings
 from lendata.methods.lveval.pool import Pool, Unit, level_name, parse_level
 
@@ -19,7 +19,8 @@ RECORD_SCHEMA = pa.schema([
     ("input", pa.string()),
     ("context", pa.large_string()),
     ("answers", pa.list_(pa.string())),
-    ("length", pa.int64()),
+    ("length", pa.int64()),  # input + context + answers, as LV-Eval counts it
+    ("context_length", pa.int64()),
     ("dataset", pa.string()),
     ("language", pa.string()),
     ("answer_keywords", pa.string()),
@@ -57,6 +58,7 @@ def write_levels(items: list[Item], facts: dict[str, list[str]], tables: dict[st
     """Stream every level into its split of the build; the statistics per level. Records that cannot be
     built are quarantined as they come (records failing the level schema by the build)."""
     stats: dict[str, Any] = {}
+    mixed = item_documents(items, unit)  # every item's documents, mixed into the other items' contexts
     for level in sorted({parse_level(x) for x in s.levels}):
         name = level_name(level)
         per_batch = max(1, BATCH_UNITS // level)
@@ -68,7 +70,7 @@ def write_levels(items: list[Item], facts: dict[str, list[str]], tables: dict[st
             for tag, targets in depth_plan(s, len(item.documents)):
                 try:
                     rec = record(item, facts.get(item.id, []), tables.get(item.id, {}), pool, unit, level, tag,
-                                 targets, s, dataset)
+                                 targets, s, dataset, mixed)
                 except EvidenceTooLong as e:
                     build.quarantine([{"id": f"{item.id}-{name}-{tag}", "stage": "assemble", "reason": str(e),
                                        "source": item.source, "record": ""}])

@@ -61,8 +61,8 @@ class LVEval(Method):
                              "words and zh in characters, so build each language separately or set `unit`")
         unit = make_unit(s.unit, languages[0], s.tokenizer)
         cap = int(max(parse_level(x) for x in s.levels) * s.pool_factor)
-        pool = build.step("load distractor pool", read_pool, _source(s.distractors, build), unit, cap,
-                          s.text_field, s.glob)
+        pool = build.step("sample the distractor pool", read_pool, _source(s.distractors, build), unit, cap,
+                          s.text_field, s.glob, 20, s.seed)
         build.quarantine(pool.bad)
         engine = build.engines.get() if (s.facts_per_item > 0 or s.kpr == "engine") else None
         found = (build.step("confusing-fact insertion", confusing_facts, items, engine, s, build) if engine

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import heapq
 import re
 import sysconfig
 from collections.abc import Iterator
@@ -180,41 +181,86 @@ def _corpus_docs(path: Path, text_field: str, glob: str) -> Iterator[tuple[str, 
             yield "", "", bad
 
 
-def read_pool(source: str | Path, unit: Unit, cap: int, text_field: str = "text", glob: str = "**/*.txt",
-              min_size: int = 20) -> Pool:
-    """Distractor documents in corpus order until their total reaches `cap` units (or the corpus ends).
+def sample_key(seed: int, text: str) -> int:
+    """A document's place in the seeded sample: a function of the seed and the text alone, so the sample does
+    not depend on where a document sits in the corpus or on what else the corpus holds."""
+    return int.from_bytes(hashlib.sha256(f"{seed}|{text_hash(text)}".encode()).digest()[:8], "little")
 
-    Documents under `min_size` units are skipped (headers, stubs); unreadable ones are kept as quarantine
-    records in `pool.bad`.
+
+def read_pool(source: str | Path, unit: Unit, cap: int, text_field: str = "text", glob: str = "**/*.txt",
+              min_size: int = 20, seed: int = 0) -> Pool:
+    """A seeded sample of the whole distractor corpus, about `cap` units (LV-Eval samples distractors from its
+    corpora; the first documents of a corpus in file order are one topic, one era, one author).
+
+    Every document gets a key from the seed and its text; the pool is the documents with the smallest keys
+    whose total reaches `cap`. One pass over the corpus with a heap, so memory stays about `cap` units however
+    large the corpus is; a document whose key cannot enter the pool any more is not even counted. Documents
+    under `min_size` units are skipped (headers, stubs); unreadable ones are kept as quarantine records in
+    `pool.bad`. The pool is in key order: random, and the same for the same seed.
     """
     if str(source) == PYTHON_DOCS:
-        docs: Iterator[tuple[str, str, list[dict[str, Any]]]] = ((s, t, []) for s, t in python_docs())
+        docs: Iterator[tuple[str, str, list[dict[str, Any]]]] = ((s, t, []) for s, t in cached_python_docs())
     else:
         path = Path(source)
         if not path.exists():
             raise InputError(f"distractor corpus not found: {path}")
         docs = _corpus_docs(path, text_field, glob)
     pool = Pool()
-    sizes: list[int] = []
-    batch: list[tuple[str, str]] = []
+    heap: list[tuple[int, int, str, str, int]] = []  # (-key, arrival, source, text, size): the largest key on top
+    total = 0
+    arrival = 0
+    batch: list[tuple[int, str, str]] = []
+
+    def bar() -> int:  # keys at or above this cannot enter a full pool
+        return -heap[0][0] if heap and total >= cap else 1 << 64
 
     def flush() -> None:
-        for (src, text), size in zip(batch, unit.counts([t for _, t in batch]), strict=True):
-            if size >= min_size:
-                pool.texts.append(text)
-                pool.sources.append(src)
-                pool.hashes.append(text_hash(text))
-                sizes.append(size)
+        nonlocal total, arrival
+        todo = [b for b in batch if b[0] < bar()]
         batch.clear()
+        for (key, src, text), size in zip(todo, unit.counts([t for _, _, t in todo]), strict=True):
+            if size < min_size or key >= bar():
+                continue
+            heapq.heappush(heap, (-key, arrival, src, text, size))
+            arrival += 1
+            total += size
+            while heap and total - heap[0][4] >= cap:  # the largest key is not needed to reach the cap
+                total -= heapq.heappop(heap)[4]
 
     for src, text, bad in docs:
         pool.bad.extend(bad)
         if text.strip():
-            batch.append((src, text))
+            batch.append((sample_key(seed, text), src, text))
         if len(batch) >= 256:
             flush()
-            if sum(sizes) >= cap:
-                break
     flush()
-    pool.sizes = np.asarray(sizes, dtype=np.int64)
+    kept = sorted(heap, key=lambda h: (-h[0], h[1]))
+    pool.texts = [h[3] for h in kept]
+    pool.sources = [h[2] for h in kept]
+    pool.hashes = [text_hash(t) for t in pool.texts]
+    pool.sizes = np.asarray([h[4] for h in kept], dtype=np.int64)
     return pool
+
+
+def cached_python_docs() -> Iterator[tuple[str, str]]:
+    """`python_docs()`, read once per Python version into the user cache: sampling reads the whole corpus,
+    and parsing the standard library takes ~20 s on 2 cores, where reading the cached file takes well under 1."""
+    import json
+    import os
+    import sys
+
+    from lendata.paths import user_cache
+
+    version = ".".join(str(x) for x in sys.version_info[:3])
+    path = user_cache() / f"python-docs-{version}.jsonl"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for src, text in python_docs():
+                f.write(json.dumps({"source": src, "text": text}, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)  # readers never see a half-written file
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            doc = json.loads(line)
+            yield doc["source"], doc["text"]

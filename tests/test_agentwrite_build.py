@@ -84,5 +84,11 @@ def test_longwrite_ruler_probe_reports_length_per_requested_length(tmp_path):
     assert summary[0]["rows"] == report["rows"] and summary[0]["mean_words"] > 0
     # 1,000 words do not fit a 1,024-token window: the table says the window, not the model, stopped them
     assert summary[0]["window_capped"] == report["rows"]
+    q = run("query", "SELECT count(*) FILTER (WHERE finish_reason = 'length' AND window_limited) AS w, "
+            "count(*) FILTER (WHERE finish_reason = 'stop') AS m FROM longwrite_ruler", "--format", "json",
+            store=tmp_path)
+    ended = json.loads(q.stdout)[0]
+    assert (summary[0]["window_stopped"], summary[0]["model_stopped"]) == (ended["w"], ended["m"])
+    assert summary[0]["window_stopped"] + summary[0]["model_stopped"] == report["rows"]  # all capped by the window
     q = run("query", "SELECT min_tokens, max_tokens FROM longwrite_ruler", "--format", "json", store=tmp_path)
     assert all(r["min_tokens"] == 0 and r["max_tokens"] <= 1024 for r in json.loads(q.stdout))  # unforced

@@ -89,3 +89,18 @@ def test_the_manifest_names_the_tokenizer_that_counted(tmp_path, scripted):
     pool = EnginePool(lambda name, options: CachedEngine(eng, ResponseCache(tmp_path / "c.sqlite")), "openai")
     builds.run(recipe, tmp_path / "store", progress=False, engines=pool)
     assert st.open_version(tmp_path / "store", "direct").manifest["tokenizer"] == "test:7-per-char"
+
+
+def test_rows_say_when_the_window_stopped_the_text_not_the_model(scripted):
+    """LongWrite-Ruler: a row whose budget the window set and that ran to it was stopped by the window."""
+    def answer(req):  # writes 2,000 tokens, or without end when asked for 100,000 words
+        n = req.max_tokens if "100000" in req.messages[0]["content"] else min(req.max_tokens, 2000)
+        return Result(text="word " * n, completion_tokens=n, finish_reason="length" if n == req.max_tokens else "stop")
+
+    eng = scripted(answer)
+    rows = [{"instruction": "write 250 words", "target": 250}, {"instruction": "write 100000 words", "target": 100000},
+            {"instruction": "write 5 words", "target": 5}]
+    table, _ = direct(rows, eng, Settings(seed=1, min_ratio=0.0, max_ratio=10.0))
+    got = table.to_pylist()
+    assert [r["window_limited"] for r in got] == [False, True, False]
+    assert [r["stopped_by"] for r in got] == ["model", "window", "max_tokens"]

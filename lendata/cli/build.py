@@ -71,7 +71,10 @@ def _summary(store: Path, recipe, report) -> list[dict] | None:
     df = run(store, f'SELECT "{col}", count(*) AS rows, round(avg(response_words)) AS mean_words, '
                     f'max(response_words) AS max_words, round(avg(length_score), 1) AS mean_sl, '
                     # rows whose target the context window capped: the window stopped them, not the model
-                    f'count(*) FILTER (WHERE capped) AS window_capped '
+                    f'count(*) FILTER (WHERE capped) AS window_capped, '
+                    # how the texts ended: the model stopped, or the window's end stopped it
+                    f"count(*) FILTER (WHERE stopped_by = 'model') AS model_stopped, "
+                    f"count(*) FILTER (WHERE stopped_by = 'window') AS window_stopped "
                     f'FROM "{report.dataset}@{report.version}" GROUP BY 1 ORDER BY 1')
     return df.to_dicts()
 

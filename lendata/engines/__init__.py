@@ -14,21 +14,36 @@ ENGINES = {
 }
 
 
-def make_engine(name: str = "llamacpp", **options: Any) -> Engine:
-    """Build an engine by name; `options` are the engine's constructor arguments (from the recipe)."""
+def _engine_class(name: str) -> type:
     if name == "llamacpp":
         from lendata.engines.llamacpp import LlamaCppEngine
 
-        return LlamaCppEngine(**options)
+        return LlamaCppEngine
     if name == "openai":
         from lendata.engines.openai_http import OpenAIEngine
 
-        return OpenAIEngine(**options)
+        return OpenAIEngine
     if name == "vllm":
         from lendata.engines.vllm_offline import VLLMEngine
 
-        return VLLMEngine(**options)
+        return VLLMEngine
     raise ValueError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
+
+
+def make_engine(name: str = "llamacpp", **options: Any) -> Engine:
+    """Build an engine by name; `options` are the engine's constructor arguments (from the recipe). An option
+    the engine does not have is an error that names the ones it has (a recipe written for another engine)."""
+    import inspect
+
+    cls = _engine_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        known = [p for p in params if p != "self"]
+        unknown = [k for k in options if k not in known]
+        if unknown:
+            raise ValueError(f"engine {name} has no option {unknown[0]!r} (engine_options); its options are: "
+                             f"{', '.join(known)}")
+    return cls(**options)
 
 
 __all__ = [

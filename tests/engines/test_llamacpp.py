@@ -112,3 +112,25 @@ def test_two_gguf_files_of_one_name_never_share_cached_answers(tmp_path, monkeyp
     finally:
         first.close()
         second.close()
+
+
+def test_n_ctx_0_opens_the_models_own_window_for_the_probe():
+    """LongWrite-Ruler probes with the largest window the model has: n_ctx 0 is its trained context."""
+    from lendata import recipes
+    from lendata.engines.llamacpp import LlamaCppEngine
+
+    engine = LlamaCppEngine(n_ctx=0)
+    try:
+        assert engine.context_window == int(engine._llm.metadata["llama.context_length"]) == 8192
+    finally:
+        engine.close()
+    assert recipes.load("longwrite_ruler").run.engine_options == {"n_ctx": 0}
+
+
+def test_an_option_the_engine_does_not_have_is_named_with_the_ones_it_has():
+    import pytest
+
+    from lendata.engines import make_engine
+
+    with pytest.raises(ValueError, match=r"openai has no option 'n_ctx'.*base_url"):
+        make_engine("openai", n_ctx=0)

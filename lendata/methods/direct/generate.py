@@ -100,6 +100,10 @@ def direct(
                 "response_words": words,
                 "response_chars": len(text),
                 "response_tokens": ntok,
+                "window_limited": b.window_limited,
+                # LongWrite-Ruler reads a text that ran to the window's end as the window's length, not the model's
+                "stopped_by": "model" if res.finish_reason == "stop" else ("window" if b.window_limited
+                                                                           else "max_tokens"),
                 # against the length asked for, not the target a small context window capped it to
                 "length_score": length_score(b.requested_words, words),
                 "goal_score": length_score(b.target_words, words),

@@ -38,6 +38,7 @@ class Budget:
     min_tokens: int
     max_tokens: int
     capped: bool
+    window_limited: bool = False  # max_tokens is what the window leaves, not what the ratio asked for
 
 
 def budget_for(
@@ -58,9 +59,10 @@ def budget_for(
     if math.ceil(target * tokens_per_word * min(1.0, max_ratio)) > room:
         target = max(1, math.floor(room / (tokens_per_word * min(1.0, max_ratio))))
         capped = True
-    max_tokens = min(room, math.ceil(target * tokens_per_word * max_ratio))
+    asked = math.ceil(target * tokens_per_word * max_ratio)
+    max_tokens = min(room, asked)
     min_tokens = min(max_tokens, math.floor(target * tokens_per_word * min_ratio))
-    return Budget(target_words, target, min_tokens, max_tokens, capped)
+    return Budget(target_words, target, min_tokens, max_tokens, capped, window_limited=room < asked)
 
 
 def language_of(text: str) -> str:

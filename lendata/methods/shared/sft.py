@@ -34,6 +34,8 @@ SFT_SCHEMA = pa.schema(
         ("capped", pa.bool_()),
         ("min_tokens", pa.int32()),
         ("max_tokens", pa.int32()),
+        ("window_limited", pa.bool_()),  # max_tokens is what the context window left
+        ("stopped_by", pa.string()),  # model (it ended), window (it ran to the window's end) or max_tokens
         *RESPONSE_FIELDS,
     ]
 )

@@ -315,7 +315,9 @@ def test_a_build_counts_its_fallback_plans_in_the_manifest(tmp_path, scripted):
     pool = EnginePool(lambda name, options: CachedEngine(scripted(answer), ResponseCache(tmp_path / "c.sqlite")),
                       "openai")
     builds.run(recipe, tmp_path / "store", progress=False, engines=pool)
-    assert st.open_version(tmp_path / "store", "agentwrite").manifest["plan_fallbacks"] == 2
+    fallbacks = st.open_version(tmp_path / "store", "agentwrite").manifest["plan_fallbacks"]
+    assert fallbacks["plans"] == 2 and list(fallbacks["reasons"].values()) == [2]
+    assert "truncated at" in next(iter(fallbacks["reasons"]))
 
 
 def test_agentwrite_response_tokens_use_the_engine_tokenizer(scripted):
@@ -325,3 +327,13 @@ def test_agentwrite_response_tokens_use_the_engine_tokenizer(scripted):
     table, quarantine = aw.to_table(samples, eng, S())
     row = table.to_pylist()[0] if table.num_rows else json.loads(quarantine[0]["record"])
     assert row["response_tokens"] == 7 * len(samples[0].text)
+
+
+@pytest.mark.parametrize("items", [None, [{"main_point": str(i), "words": 300} for i in range(70)]])
+def test_a_goal_beyond_max_steps_paragraphs_gets_longer_paragraphs_never_more_steps(items):
+    """20,000 words at most 300 a paragraph needs 67 paragraphs; max_steps is 50, and write() stops there: the
+    plan must be 50 longer paragraphs that still sum to the goal, not 67 of which 17 are never written."""
+    s = S(min_paragraph=100, max_paragraph=300, max_steps=50)
+    assert aw.paragraph_count(20000, s)[1] <= 50
+    plan, _ = aw.repair_plan(items, 20000, s)
+    assert len(plan) <= 50 and sum(p["words"] for p in plan) == 20000

@@ -68,7 +68,7 @@ def test_one_split_per_level_and_every_record_checked(built):
     assert first["engine_calls"] >= 3  # confusing facts were asked of the embedded model
     assert facts_seen == 3 * v.manifest["confusing_facts"]
     for rej in v.read("rejected").to_pylist():
-        assert rej["stage"] in {"cfi", "kpr"} and rej["reason"]
+        assert rej["stage"] in {"cfi", "kpr", "distractors"} and rej["reason"]
 
 
 def test_a_rerun_is_served_from_the_cache_and_changes_nothing(built):
@@ -186,3 +186,19 @@ def test_engine_proposed_replacements_from_the_embedded_model_obey_every_rule(tm
     applied = sum(len(r["replacements"]) for r in v.read("4k").to_pylist())
     assert applied + len(rejected) >= 1  # the model proposed something, and each entry was either used or refused
     assert all(q["reason"] for q in rejected)
+
+
+def test_unreadable_distractor_documents_are_recorded_not_counted_against_the_items(tmp_path):
+    """The pool reads the whole corpus: its bad documents are the corpus's, not bad records of this build."""
+    corpus = tmp_path / "corpus.jsonl"
+    good = [json.dumps({"text": f"Document {i} tells of rivers, towers and harbours in the old town. " * 20})
+            for i in range(60)]
+    corpus.write_text("\n".join(good + ['{"text": null}'] * 40) + "\n")
+    res = CliRunner().invoke(app, ["build", "lveval", "--store", str(tmp_path / "s"), "--no-progress", "--json",
+                                   "--set", f"distractors={corpus}", "--set", "levels=[2k]", "--set", "n=2",
+                                   "--set", "facts_per_item=0"])
+    assert res.exit_code == 0, res.output
+    v = st.open_version(tmp_path / "s", "lveval")
+    unreadable = [r for r in v.read("rejected").to_pylist() if r["stage"] == "distractors"]
+    assert len(unreadable) == 40 and all("corpus.jsonl:" in r["source"] for r in unreadable)
+    assert v.manifest["distractor_pool"]["unreadable"] == 40 and v.rows("quarantine") == 0

@@ -30,12 +30,30 @@ def _engine_class(name: str) -> type:
     raise ValueError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
 
 
+def _window_option(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """`context_window` is every engine's option: a number of tokens, or `max` for the largest window the model
+    has (llama.cpp's `n_ctx: 0`, vLLM's `max_model_len` from the model, a server's reported window)."""
+    if "context_window" not in options or name not in ("llamacpp", "vllm", "openai"):
+        return options
+    value = options.pop("context_window")
+    window = None if value in (None, "max", 0) else int(value)
+    # an engine's own option given beside it wins (a recipe says `max`, the command line `n_ctx=1024`)
+    if name == "llamacpp":
+        options.setdefault("n_ctx", window or 0)
+    elif name == "vllm":
+        options.setdefault("max_model_len", window)
+    else:
+        options["context_window"] = window
+    return options
+
+
 def make_engine(name: str = "llamacpp", **options: Any) -> Engine:
     """Build an engine by name; `options` are the engine's constructor arguments (from the recipe). An option
     the engine does not have is an error that names the ones it has (a recipe written for another engine)."""
     import inspect
 
     cls = _engine_class(name)
+    options = _window_option(name, dict(options))
     params = inspect.signature(cls.__init__).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         known = [p for p in params if p != "self"]

@@ -14,9 +14,12 @@ reports.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import random
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -61,14 +64,18 @@ class OpenAIEngine:
         self.send_min_tokens = send_min_tokens
         self._tokenizer = tokenizer
         self._route: str | None = None  # the tokenize route found on first use: vllm | llama_cpp | none
+        self._client: httpx.Client | None = None
         self._bos = 0  # tokens llama_cpp.server's route adds to every text (its BOS)
-        self._counted: dict[str, int] = {}  # prompt fitting counts the same texts again and again
+        self._counted: OrderedDict[bytes, int] = OrderedDict()  # counts by the text's sha256, least recent first
         self.retries = 0  # retried attempts over the engine's life, for reports
         served = self._models() if (model is None or context_window is None) else []
         self.model_id = model or (served[0]["id"] if served else "")
         if not self.model_id:
             raise ValueError(f"{self.base_url}/models lists no model; pass model=")
         window = next((m.get("max_model_len") for m in served if m.get("id") == self.model_id), None)
+        if not (context_window or window):  # llama_cpp.server and hosted APIs do not report their window
+            log.warning("%s does not report the context window of %s: assuming 8192 tokens; set "
+                        "engine_options.context_window", self.base_url, self.model_id)
         self.context_window = int(context_window or window or 8192)
 
     def identity(self) -> dict[str, Any]:
@@ -198,25 +205,35 @@ class OpenAIEngine:
         """The server's root: tokenize routes live beside /v1, not under it."""
         return self.base_url.removesuffix("/v1")
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    def _http(self) -> httpx.Client:
+        """One kept-alive connection for token counts (thousands of small calls while prompts are fitted)."""
+        if self._client is None:
+            self._client = httpx.Client(timeout=self.timeout)
+        return self._client
+
+    def _probe(self, path: str, body: dict[str, Any]) -> Any:
+        """The JSON a tokenize route answers, or None for anything else (no route, an error, another shape)."""
         try:
-            r = httpx.post(f"{self._root}{path}", json=body, headers=self._headers(), timeout=self.timeout)
-        except httpx.HTTPError as e:
-            raise ConnectionError(f"cannot count tokens at {self._root}{path}: {type(e).__name__}: {e}") from e
-        if r.status_code in (404, 405, 501):
+            r = self._http().post(f"{self._root}{path}", json=body, headers=self._headers(),
+                                  timeout=min(self.timeout, 30))
+            return r.json() if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
             return None
-        try:
-            r.raise_for_status()
-            return r.json()
-        except (httpx.HTTPError, ValueError) as e:
-            raise ConnectionError(f"cannot count tokens at {self._root}{path}: {r.status_code} {r.text[:200]}") from e
 
     def _find_route(self) -> str:
+        """vLLM's /tokenize answers a `count`; llama.cpp's llama-server has /tokenize too but takes `content`
+        and answers `tokens`; llama_cpp.server (Python) has /extras/tokenize. Only an answer of the right shape
+        counts as a route: a server that answers 200 to anything is not taken for one."""
         if self._route is None:
-            if self._post("/tokenize", {"model": self.model_id, "prompt": "", "add_special_tokens": False}) is not None:
+            got = self._probe("/tokenize", {"model": self.model_id, "prompt": "", "add_special_tokens": False})
+            if isinstance(got, dict) and isinstance(got.get("count"), int):
                 self._route = "vllm"
-            elif (got := self._post("/extras/tokenize", {"model": self.model_id, "input": ""})) is not None:
-                self._route, self._bos = "llama_cpp", len(got.get("tokens") or [])
+            elif isinstance(got := self._probe("/tokenize", {"content": "", "add_special": False}), dict) and \
+                    isinstance(got.get("tokens"), list):
+                self._route = "llama_server"
+            elif isinstance(got := self._probe("/extras/tokenize", {"model": self.model_id, "input": ""}), dict) \
+                    and isinstance(got.get("tokens"), list):
+                self._route, self._bos = "llama_cpp", len(got["tokens"])
             else:
                 self._route = "none"
                 log.warning("%s has no tokenize route (/tokenize, /extras/tokenize): token counts are approximated "
@@ -225,11 +242,32 @@ class OpenAIEngine:
         return self._route
 
     def _count_one(self, text: str) -> int:
-        if self._route == "vllm":
-            got = self._post("/tokenize", {"model": self.model_id, "prompt": text, "add_special_tokens": False})
-            return int((got or {})["count"])
-        got = self._post("/extras/tokenize", {"model": self.model_id, "input": text})
-        return max(0, len((got or {})["tokens"]) - self._bos)
+        """One text's count from the server's route, retried like a generation call."""
+        path, body, field = {
+            "vllm": ("/tokenize", {"model": self.model_id, "prompt": text, "add_special_tokens": False}, "count"),
+            "llama_server": ("/tokenize", {"content": text, "add_special": False}, "tokens"),
+            "llama_cpp": ("/extras/tokenize", {"model": self.model_id, "input": text}, "tokens"),
+        }[self._route or "none"]
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            try:
+                r = self._http().post(f"{self._root}{path}", json=body, headers=self._headers(), timeout=self.timeout)
+                if r.status_code == 200:
+                    got = r.json()[field]
+                    n = got if field == "count" else len(got) - (self._bos if self._route == "llama_cpp" else 0)
+                    return max(0, int(n))
+                last = f"HTTP {r.status_code}: {r.text[:200]}"
+                if r.status_code not in RETRYABLE_STATUS:
+                    break
+                retry_after = r.headers.get("retry-after")
+            except httpx.HTTPError as e:
+                last = f"{type(e).__name__}: {e}"
+            except (ValueError, KeyError, TypeError) as e:
+                last = f"unreadable answer: {type(e).__name__}: {str(e)[:200]}"
+            if attempt < self.max_retries:
+                time.sleep(self._delay(attempt, retry_after))
+        raise ConnectionError(f"cannot count tokens at {self._root}{path}: {last}")
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         from lendata.lengths import count_tokens
@@ -238,11 +276,18 @@ class OpenAIEngine:
             return count_tokens(texts, self._tokenizer)
         if self._find_route() == "none":
             return count_tokens(texts)
-        for text in dict.fromkeys(t for t in texts if t not in self._counted):
-            if len(self._counted) > 10_000:
-                self._counted.clear()
-            self._counted[text] = self._count_one(text) if text else 0
-        return [self._counted[t] for t in texts]
+        counts: dict[str, int] = {}
+        for text in dict.fromkeys(texts):
+            key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+            if key in self._counted:
+                self._counted.move_to_end(key)
+                counts[text] = self._counted[key]
+                continue
+            counts[text] = self._count_one(text) if text else 0
+            self._counted[key] = counts[text]
+            if len(self._counted) > 50_000:  # prompt fitting counts the same texts again and again: an LRU
+                self._counted.popitem(last=False)
+        return [counts[t] for t in texts]
 
     @property
     def tokenizer(self) -> str:
@@ -252,18 +297,17 @@ class OpenAIEngine:
 
         if self._tokenizer:
             return tokenizer_file(self._tokenizer)
-        try:
-            route = self._find_route()
-        except ConnectionError:  # a report must not fail because the server is gone by now
-            return f"server:{server_url(self._root)} (tokenize route not reached)"
+        route = self._find_route()
         if route == "none":
             return (f"approximate:bundled SmolLM2-135M tokenizer ({server_url(self._root)} has no tokenize route; "
                     "set engine_options.tokenizer)")
-        path = "/tokenize" if route == "vllm" else "/extras/tokenize"
+        path = "/extras/tokenize" if route == "llama_cpp" else "/tokenize"
         return f"server:{server_url(self._root)}{path} model={self.model_id}"
 
     def close(self) -> None:
-        pass
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     def __repr__(self) -> str:  # no key in reprs
         return f"OpenAIEngine(base_url={self.base_url!r}, model={self.model_id!r})"

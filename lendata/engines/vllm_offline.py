@@ -24,7 +24,7 @@ class VLLMEngine:
     def __init__(
         self,
         model: str,
-        max_model_len: int = 4096,
+        max_model_len: int | None = 4096,  # None: the model's own maximum
         dtype: str = "bfloat16",
         enforce_eager: bool = True,
         enable_lora: bool = False,
@@ -56,7 +56,7 @@ class VLLMEngine:
             tensor_parallel_size=tensor_parallel_size,
             **llm_kwargs,
         )
-        self.context_window = max_model_len
+        self.context_window = int(self._llm.model_config.max_model_len)  # what vLLM settled on
         # LLM.chat hands results back only when its whole batch is done; a batch is sent in chunks of this many
         # rows so that finished rows reach the response cache (and survive a kill) chunk by chunk
         self.result_chunk = max(1, int(result_chunk))
@@ -169,7 +169,7 @@ class VLLMEngine:
         """What `count_tokens` counts with: a tokenizer file by content, else the model's own tokenizer."""
         from lendata.engines.identity import tokenizer_file
 
-        return tokenizer_file(self._tokenizer) if self._tokenizer else f"model:{self._model}"
+        return tokenizer_file(self._tokenizer) if self._tokenizer else f"model:{self.model_id}"  # never a local path
 
     def close(self) -> None:
         self._llm = None

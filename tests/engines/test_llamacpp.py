@@ -114,17 +114,21 @@ def test_two_gguf_files_of_one_name_never_share_cached_answers(tmp_path, monkeyp
         second.close()
 
 
-def test_n_ctx_0_opens_the_models_own_window_for_the_probe():
-    """LongWrite-Ruler probes with the largest window the model has: n_ctx 0 is its trained context."""
+def test_context_window_max_opens_the_models_own_window_for_the_probe():
+    """LongWrite-Ruler probes with the largest window the model has: for llama.cpp its trained context."""
     from lendata import recipes
-    from lendata.engines.llamacpp import LlamaCppEngine
+    from lendata.engines import make_engine
 
-    engine = LlamaCppEngine(n_ctx=0)
+    options = recipes.load("longwrite_ruler").run.engine_options
+    assert options == {"context_window": "max"}
+    engine = make_engine("llamacpp", **options)
     try:
         assert engine.context_window == int(engine._llm.metadata["llama.context_length"]) == 8192
     finally:
         engine.close()
-    assert recipes.load("longwrite_ruler").run.engine_options == {"n_ctx": 0}
+    small = make_engine("llamacpp", context_window=1024)
+    assert small.context_window == 1024
+    small.close()
 
 
 def test_an_option_the_engine_does_not_have_is_named_with_the_ones_it_has():

@@ -219,6 +219,10 @@ class _TokenizeHandler(BaseHTTPRequestHandler):
         if route == "llama_cpp" and self.path == "/extras/tokenize":
             n = 3 * len(body["input"]) + 1  # llama_cpp.server adds the BOS token
             return self._send(200, {"tokens": list(range(n))})
+        if route == "llama_server" and self.path == "/tokenize":  # llama.cpp's server: `content`, no `count`
+            return self._send(200, {"tokens": list(range(3 * len(body.get("content", ""))))})
+        if route == "anything":  # a server that answers 200 to every path is not a tokenize route
+            return self._send(200, {"choices": [{"message": {"content": "ok"}}]})
         self._send(404, {"detail": "Not Found"})
 
     def _send(self, status, payload):
@@ -238,16 +242,20 @@ def tokenize_server(request):
     srv.shutdown()
 
 
-@pytest.mark.parametrize("tokenize_server", ["vllm", "llama_cpp"], indirect=True)
+@pytest.mark.parametrize("tokenize_server", ["vllm", "llama_cpp", "llama_server"], indirect=True)
 def test_counts_tokens_with_the_servers_tokenizer(tokenize_server):
     srv, url = tokenize_server
     engine = OpenAIEngine(base_url=url)
-    assert engine.count_tokens(["abc", "", "héllo wörld"]) == [9, 0, 33]
-    path = "/tokenize" if srv.route == "vllm" else "/extras/tokenize"
+    assert engine.count_tokens(["abc", "", "héllo wörld", "abc"]) == [9, 0, 33, 9]
+    assert engine.count_tokens(["x" * i for i in range(300)]) == [3 * i for i in range(300)]
+    path = "/extras/tokenize" if srv.route == "llama_cpp" else "/tokenize"
+    from lendata.engines import make_engine
+
+    assert make_engine("openai", base_url=url, context_window="max").context_window == 4096  # as reported
     assert engine.tokenizer == f"server:{url.removesuffix('/v1')}{path} model=m"
 
 
-@pytest.mark.parametrize("tokenize_server", ["none"], indirect=True)
+@pytest.mark.parametrize("tokenize_server", ["none", "anything"], indirect=True)
 def test_a_server_without_a_tokenize_route_counts_approximately_and_says_so(tokenize_server, caplog):
     _, url = tokenize_server
     engine = OpenAIEngine(base_url=url)

@@ -67,6 +67,9 @@ class FaultServer:
 
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if not self.path.endswith("/chat/completions"):  # as real servers: no such route
+                    self._send(404, b'{"detail": "Not Found"}')
+                    return
                 server.authorizations.add(self.headers.get("Authorization") or "")
                 try:
                     server.handle(self, json.loads(body))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,7 +43,7 @@ class AgentWrite(Method):
         # how many samples were written from the even fallback plan, and why: in the manifest, not just a log
         reasons = [r for t, _ in done for r in t.column("plan_fallback").to_pylist() if r]
         reasons += [r for q in quarantined if (r := json.loads(q["record"]).get("plan_fallback"))]
-        build.meta["plan_fallbacks"] = len(reasons)
+        build.meta["plan_fallbacks"] = {"plans": len(reasons), "reasons": dict(Counter(reasons).most_common())}
         build.add("train", pa.concat_tables([t for t, _ in done]) if done else aw.OUTPUT_SCHEMA.empty_table())
 
 

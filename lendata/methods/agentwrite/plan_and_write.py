@@ -200,8 +200,11 @@ def plan_item_tokens(engine: Engine, instruction: str, s: Settings) -> int:
     """Tokens of the longest plan item the schema allows, in the instruction's script, by the engine's own
     tokenizer (a Chinese main point costs several times an English one)."""
     filler = (instruction.strip() or "x") * (s.plan_point_chars // max(1, len(instruction.strip())) + 1)
-    item = json.dumps({"main_point": filler[: s.plan_point_chars], "words": 100000}, ensure_ascii=False) + ", "
-    return engine.count_tokens([item])[0] + 2
+    # priced as indented JSON: the grammars of llama.cpp and vLLM let a model put newlines and indentation
+    # between the tokens of an item, which costs more than the compact form
+    item = json.dumps({"main_point": filler[: s.plan_point_chars], "words": 100000}, ensure_ascii=False,
+                      indent=4) + ",\n"
+    return engine.count_tokens([item])[0] + 4
 
 
 def plan_request_shape(smp: Sample, prompt: str, engine: Engine, s: Settings) -> tuple[int, int, int]:
@@ -218,12 +221,18 @@ def plan_request_shape(smp: Sample, prompt: str, engine: Engine, s: Settings) ->
 
 
 def paragraph_count(goal: int, s: Settings) -> tuple[int, int]:
-    """(fewest, most) paragraphs that keep every paragraph within the bounds; short goals get one."""
+    """(fewest, most) paragraphs that keep every paragraph within the bounds; short goals get one. Never more
+    than `max_steps` (the writer stops there): a goal that needs more gets paragraphs over `max_paragraph`."""
     if goal <= s.min_paragraph:
         return 1, 1
-    lo = max(1, math.ceil(goal / s.max_paragraph))
+    lo = min(s.max_steps, max(1, math.ceil(goal / s.max_paragraph)))
     hi = max(lo, min(s.max_steps, goal // s.min_paragraph))
     return lo, hi
+
+
+def _paragraph_max(goal: int, k: int, s: Settings) -> int:
+    """The upper paragraph bound for k paragraphs: `max_paragraph`, or what k paragraphs need to reach the goal."""
+    return max(s.max_paragraph, math.ceil(goal / max(1, k)))
 
 
 def parse_plan(text: str) -> list[dict[str, Any]] | None:
@@ -283,7 +292,7 @@ def repair_plan(plan: list[dict[str, Any]] | None, goal: int, s: Settings) -> tu
     if not plan:
         k = lo if goal <= s.min_paragraph else min(hi, max(lo, round(goal / ((s.min_paragraph + s.max_paragraph) / 2))))
         points = fallback_points(k)
-        words = _distribute(goal, [1.0] * k, min(s.min_paragraph, goal), s.max_paragraph)
+        words = _distribute(goal, [1.0] * k, min(s.min_paragraph, goal), _paragraph_max(goal, k, s))
         return [{"main_point": p, "words": w} for p, w in zip(points, words, strict=True)], "fallback"
     items = [dict(p) for p in plan]
     changed = False
@@ -301,7 +310,7 @@ def repair_plan(plan: list[dict[str, Any]] | None, goal: int, s: Settings) -> tu
     weights = [float(p["words"]) for p in items]
     if sum(weights) <= 0 or min(weights) <= 0:
         weights = [1.0] * len(items)
-    words = _distribute(goal, weights, min(s.min_paragraph, goal), s.max_paragraph)
+    words = _distribute(goal, weights, min(s.min_paragraph, goal), _paragraph_max(goal, len(items), s))
     changed |= words != [p["words"] for p in items]
     out = [{"main_point": p["main_point"], "words": w} for p, w in zip(items, words, strict=True)]
     return out, "model_repaired" if changed else "model"

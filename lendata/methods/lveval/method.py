@@ -63,20 +63,23 @@ class LVEval(Method):
         cap = int(max(parse_level(x) for x in s.levels) * s.pool_factor)
         pool = build.step("sample the distractor pool", read_pool, _source(s.distractors, build), unit, cap,
                           s.text_field, s.glob, 20, s.seed)
-        build.quarantine(pool.bad)
+        # the pool reads the whole corpus: its unreadable documents are the corpus's, kept in `rejected` with
+        # their file and line, not bad records of this build (they would count against max_quarantine_share)
+        unreadable = [{**b, "stage": "distractors"} for b in pool.bad]
         engine = build.engines.get() if (s.facts_per_item > 0 or s.kpr == "engine") else None
         found = (build.step("confusing-fact insertion", confusing_facts, items, engine, s, build) if engine
                  else lv.FactsOutcome({}, []))
         tables, kpr_rejected = build.step("keyword and phrase replacement", replacement_tables, items, s, engine,
                                           build)
-        build.add("rejected", quarantine_table(found.rejected + kpr_rejected))
+        build.add("rejected", quarantine_table(found.rejected + kpr_rejected + unreadable))
         total = sum(len(depth_plan(s, len(it.documents))) for it in items) * len(s.levels)
         with build.progress(total, "contexts") as bar:
             stats = build.step("assemble levels", write_levels, items, found.facts, tables, pool, unit, s,
                                build.dataset, build, lambda _name: bar.advance(1, 0))
         build.meta.update({
             "unit": unit.name,
-            "distractor_pool": {"source": str(s.distractors), "documents": len(pool.texts), "units": pool.total},
+            "distractor_pool": {"source": str(s.distractors), "documents": len(pool.texts), "units": pool.total,
+                                "unreadable": len(unreadable)},
             "confusing_facts": sum(len(v) for v in found.facts.values()),
             "replacement_entries": sum(len(v) for v in tables.values()),
             "levels": stats,

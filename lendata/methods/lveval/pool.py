@@ -24,6 +24,7 @@ from lendata.inputs import InputError
 
 SEP = "\n\n"  # between the documents of a context
 PYTHON_DOCS = "@python-docs"  # the running Python's reference topics and standard-library docstrings
+_PYTHON_DOCS_FORMAT = 1  # bump when python_docs() or reflow() change what they produce: the cache is rebuilt
 _RULE = re.compile(r"^\s*[*=~\-^]{3,}\s*$")
 _WORD = re.compile(r"\S+")
 
@@ -251,15 +252,21 @@ def cached_python_docs() -> Iterator[tuple[str, str]]:
 
     from lendata.paths import user_cache
 
-    version = ".".join(str(x) for x in sys.version_info[:3])
-    path = user_cache() / f"python-docs-{version}.jsonl"
+    # the cache is named by what it was made from: the code's format, this Python and its stdlib's place
+    origin = f"{_PYTHON_DOCS_FORMAT}|{sys.version}|{sysconfig.get_paths()['stdlib']}"
+    path = user_cache() / f"python-docs-{hashlib.sha256(origin.encode()).hexdigest()[:16]}.jsonl"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for src, text in python_docs():
-                f.write(json.dumps({"source": src, "text": text}, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)  # readers never see a half-written file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                for src, text in python_docs():
+                    f.write(json.dumps({"source": src, "text": text}, ensure_ascii=False) + "\n")
+            os.replace(tmp, path)  # readers never see a half-written file
+        except OSError:  # a read-only cache: parse the docs every time instead
+            tmp.unlink(missing_ok=True)
+            yield from python_docs()
+            return
     with open(path, encoding="utf-8") as f:
         for line in f:
             doc = json.loads(line)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,3 +189,34 @@ def doc_batches(
     for sources, texts, bad in text_batches(path, text_field, glob, batch_docs):
         flat, lengths = tokenize(texts, tokenizer, eos_id)
         yield DocBatch(sources, flat, lengths, bad)
+
+
+def cached_documents(name: str, origin: str, produce: Callable[[], Iterator[tuple[str, str]]]
+                     ) -> Iterator[tuple[str, str]]:
+    """(source, text) of a corpus that code produces (`produce`), made once and kept in the user cache under
+    `name` and a hash of `origin` (what it was made from: change it and the cache is made again). The file
+    appears whole or not at all; a cache that cannot be written is skipped and the corpus produced each time."""
+    import contextlib
+    import hashlib
+    import os
+
+    from lendata.paths import user_cache
+
+    path = user_cache() / f"{name}-{hashlib.sha256(origin.encode()).hexdigest()[:16]}.jsonl"
+    if not path.is_file():
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                for src, text in produce():
+                    f.write(json.dumps({"source": src, "text": text}, ensure_ascii=False) + "\n")
+            os.replace(tmp, path)  # readers never see a half-written file
+        except OSError:  # a read-only cache
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            yield from produce()
+            return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            doc = json.loads(line)
+            yield doc["source"], doc["text"]

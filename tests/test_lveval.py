@@ -315,3 +315,24 @@ def test_the_pool_is_a_seeded_sample_of_the_whole_corpus_not_its_first_documents
     assert set(read_pool(path, Unit(), cap=2_000, seed=2).texts) != set(pool.texts)
     backwards = read_pool(_corpus(tmp_path, docs[::-1], "rev.jsonl"), Unit(), cap=2_000, seed=1)
     assert set(backwards.texts) == set(pool.texts)  # the sample does not depend on the corpus order
+
+
+def test_a_produced_corpus_is_cached_whole_and_survives_a_cache_it_cannot_write(tmp_path, monkeypatch):
+    from lendata.corpus import cached_documents
+
+    calls = []
+
+    def produce():
+        calls.append(1)
+        yield "a", "first text"
+        yield "b", "second\ntext"
+
+    monkeypatch.setenv("LENDATA_CACHE", str(tmp_path / "cache"))
+    assert list(cached_documents("docs", "v1", produce)) == [("a", "first text"), ("b", "second\ntext")]
+    assert list(cached_documents("docs", "v1", produce)) == [("a", "first text"), ("b", "second\ntext")]
+    assert len(calls) == 1 and not list((tmp_path / "cache").glob("*.tmp*"))
+    list(cached_documents("docs", "v2", produce))  # another origin: made again
+    assert len(calls) == 2
+    (tmp_path / "blocked").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("LENDATA_CACHE", str(tmp_path / "blocked"))
+    assert list(cached_documents("docs", "v1", produce))[1] == ("b", "second\ntext")

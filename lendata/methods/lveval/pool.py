@@ -244,30 +244,12 @@ def read_pool(source: str | Path, unit: Unit, cap: int, text_field: str = "text"
 
 
 def cached_python_docs() -> Iterator[tuple[str, str]]:
-    """`python_docs()`, read once per Python version into the user cache: sampling reads the whole corpus,
-    and parsing the standard library takes ~20 s on 2 cores, where reading the cached file takes well under 1."""
-    import json
-    import os
+    """`python_docs()`, made once per Python installation and kept in the user cache: sampling reads the whole
+    corpus, and parsing the standard library takes ~20 s on 2 cores, where reading the cached file takes well
+    under 1. The cache is named by what made it: the code's format, this Python and its stdlib's place."""
     import sys
 
-    from lendata.paths import user_cache
+    from lendata.corpus import cached_documents
 
-    # the cache is named by what it was made from: the code's format, this Python and its stdlib's place
     origin = f"{_PYTHON_DOCS_FORMAT}|{sys.version}|{sysconfig.get_paths()['stdlib']}"
-    path = user_cache() / f"python-docs-{hashlib.sha256(origin.encode()).hexdigest()[:16]}.jsonl"
-    if not path.is_file():
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as f:
-                for src, text in python_docs():
-                    f.write(json.dumps({"source": src, "text": text}, ensure_ascii=False) + "\n")
-            os.replace(tmp, path)  # readers never see a half-written file
-        except OSError:  # a read-only cache: parse the docs every time instead
-            tmp.unlink(missing_ok=True)
-            yield from python_docs()
-            return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            doc = json.loads(line)
-            yield doc["source"], doc["text"]
+    return cached_documents("python-docs", origin, python_docs)

@@ -6,7 +6,8 @@ the last retry becomes an error result. The API key comes from the environment a
 stored.
 
 Token counts use the served model's own tokenizer: a `tokenizer` file when one is configured, else the
-server's tokenize route (vLLM's `/tokenize`, llama_cpp.server's `/extras/tokenize`). A server with neither (a
+server's tokenize route (vLLM's and llama-server's `/tokenize`, llama_cpp.server's
+`/extras/tokenize`). A server with neither (a
 hosted API) is counted with the bundled tokenizer as an approximation, which `tokenizer` names and a warning
 reports.
 """
@@ -29,6 +30,12 @@ import httpx
 from lendata.engines.base import OnResult, Request, Result
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+# tokenize routes: (path, the body for a text and a model, the answer's field)
+_ROUTES = {
+    "vllm": ("/tokenize", lambda text, model: {"model": model, "prompt": text, "add_special_tokens": False}, "count"),
+    "llama_server": ("/tokenize", lambda text, model: {"content": text, "add_special": False}, "tokens"),
+    "llama_cpp": ("/extras/tokenize", lambda text, model: {"model": model, "input": text}, "tokens"),
+}
 log = logging.getLogger("lendata.engines")
 
 
@@ -63,7 +70,7 @@ class OpenAIEngine:
         self.json_format = json_format
         self.send_min_tokens = send_min_tokens
         self._tokenizer = tokenizer
-        self._route: str | None = None  # the tokenize route found on first use: vllm | llama_cpp | none
+        self._route: str | None = None  # the tokenize route found on first use: a key of _ROUTES, or none
         self._client: httpx.Client | None = None
         self._bos = 0  # tokens llama_cpp.server's route adds to every text (its BOS)
         self._counted: OrderedDict[bytes, int] = OrderedDict()  # counts by the text's sha256, least recent first
@@ -225,16 +232,13 @@ class OpenAIEngine:
         and answers `tokens`; llama_cpp.server (Python) has /extras/tokenize. Only an answer of the right shape
         counts as a route: a server that answers 200 to anything is not taken for one."""
         if self._route is None:
-            got = self._probe("/tokenize", {"model": self.model_id, "prompt": "", "add_special_tokens": False})
-            if isinstance(got, dict) and isinstance(got.get("count"), int):
-                self._route = "vllm"
-            elif isinstance(got := self._probe("/tokenize", {"content": "", "add_special": False}), dict) and \
-                    isinstance(got.get("tokens"), list):
-                self._route = "llama_server"
-            elif isinstance(got := self._probe("/extras/tokenize", {"model": self.model_id, "input": ""}), dict) \
-                    and isinstance(got.get("tokens"), list):
-                self._route, self._bos = "llama_cpp", len(got["tokens"])
-            else:
+            for route, (path, body, field) in _ROUTES.items():
+                got = self._probe(path, body("", self.model_id))
+                # vLLM answers a `count`; llama-server answers `tokens` to the vLLM body too, so order matters
+                if isinstance(got, dict) and isinstance(got.get(field), int if field == "count" else list):
+                    self._route, self._bos = route, len(got["tokens"]) if route == "llama_cpp" else 0
+                    break
+            if self._route is None:
                 self._route = "none"
                 log.warning("%s has no tokenize route (/tokenize, /extras/tokenize): token counts are approximated "
                             "with the bundled tokenizer; set engine_options.tokenizer to the model's tokenizer.json",
@@ -243,11 +247,8 @@ class OpenAIEngine:
 
     def _count_one(self, text: str) -> int:
         """One text's count from the server's route, retried like a generation call."""
-        path, body, field = {
-            "vllm": ("/tokenize", {"model": self.model_id, "prompt": text, "add_special_tokens": False}, "count"),
-            "llama_server": ("/tokenize", {"content": text, "add_special": False}, "tokens"),
-            "llama_cpp": ("/extras/tokenize", {"model": self.model_id, "input": text}, "tokens"),
-        }[self._route or "none"]
+        path, make_body, field = _ROUTES[self._route or "none"]
+        body = make_body(text, self.model_id)
         last = ""
         for attempt in range(self.max_retries + 1):
             retry_after = None
@@ -301,7 +302,7 @@ class OpenAIEngine:
         if route == "none":
             return (f"approximate:bundled SmolLM2-135M tokenizer ({server_url(self._root)} has no tokenize route; "
                     "set engine_options.tokenizer)")
-        path = "/extras/tokenize" if route == "llama_cpp" else "/tokenize"
+        path = _ROUTES[route][0]
         return f"server:{server_url(self._root)}{path} model={self.model_id}"
 
     def close(self) -> None:

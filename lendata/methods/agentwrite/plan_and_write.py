@@ -331,27 +331,30 @@ def _plan_failure(res: Any, max_tokens: int) -> str:
     return "not a plan (invalid JSON or no paragraph with a main point)"
 
 
+def _plan_request(smp: Sample, engine: Engine, s: Settings) -> Request:
+    """A sample's first plan call (later attempts differ only in `sample_index`)."""
+    prompt = PLAN_PROMPT.format(
+        instruction=smp.instruction, total=smp.goal, min_words=min(s.min_paragraph, smp.goal),
+        max_words=max(s.max_paragraph, min(s.min_paragraph, smp.goal)),
+    )
+    fewest, most, max_tokens = plan_request_shape(smp, prompt, engine, s)
+    return Request(
+        messages=({"role": "user", "content": prompt},), max_tokens=max_tokens, temperature=s.temperature,
+        top_p=s.top_p, seed=_seed(s.seed, smp.id, "plan"), json_schema=plan_schema(fewest, most, s.plan_point_chars),
+    )
+
+
 def make_plans(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResult | None = None) -> None:
     """Plan every sample: schema-constrained calls, retried for the ones that did not parse, then repaired.
     A sample that ends on the even fallback plan records why (`plan_fallback`) and is logged as a warning."""
     pending = list(samples)
     parsed: dict[str, list[dict[str, Any]]] = {}
     failures: dict[str, str] = {}
+    first = {smp.id: _plan_request(smp, engine, s) for smp in samples}  # prompt and budget: sized once
     for attempt in range(s.plan_attempts):
         if not pending:
             break
-        reqs = []
-        for smp in pending:
-            prompt = PLAN_PROMPT.format(
-                instruction=smp.instruction, total=smp.goal, min_words=min(s.min_paragraph, smp.goal),
-                max_words=max(s.max_paragraph, min(s.min_paragraph, smp.goal)),
-            )
-            fewest, most, max_tokens = plan_request_shape(smp, prompt, engine, s)
-            reqs.append(Request(
-                messages=({"role": "user", "content": prompt},), max_tokens=max_tokens,
-                temperature=s.temperature, top_p=s.top_p, seed=_seed(s.seed, smp.id, "plan"),
-                json_schema=plan_schema(fewest, most, s.plan_point_chars), sample_index=attempt,
-            ))
+        reqs = [_resample(first[smp.id], attempt) for smp in pending]
         results = engine.generate(reqs, on_result=on_result)
         still = []
         for smp, req, res in zip(pending, reqs, results, strict=True):

@@ -182,10 +182,10 @@ def _corpus_docs(path: Path, text_field: str, glob: str) -> Iterator[tuple[str, 
             yield "", "", bad
 
 
-def sample_key(seed: int, text: str) -> int:
-    """A document's place in the seeded sample: a function of the seed and the text alone, so the sample does
-    not depend on where a document sits in the corpus or on what else the corpus holds."""
-    return int.from_bytes(hashlib.sha256(f"{seed}|{text_hash(text)}".encode()).digest()[:8], "little")
+def sample_key(seed: int, digest: str) -> int:
+    """A document's place in the seeded sample, from the seed and its `text_hash` alone, so the sample does not
+    depend on where a document sits in the corpus or on what else the corpus holds."""
+    return int.from_bytes(hashlib.sha256(f"{seed}|{digest}".encode()).digest()[:8], "little")
 
 
 def read_pool(source: str | Path, unit: Unit, cap: int, text_field: str = "text", glob: str = "**/*.txt",
@@ -207,10 +207,11 @@ def read_pool(source: str | Path, unit: Unit, cap: int, text_field: str = "text"
             raise InputError(f"distractor corpus not found: {path}")
         docs = _corpus_docs(path, text_field, glob)
     pool = Pool()
-    heap: list[tuple[int, int, str, str, int]] = []  # (-key, arrival, source, text, size): the largest key on top
+    # (-key, arrival, source, text, size, text_hash): the largest key on top
+    heap: list[tuple[int, int, str, str, int, str]] = []
     total = 0
     arrival = 0
-    batch: list[tuple[int, str, str]] = []
+    batch: list[tuple[int, str, str, str]] = []
 
     def bar() -> int:  # keys at or above this cannot enter a full pool
         return -heap[0][0] if heap and total >= cap else 1 << 64
@@ -219,10 +220,10 @@ def read_pool(source: str | Path, unit: Unit, cap: int, text_field: str = "text"
         nonlocal total, arrival
         todo = [b for b in batch if b[0] < bar()]
         batch.clear()
-        for (key, src, text), size in zip(todo, unit.counts([t for _, _, t in todo]), strict=True):
+        for (key, src, text, digest), size in zip(todo, unit.counts([b[2] for b in todo]), strict=True):
             if size < min_size or key >= bar():
                 continue
-            heapq.heappush(heap, (-key, arrival, src, text, size))
+            heapq.heappush(heap, (-key, arrival, src, text, size, digest))
             arrival += 1
             total += size
             while heap and total - heap[0][4] >= cap:  # the largest key is not needed to reach the cap
@@ -231,14 +232,15 @@ def read_pool(source: str | Path, unit: Unit, cap: int, text_field: str = "text"
     for src, text, bad in docs:
         pool.bad.extend(bad)
         if text.strip():
-            batch.append((sample_key(seed, text), src, text))
+            digest = text_hash(text)
+            batch.append((sample_key(seed, digest), src, text, digest))
         if len(batch) >= 256:
             flush()
     flush()
     kept = sorted(heap, key=lambda h: (-h[0], h[1]))
     pool.texts = [h[3] for h in kept]
     pool.sources = [h[2] for h in kept]
-    pool.hashes = [text_hash(t) for t in pool.texts]
+    pool.hashes = [h[5] for h in kept]
     pool.sizes = np.asarray([h[4] for h in kept], dtype=np.int64)
     return pool
 

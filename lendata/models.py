@@ -80,3 +80,20 @@ def export_hf(out: Path, gguf: Path | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out)
     return out
+
+
+def hf_checkpoint(gguf: Path | None = None) -> Path:
+    """A GGUF (default: the bundled one) dequantized once into the user cache, keyed by the file's content: the
+    base weights the built-in LoRA trainer trains on for the llama.cpp engine."""
+    gguf = Path(gguf) if gguf else bundled_gguf_path()
+    return export_hf(user_cache() / "models" / f"{gguf.stem}-{_file_key(gguf)}-hf", gguf)
+
+
+def lora_gguf(adapter: Path, base_gguf: Path) -> Path:
+    """A peft LoRA adapter converted for llama.cpp against `base_gguf`, cached by both contents."""
+    from lendata.engines.identity import content_identity
+    from lendata.training.gguf_lora import convert
+
+    key = hashlib.sha256(f"{content_identity(adapter)}|{_file_key(base_gguf)}|1".encode()).hexdigest()[:16]
+    out = user_cache() / "lora-gguf" / f"{adapter.name}-{key}.gguf"
+    return out if out.is_file() else convert(adapter, base_gguf, out)

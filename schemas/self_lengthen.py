@@ -27,6 +27,7 @@ class ResponsesSchema(pa.DataFrameModel):
     initial_tokens: pl.Int32 = pa.Field(gt=0)  # by the Generator's tokenizer
     extended_tokens: pl.Int32 = pa.Field(gt=0)  # by the Extender's tokenizer
     growth: float = pa.Field(gt=1.0)  # the 1.2x rule is the method's; here: an extension is never shorter
+    extension: pl.Int32 = pa.Field(ge=0)  # which extension submission of its initial response
 
     class Config:
         strict = False
@@ -60,6 +61,8 @@ class QueriesSchema(pa.DataFrameModel):
     id: str = pa.Field(unique=True)
     query: str = pa.Field(str_length={"min_value": 1})
     constraint_type: str = pa.Field(isin=["about", "range", "above", "below"])
+    source: str = pa.Field(isin=["initial", "extended"])
+    phrasing: str = pa.Field(isin=["rewritten", "template"])
     constraint_low: pl.Int32 = pa.Field(gt=0)
     constraint_high: pl.Int32 = pa.Field(nullable=True)
     response_words: pl.Int32 = pa.Field(gt=0)

@@ -16,6 +16,7 @@ from lendata.engines.base import Result
 from lendata.engines.pool import EnginePool
 from lendata.methods import get, registry
 from lendata.methods.base import Method
+from lendata.methods.self_lengthen import steps as sl
 
 REPO = Path(__file__).resolve().parents[1]
 FIVE = ["agentwrite", "decompose", "direct", "lveval", "ruler", "self_lengthen"]
@@ -206,7 +207,7 @@ VOCAB = ("river stone valley harbor winter market garden lantern meadow bridge f
 
 def _answer(req):
     rng = random.Random(req.seed)
-    if req.stop == ("\n",):  # step 0: a new instruction
+    if req.stop == sl.NEXT_INSTRUCTION_STOPS:  # step 0: a new instruction
         return Result(text=f"Write a long report about the {rng.choice(VOCAB)} of town {req.seed % 997}.",
                       completion_tokens=12)
     n = min(req.max_tokens, 160)
@@ -228,10 +229,20 @@ def test_self_lengthen_iterates_and_hands_trained_adapters_over_without_prefect(
     builds.run(recipe, store, progress=False, engines=pool)
     version = st.open_version(store, "self_lengthen")
     assert sorted(set(version.read("instructions").column("iteration").to_pylist())) == [1, 2]
-    trained = [r.lora for r in engine.seen if r.lora]
-    assert trained and all(Path(x).name == "adapter" and (Path(x) / "adapter_config.json").is_file()
-                           for x in trained)
+    trained = version.manifest["iterations"][0]["trained"]
+    gen_adapter, ext_adapter = trained["generator"]["adapter"], trained["extender"]["adapter"]
+    assert gen_adapter != ext_adapter, "the Generator and the Extender train adapters of their own"
+    for path in (gen_adapter, ext_adapter):
+        assert Path(path).name == "adapter" and (Path(path) / "adapter_config.json").is_file()
     first_lora = next(i for i, r in enumerate(engine.seen) if r.lora)
     assert all(r.lora is None for r in engine.seen[:first_lora])  # iteration 1 runs on the base model
+    later = engine.seen[first_lora:]
+    extend_calls = [r for r in later if r.messages[0]["content"].startswith(sl.EXTEND["en"][:40])]
+    step0 = [r for r in engine.seen if r.stop == sl.NEXT_INSTRUCTION_STOPS]
+    assert len(step0) >= 2  # one per iteration at least
+    assert extend_calls and all(r.lora == ext_adapter for r in extend_calls)
+    assert all(r.lora == gen_adapter for r in later if r not in extend_calls and r.stop != sl.NEXT_INSTRUCTION_STOPS)
+    assert all(r.lora is None for r in step0), "self-instruct uses the base model in every iteration"
     roles = version.manifest["roles"]
-    assert roles[0]["generator"]["lora"] is None and roles[1]["generator"]["lora"] == trained[0]
+    assert roles[0]["generator"]["lora"] is None and roles[1]["generator"]["lora"] == gen_adapter
+    assert roles[1]["extender"]["lora"] == ext_adapter

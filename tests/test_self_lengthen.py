@@ -1,15 +1,14 @@
 """Self-Lengthen: checks on crafted en/zh texts, split/extend arithmetic, the 1.2x rule, drop_short, queries."""
 
+import dataclasses
 import random
 
-import pytest
-
 from lendata.engines.base import Result
-from lendata.lengths import count_words, longen_score
-from lendata.methods.self_lengthen import sets
+from lendata.lengths import count_words
+from lendata.methods.self_lengthen import queries, sets
 from lendata.methods.self_lengthen import steps as sl
 from lendata.methods.shared import checks
-from lendata.methods.shared.constraints import TYPES, extract, strip_constraint
+from lendata.methods.shared.constraints import extract, strip_constraint
 
 EN_OK = ("Rivers shape the land they cross.\n\nThey carry silt from the mountains to the sea, and they build deltas "
          "where they slow down.")
@@ -99,9 +98,9 @@ def _extender(grow: dict[str, str]):
 
 def test_extend_round_builds_prefix_plus_continuation(scripted):
     eng = scripted(_extender({}))
-    s = sl.Settings(micro_rounds=1, extend_attempts=1, min_growth=1.0, word_counter="longwriter")
+    s = sl.Settings(micro_rounds=1, extend_retries=1, extensions=1, min_growth=1.0, word_counter="longwriter")
     r = sl.Response("r", "i", "Write about rivers.", "en", 1, 0, initial="P1 is short.\n\nP2 is short too.")
-    sl.extend([r], eng, s)
+    [r] = sl.extend([r], eng, s)
     a_req, b_req = eng.seen
     assert "P1 is short." in a_req.messages[0]["content"] and "P2" not in a_req.messages[0]["content"]
     assert "P2 is short too." in b_req.messages[0]["content"]  # B sees the whole current text
@@ -110,32 +109,32 @@ def test_extend_round_builds_prefix_plus_continuation(scripted):
 
 
 def test_rounds_accept_only_longer_valid_text_and_the_1_2x_rule(scripted):
-    s = sl.Settings(micro_rounds=3, extend_attempts=2, word_counter="longwriter")
+    s = sl.Settings(micro_rounds=3, extend_retries=2, extensions=1, word_counter="longwriter")
     initial = "P1 has five words here.\n\nP2 has five words too."
 
     # B output fails the check (no ending): no round accepted, both attempts fail -> not extended
     r = sl.Response("r", "i", "x", "en", 1, 0, initial=initial)
     eng = scripted(_extender({"B": "and then it stops mid"}))
-    sl.extend([r], eng, s)
+    [r] = sl.extend([r], eng, s)
     assert r.extended is None and r.failed.startswith("extend: not > 1.2x after 2 attempts")
     assert len(eng.seen) == 2 * 3 * 2  # 2 attempts x 3 rounds x (A + B)
 
     # output longer and valid: accepted, grows past 1.2x in the first attempt
     r = sl.Response("r", "i", "x", "en", 1, 0, initial=initial)
     eng = scripted(_extender({}))
-    sl.extend([r], eng, s)
+    [r] = sl.extend([r], eng, s)
     assert r.extended and r.failed is None and r.extend_attempts == 1 and r.rounds_accepted >= 1
     assert count_words(r.extended, "longwriter") > 1.2 * count_words(initial, "longwriter")
 
 
 def test_growth_at_or_below_1_2x_is_not_kept(scripted):
-    s = sl.Settings(micro_rounds=1, extend_attempts=1, keep_share=0.0, word_counter="longwriter")
+    s = sl.Settings(micro_rounds=1, extend_retries=1, extensions=1, keep_share=0.0, word_counter="longwriter")
     r = sl.Response("r", "i", "x", "en", 1, 0, initial="one two three four five six seven eight nine ten.")
     # 12 words = exactly 1.2x: longer, so the round is accepted, but not *more than* 1.2x
-    sl.extend([r], scripted(_extender({"B": "a b c d e f g h i j k l."})), s)
+    [r] = sl.extend([r], scripted(_extender({"B": "a b c d e f g h i j k l."})), s)
     assert r.extended is None and "not > 1.2x" in r.failed
     r = sl.Response("r", "i", "x", "en", 1, 0, initial="one two three four five six seven eight nine ten.")
-    sl.extend([r], scripted(_extender({"B": "a b c d e f g h i j k l m."})), s)
+    [r] = sl.extend([r], scripted(_extender({"B": "a b c d e f g h i j k l m."})), s)
     assert r.extended == "a b c d e f g h i j k l m."
 
 
@@ -175,31 +174,6 @@ def test_ext_sft_input_keeps_each_line_with_p_and_sets_have_both_shapes():
     assert "Original outline" in e["instruction"]
 
 
-@pytest.mark.parametrize("lang", ["en", "zh"])
-@pytest.mark.parametrize("ctype", TYPES)
-@pytest.mark.parametrize("numerals", [False, True])
-def test_length_queries_are_satisfied_by_their_response(lang, ctype, numerals):
-    for n in (2000, 2450, 2999, 3500, 4999, 6100, 7999):
-        for seed in range(5):
-            made = sets.length_query("Write about rivers." if lang == "en" else "写一篇关于河流的文章。", n, lang,
-                                     random.Random(seed), types=[ctype], zh_numerals=numerals)
-            assert made is not None
-            query, c = made
-            assert c.ctype == ctype
-            assert longen_score(c.ctype, c.low, n, c.high) == 1.0, (query, n)
-            assert extract(query) == c, query  # the stated constraint reads back as the one satisfied
-            if lang == "zh" and numerals:
-                assert not any(ch.isdigit() for ch in query)
-
-
-def test_queries_table_uses_only_responses_in_the_length_window():
-    s = sl.Settings()
-    short = _resp("a", "x.", "word " * 1500 + "end.")
-    good = _resp("b", "x.", "word " * 3000 + "end.")
-    table = sets.queries_table([short, good], s)
-    assert table.column("response_words").to_pylist() == [3001]
-
-
 def test_keep_long_is_seeded_and_records_what_it_drops():
     s = sl.Settings(seed=3)
     rs = [_resp(str(i), "x.", "w " * (i + 1) + ".") for i in range(50)]
@@ -218,7 +192,7 @@ def test_strip_constraint_removes_the_length_and_keeps_the_task():
 
 def test_zh_numbers_read_back():
     for n in (1000, 2000, 3000, 10000, 12000, 25000):
-        assert extract(f"写一篇文章，字数大约{sets.zh_number(n)}字。").low == n
+        assert extract(f"写一篇文章，字数大约{queries.zh_number(n)}字。").low == n
 
 
 def test_token_columns_are_counted_by_the_engine_of_each_role(scripted):
@@ -233,5 +207,7 @@ def test_token_columns_are_counted_by_the_engine_of_each_role(scripted):
     assert (resp["initial_tokens"], resp["extended_tokens"]) == (3 * len("Short text."), 5 * len(long))
     gen_sft, ext_sft = sets.sft_tables([r], s)
     assert gen_sft.column("output_tokens").to_pylist() == ext_sft.column("output_tokens").to_pylist() == [5 * len(long)]
-    q = sets.queries_table([r], s).to_pylist()
-    assert q and q[0]["response_tokens"] == 5 * len(long)
+    sources = sets.query_sources([dataclasses.replace(r, extension=0)], [r], gen)
+    q = queries.queries_table(sources, s.queries, s.seed).to_pylist()
+    assert [x["source"] for x in q] == ["extended"]  # the initial response is too short for a query
+    assert q[0]["response_tokens"] == 5 * len(long)

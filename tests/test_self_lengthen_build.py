@@ -9,7 +9,7 @@ from flows import run_recipe
 from lendata import recipes
 from lendata import store as st
 from lendata.methods.self_lengthen import steps as sl
-from lendata.methods.self_lengthen.trainer import TrainerFailed, run_trainer, train_between
+from lendata.methods.self_lengthen.trainer import TrainerFailed, run_trainer, train_command
 
 SMALL = {"n": 1, "iterations": 2, "samples": 1, "max_tokens": 200, "micro_rounds": 2, "generate_attempts": 3,
          "drop_short": False}
@@ -88,8 +88,8 @@ def test_role_config_layers_recipe_role_iteration_and_trained_adapter():
     assert sl.role_config(s, default, "extender", 1, None)["lora"] == "/ext"
     assert sl.role_config(s, default, "generator", 2, "/trained")["lora"] == "/gen2"  # named wins
     assert sl.role_config(s, default, "generator", 3, "/trained")["lora"] == "/trained"
-    with pytest.raises(ValueError, match="llamacpp, which cannot load adapters"):
-        sl.role_config(sl.Settings(), ("llamacpp", {}), "extender", 2, "/trained")
+    # llama.cpp loads adapters too (converted to its LoRA GGUF): a trained adapter reaches the embedded engine
+    assert sl.role_config(sl.Settings(), ("llamacpp", {}), "extender", 2, "/trained")["lora"] == "/trained"
 
 
 def _pairs(n):
@@ -104,27 +104,30 @@ def _pairs(n):
 
 
 
-def test_trainer_command_gets_the_sets_and_its_adapter_is_reused(tmp_path):
+def test_trainer_command_runs_once_per_role_with_its_own_set_and_is_reused(tmp_path):
     # a trivial "trainer": the adapter it writes is a directory holding the files it was given
-    cmd = ("mkdir -p {out_adapter} && cp {gen_sft} {out_adapter}/g.jsonl && "
-           "cp {ext_sft_messages} {out_adapter}/e.jsonl && echo {iteration} > {out_adapter}/it")
-    out = train_between(cmd, tmp_path, 1, _pairs(3), _pairs(2))
-    adapter = out["generator"]
-    assert out == {"generator": adapter, "extender": adapter}
-    lines = [json.loads(x) for x in open(f"{adapter}/g.jsonl")]
-    assert lines[0] == {"instruction": "q0", "input": "", "output": "a0."} and len(lines) == 3
-    assert json.loads(open(f"{adapter}/e.jsonl").readline())["messages"][1]["role"] == "assistant"
-    assert open(f"{adapter}/it").read().strip() == "1"
+    cmd = ("mkdir -p {out_adapter} && cp {sft} {out_adapter}/own.jsonl && cp {gen_sft} {out_adapter}/g.jsonl && "
+           "cp {sft_messages} {out_adapter}/m.jsonl && echo {iteration} {role} {init_adapter} > {out_adapter}/it")
+    out = train_command(cmd, tmp_path, 2, _pairs(3), _pairs(2), {"generator": "/prev/gen"}, {})
+    assert set(out) == {"generator", "extender"} and out["generator"] != out["extender"]
+    gen, ext = out["generator"], out["extender"]
+    assert [json.loads(x) for x in open(f"{gen}/own.jsonl")][0] == {"instruction": "q0", "input": "", "output": "a0."}
+    assert len(open(f"{gen}/own.jsonl").readlines()) == 3 and len(open(f"{ext}/own.jsonl").readlines()) == 2
+    assert len(open(f"{ext}/g.jsonl").readlines()) == 3  # every set stays available by name
+    assert json.loads(open(f"{ext}/m.jsonl").readline())["messages"][1]["role"] == "assistant"
+    assert open(f"{gen}/it").read().split() == ["2", "generator", "/prev/gen"]
+    assert open(f"{ext}/it").read().split() == ["2", "extender"]  # no previous adapter: empty
     # the same data again: no second run (the adapter is keyed by command + data)
     marker = tmp_path / "ran"
-    again = train_between(cmd + f" && touch {marker}", tmp_path, 1, _pairs(3), _pairs(2))
-    assert marker.exists() and again["generator"] != adapter  # a different command is a different key
-    assert train_between(cmd, tmp_path, 1, _pairs(3), _pairs(2)) == out
+    again = train_command(cmd + f" && touch {marker}", tmp_path, 2, _pairs(3), _pairs(2), {"generator": "/prev/gen"},
+                          {})
+    assert marker.exists() and again["generator"] != gen  # a different command is a different key
+    assert train_command(cmd, tmp_path, 2, _pairs(3), _pairs(2), {"generator": "/prev/gen"}, {}) == out
 
 
 def test_trainer_per_role_and_failures_are_clear(tmp_path):
-    out = train_between({"extender": "mkdir {out_adapter} && echo {role} > {out_adapter}/role"}, tmp_path, 1,
-                        _pairs(1), _pairs(1))
+    out = train_command({"extender": "mkdir {out_adapter} && echo {role} > {out_adapter}/role"}, tmp_path, 1,
+                        _pairs(1), _pairs(1), {}, {})
     assert list(out) == ["extender"] and open(f"{out['extender']}/role").read().strip() == "extender"
     (tmp_path / "x").write_text("")
     with pytest.raises(TrainerFailed, match=r"exit 3\): echo boom[\s\S]*boom"):

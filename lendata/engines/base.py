@@ -27,6 +27,9 @@ class Request:
     min_tokens: int = 0
     temperature: float = 0.7
     top_p: float = 0.95
+    # sample among the k likeliest tokens; None leaves the engine's own default (llama.cpp: 40, vLLM and most
+    # OpenAI-compatible servers: off); 0 turns it off everywhere
+    top_k: int | None = None
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
@@ -41,6 +44,8 @@ class Request:
         object.__setattr__(self, "stop", tuple(self.stop))
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"top_k must be None (the engine's default), 0 (off) or positive, got {self.top_k}")
         if self.min_tokens < 0 or self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens must be in [0, max_tokens], got {self.min_tokens}/{self.max_tokens}")
         for m in self.messages:
@@ -58,6 +63,8 @@ class Request:
         d.pop("messages")
         d.pop("json_schema")
         d.pop("sample_index")
+        if d["top_k"] is None:  # the engine's default: keys made before top_k existed stay valid
+            d.pop("top_k")
         return d
 
 

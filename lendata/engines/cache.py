@@ -132,5 +132,15 @@ class CachedEngine:
         """The wrapped engine's tokenizer identity ("" for an engine that does not name one)."""
         return getattr(self.engine, "tokenizer", "")
 
+    def training_base(self) -> Path:
+        """The local Hugging Face checkpoint of the wrapped engine's weights, for the built-in LoRA trainer."""
+        from lendata.training.lora import TrainingUnsupported
+
+        base = getattr(self.engine, "training_base", None)
+        if base is None:
+            raise TrainingUnsupported(f"the {self.name} engine ({self.model_id}) has no local weights to train a "
+                                      "LoRA adapter on; set lora.base to a local checkpoint of the same model")
+        return base()
+
     def close(self) -> None:
         self.engine.close()

@@ -3,11 +3,17 @@
 llama.cpp runs one sequence at a time here, so a batch is a loop; what it adds over a plain call is the
 contract: JSON-schema output through llama.cpp grammars, `min_tokens` by suppressing end-of-sequence until
 reached, and a prompt that does not fit the context window coming back as an error result.
+
+LoRA adapters per request: a request's `lora` is a peft adapter folder (converted once to llama.cpp's LoRA GGUF
+against this engine's weights, `lendata.training.gguf_lora`) or a LoRA GGUF file. Each adapter is loaded once
+and set on the context before the requests that name it; the KV cache is cleared when the adapter changes, so
+no prompt is continued from keys computed under another adapter.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import os
 from collections.abc import Sequence
@@ -69,6 +75,8 @@ class LlamaCppEngine:
         self._formatter = None
         self.prefix_reuse = prefix_reuse
         self.n_ctx = n_ctx
+        self._adapters: dict[str, Any] = {}  # lora path -> loaded llama.cpp adapter
+        self._active_lora: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """The weights by content (two GGUF files of one name are two models) and the options that change
@@ -89,8 +97,10 @@ class LlamaCppEngine:
     def _one(self, req: Request) -> Result:
         from llama_cpp import LogitsProcessorList
 
-        if req.lora:
-            return Result.failed("the llamacpp engine does not load LoRA adapters per request; use vllm")
+        try:
+            switched = self._use_lora(req.lora)
+        except Exception as e:  # an adapter that cannot load fails its rows, not the batch
+            return Result.failed(f"LoRA adapter {req.lora}: {type(e).__name__}: {e}")
         kwargs = {}
         if req.json_schema is not None:
             kwargs["response_format"] = {"type": "json_object", "schema": req.json_schema}
@@ -100,12 +110,13 @@ class LlamaCppEngine:
             max_tokens=req.max_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
+            **({"top_k": req.top_k} if req.top_k is not None else {}),  # llama.cpp reads 0 as off
             repeat_penalty=req.repetition_penalty,
             seed=req.seed if req.seed is not None else 0,
             stop=list(req.stop) or None,
             **kwargs,
         )
-        if not self.prefix_reuse:
+        if not self.prefix_reuse or switched:
             # llama-cpp-python reuses the KV cache of the previous prompt's common prefix. Logits of tokens
             # decoded in a different batch split differ in the last bits, which can flip a sampled token: the
             # same seeded request would then depend on what ran before it. A full re-evaluation does not.
@@ -130,6 +141,37 @@ class LlamaCppEngine:
             completion_tokens=out["usage"]["completion_tokens"],
             finish_reason="length" if reason == "length" else "stop",
         )
+
+    def _use_lora(self, lora: str | None) -> bool:
+        """Set `lora` (or none) on the context; True when that changed the adapter."""
+        import llama_cpp
+
+        if lora == self._active_lora:
+            return False
+        if lora and lora not in self._adapters:
+            path = Path(lora)
+            if path.is_dir():
+                from lendata.models import lora_gguf
+
+                path = lora_gguf(path, self.model_path)
+            elif not path.is_file():
+                raise FileNotFoundError(f"no LoRA adapter at {lora} (a peft adapter folder or a LoRA GGUF)")
+            adapter = llama_cpp.llama_adapter_lora_init(self._llm._model.model, str(path).encode())
+            if not adapter:
+                raise RuntimeError(f"llama.cpp could not load {path} as a LoRA adapter of {self.model_path.name}")
+            self._adapters[lora] = adapter
+        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._adapters[lora]) if lora else None
+        scales = (ctypes.c_float * 1)(1.0) if lora else None
+        if llama_cpp.llama_set_adapters_lora(self._llm._ctx.ctx, adapters, 1 if lora else 0, scales):
+            raise RuntimeError(f"llama.cpp could not set LoRA adapter {lora}")
+        self._active_lora = lora
+        return True
+
+    def training_base(self) -> Path:
+        """The Hugging Face checkpoint the built-in LoRA trainer trains on: this engine's GGUF, dequantized."""
+        from lendata.models import hf_checkpoint
+
+        return hf_checkpoint(self.model_path)
 
     def _prefill_prompt(self, req: Request) -> str:
         """The chat template up to the assistant turn, then the prefill text the model is to continue."""
@@ -171,6 +213,14 @@ class LlamaCppEngine:
 
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None
+        adapters, self._adapters = getattr(self, "_adapters", {}), {}
+        if llm is not None and adapters:  # adapters are freed before the model they belong to
+            import llama_cpp
+
+            with contextlib.suppress(Exception):
+                llama_cpp.llama_set_adapters_lora(llm._ctx.ctx, None, 0, None)
+                for adapter in adapters.values():
+                    llama_cpp.llama_adapter_lora_free(adapter)
         if llm is not None:
             with contextlib.suppress(Exception), contextlib.redirect_stderr(io.StringIO()):
                 llm.close()

@@ -10,6 +10,13 @@ server's tokenize route (vLLM's and llama-server's `/tokenize`, llama_cpp.server
 `/extras/tokenize`). A server with neither (a
 hosted API) is counted with the bundled tokenizer as an approximation, which `tokenizer` names and a warning
 reports.
+
+LoRA adapters: a request's `lora` that names a local adapter folder is loaded into the server at run time
+(vLLM's `POST /v1/load_lora_adapter`, which needs `--enable-lora` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`)
+under a name made of its content hash, then requested by that name; the server must be able to read the path
+(the same machine or a shared file system). Any other `lora` is an adapter name the server already serves
+(`--lora-modules name=path`). A server that cannot load adapters fails those rows with a message saying how to
+start one that can.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -74,6 +82,7 @@ class OpenAIEngine:
         self._client: httpx.Client | None = None
         self._bos = 0  # tokens llama_cpp.server's route adds to every text (its BOS)
         self._counted: OrderedDict[bytes, int] = OrderedDict()  # counts by the text's sha256, least recent first
+        self._adapters: dict[str, str] = {}  # local adapter folder -> the name the server serves it under
         self.retries = 0  # retried attempts over the engine's life, for reports
         served = self._models() if (model is None or context_window is None) else []
         self.model_id = model or (served[0]["id"] if served else "")
@@ -114,6 +123,8 @@ class OpenAIEngine:
         }
         if req.seed is not None:
             body["seed"] = req.seed
+        if req.top_k is not None:  # vLLM's and llama_cpp.server's extension (0 = off in both)
+            body["top_k"] = req.top_k
         if req.repetition_penalty != 1.0:  # vLLM's name and llama_cpp.server's name
             body["repetition_penalty"] = req.repetition_penalty
             body["repeat_penalty"] = req.repetition_penalty
@@ -133,8 +144,35 @@ class OpenAIEngine:
             body["continue_final_message"] = True
             body["add_generation_prompt"] = False
         if req.lora:
-            body["model"] = req.lora  # vLLM serves each LoRA adapter under its own model name
+            body["model"] = self._adapters.get(req.lora, req.lora)  # vLLM serves each adapter under its own name
         return body
+
+    def _load_adapters(self, requests: Sequence[Request]) -> dict[str, str]:
+        """Load every local adapter folder the batch names into the server; the error of each that failed."""
+        from lendata.engines.identity import content_identity
+
+        failed = {}
+        for path in dict.fromkeys(r.lora for r in requests if r.lora and r.lora not in self._adapters):
+            folder = Path(path).expanduser()
+            if not folder.is_dir():
+                continue  # an adapter name the server already serves
+            name = f"lendata-{content_identity(folder)[:16]}"
+            try:
+                r = self._http().post(f"{self.base_url}/load_lora_adapter", headers=self._headers(),
+                                      json={"lora_name": name, "lora_path": str(folder.resolve())})
+            except httpx.HTTPError as e:
+                failed[path] = f"cannot load LoRA adapter {path} into {self.base_url}: {type(e).__name__}: {e}"
+                continue
+            if r.status_code == 200 or (r.status_code == 400 and "already" in r.text):
+                self._adapters[path] = name
+            elif r.status_code in (404, 405):
+                failed[path] = (f"{self.base_url} cannot load LoRA adapters at run time (HTTP {r.status_code} on "
+                                "load_lora_adapter): start vLLM with --enable-lora and the environment variable "
+                                "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, or serve the adapter with --lora-modules "
+                                "NAME=PATH and name it in lora")
+            else:
+                failed[path] = f"{self.base_url} refused LoRA adapter {path}: HTTP {r.status_code}: {r.text[:300]}"
+        return failed
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         if retry_after:
@@ -199,6 +237,20 @@ class OpenAIEngine:
     def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Result]:
         if not requests:
             return []
+        failed = self._load_adapters(requests)
+        if failed:  # rows naming an adapter the server could not load fail; the others go ahead
+            results: list[Result | None] = [Result.failed(failed[r.lora]) if r.lora in failed else None
+                                            for r in requests]
+            todo = [i for i, res in enumerate(results) if res is None]
+            if on_result:
+                for i, res in enumerate(results):
+                    if res is not None:
+                        on_result(i, res)
+            done = self.generate([requests[i] for i in todo],
+                                 (lambda j, res: on_result(todo[j], res)) if on_result else None) if todo else []
+            for i, res in zip(todo, done, strict=True):
+                results[i] = res
+            return [r for r in results if r is not None]
         try:
             asyncio.get_running_loop()
         except RuntimeError:

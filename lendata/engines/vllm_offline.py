@@ -73,6 +73,15 @@ class VLLMEngine:
         return {"engine": self.name, "weights": content_identity(self._model) if local else self._model,
                 "options": self._options}
 
+    def training_base(self) -> Path:
+        """The local checkpoint vLLM serves, for the built-in LoRA trainer (a hub id is not downloaded here)."""
+        from lendata.training.lora import TrainingUnsupported
+
+        path = Path(self._model).expanduser()
+        if not path.is_dir():
+            raise TrainingUnsupported(f"vllm serves {self._model}, not a local checkpoint; set lora.base to one")
+        return path
+
     def _params(self, req: Request, prompt_tokens: int):
         from vllm import SamplingParams
 
@@ -88,6 +97,7 @@ class VLLMEngine:
             min_tokens=min(req.min_tokens, max_tokens),
             temperature=req.temperature,
             top_p=req.top_p,
+            **({"top_k": req.top_k} if req.top_k is not None else {}),  # 0 = off, as in vLLM
             repetition_penalty=req.repetition_penalty,
             seed=req.seed,
             stop=list(req.stop) or None,

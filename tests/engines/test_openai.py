@@ -281,3 +281,76 @@ def test_llama_cpp_server_counts_as_the_model_does(llama_server, llama):
     texts = ["The river runs to the sea.", "河流流向大海。", ""]
     assert engine.count_tokens(texts) == llama.count_tokens(texts)
     assert engine.tokenizer.endswith("/extras/tokenize model=smollm2")
+
+
+# --- LoRA adapters through an OpenAI-compatible server (issue 16) -------------------------------------------
+
+class _LoraHandler(BaseHTTPRequestHandler):
+    """vLLM's runtime LoRA loading (`POST /v1/load_lora_adapter` {lora_name, lora_path}; 400 "already loaded"
+    when loaded twice) and a chat route that answers with the model it was asked for."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self._send(200, {"data": [{"id": "base", "max_model_len": 4096}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        if self.path == "/v1/load_lora_adapter":
+            self.server.loads.append(body)
+            if body["lora_name"] in self.server.loaded:
+                return self._send(400, {"message": f"The lora adapter '{body['lora_name']}' has already been loaded."})
+            self.server.loaded[body["lora_name"]] = body["lora_path"]
+            return self._send(200, {"ok": True})
+        if self.path == "/v1/chat/completions":
+            if body["model"] not in {"base", *self.server.loaded}:
+                return self._send(404, {"message": f"model {body['model']} does not exist"})
+            return self._send(200, {"choices": [{"message": {"content": f"from {body['model']}"},
+                                                 "finish_reason": "stop"}], "usage": {}})
+        self._send(404, {"detail": "Not Found"})
+
+    def _send(self, status, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_a_local_adapter_is_loaded_into_the_server_once_and_requested_by_name(tmp_path):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _LoraHandler)
+    srv.loads, srv.loaded = [], {}
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        adapter = tmp_path / "gen"
+        adapter.mkdir()
+        (adapter / "adapter_config.json").write_text("{}")
+        url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+        engine = OpenAIEngine(base_url=url, model="base", backoff=0.01, max_retries=0)
+        res = engine.generate([ask("a"), ask("b", lora=str(adapter)), ask("c", lora=str(adapter))])
+        name = srv.loads[0]["lora_name"]
+        assert [r.text for r in res] == ["from base", f"from {name}", f"from {name}"]
+        assert len(srv.loads) == 1 and srv.loads[0]["lora_path"] == str(adapter.resolve())
+        assert name.startswith("lendata-")  # named by content: another folder with these files is this adapter
+        assert engine.generate([ask("d", lora=str(adapter))])[0].text == f"from {name}" and len(srv.loads) == 1
+        # a second engine (a rerun) finds it loaded already: vLLM's 400 "already loaded" is not an error
+        again = OpenAIEngine(base_url=url, model="base", backoff=0.01, max_retries=0)
+        assert again.generate([ask("e", lora=str(adapter))])[0].text == f"from {name}"
+        # a name the server serves itself (--lora-modules) is passed through as the model
+        srv.loaded["served-adapter"] = "/srv/a"
+        assert engine.generate([ask("f", lora="served-adapter")])[0].text == "from served-adapter"
+    finally:
+        srv.shutdown()
+
+
+def test_a_server_that_cannot_load_adapters_fails_those_rows_clearly(llama_server, tmp_path):
+    _, url = llama_server
+    adapter = tmp_path / "gen"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    engine = OpenAIEngine(base_url=url, max_retries=0)
+    plain, tuned = engine.generate([ask("Say hi.", max_tokens=4), ask("Say hi.", max_tokens=4, lora=str(adapter))])
+    assert plain.ok
+    assert not tuned.ok and "cannot load LoRA adapters at run time" in tuned.error
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in tuned.error

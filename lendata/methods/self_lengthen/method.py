@@ -1,45 +1,67 @@
 """The Self-Lengthen method: the macro-iteration loop and its contract.
 
-Per iteration: self-instruct on the driver (step 0), generate + extend sharded by instructions (steps 1-2),
-then the training sets, and the trainer (if any) whose adapters the next iteration's roles use. After the
-last iteration, LonGen-style length-constrained queries from every kept extended response. Plain Python: the
-loop runs the same under `lendata.build.run` and inside the Prefect flow.
+Per iteration: self-instruct on the driver (step 0, the base model), generate + drop_short + extend sharded by
+instructions (steps 1-2), then the training sets, and the training of both roles' adapters (built-in LoRA or an
+external command) that the next iteration's roles use. After the last iteration, LonGen-style
+length-constrained queries from every kept extended response. The manifest's `iterations` holds each
+iteration's evidence: the adapters used (path and content hash), lengths, acceptance per check, training.
+Plain Python: the loop runs the same under `lendata.build.run` and inside the Prefect flow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from lendata.inputs import read_instructions
 from lendata.methods.base import Build, Method, Progress, Split
-from lendata.methods.self_lengthen import sets
+from lendata.methods.self_lengthen import queries, sets
 from lendata.methods.self_lengthen import steps as sl
-from lendata.methods.self_lengthen.trainer import train_between
+from lendata.methods.self_lengthen.trainer import train_builtin, train_command
 from lendata.methods.shared.budget import language_of
+from lendata.training.lora import TrainingUnsupported
 from schemas.self_lengthen import InstructionsSchema, PairsSchema, QueriesSchema, ResponsesSchema
 
 
 def generate_and_extend(s: sl.Settings, instructions: Sequence[dict[str, Any]], offset: int, engines: Any,
-                        progress: Progress, roles: dict[str, dict[str, Any]]) -> list[sl.Response]:
-    """One shard of an iteration's instructions: the Generator answers them, the Extender lengthens the
-    answers. `roles` holds the iteration's role settings (engine, options, LoRA adapter)."""
+                        progress: Progress, roles: dict[str, dict[str, Any]]
+                        ) -> tuple[list[sl.Response], list[dict[str, Any]]]:
+    """One shard of an iteration's instructions: the Generator answers them, drop_short thins the answers,
+    the Extender lengthens each kept one twice. `roles` holds the iteration's role settings (engine, options,
+    adapter)."""
     gen, ext = (engines.get(roles[r]["engine"], roles[r]["engine_options"]) for r in sl.ROLES)
     instructions = list(instructions)
-    with progress(len(instructions) * s.samples, "generate") as bar:
-        responses = sl.generate(instructions, gen, s, roles["generator"]["lora"], on_result=bar.update)
-    todo = sum(r.failed is None for r in responses)
-    # an upper bound: two calls per micro-round; rows that succeed in their first attempt finish early
-    with progress(todo * 2 * s.micro_rounds * s.extend_attempts, "extend (calls, at most)") as bar:
-        return sl.extend(responses, ext, s, roles["extender"]["lora"], on_result=bar.update)
+    # upper bounds: rows that pass early finish early
+    calls = len(instructions) * s.samples * s.extensions * 2 * s.micro_rounds * s.extend_retries
+    with progress(len(instructions) * s.samples, "generate") as g, progress(calls, "extend (calls, at most)") as e:
+        return sl.generate_and_extend(instructions, gen, ext, s, roles["generator"]["lora"],
+                                      roles["extender"]["lora"], on_generate=g.update, on_extend=e.update)
 
 
-def self_instruct(seeds: list[dict[str, Any]], engine: Any, s: sl.Settings, iteration: int, lora: str | None,
+def self_instruct(seeds: list[dict[str, Any]], engine: Any, s: sl.Settings, iteration: int,
                   build: Build) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     with build.progress(s.instructions, f"iter {iteration} self-instruct") as bar:
-        return sl.self_instruct(seeds, engine, s, iteration, lora, on_result=bar.update)
+        return sl.self_instruct(seeds, engine, s, iteration, on_result=bar.update)
+
+
+def train(s: sl.Settings, root: Path, iteration: int, gen_sft: pa.Table, ext_sft: pa.Table,
+          previous: dict[str, str], engines: dict[str, Any], build: Build) -> dict[str, str]:
+    """The adapters each role uses in the next iteration: the external `trainer` command's, or the built-in
+    LoRA trainer's over each role's engine's own weights (or `lora.base`)."""
+    if s.trainer:
+        bases = {}
+        for role, engine in engines.items():
+            try:
+                bases[role] = s.lora.base or str(engine.training_base())
+            except (TrainingUnsupported, AttributeError):
+                bases[role] = ""  # an external trainer may know its base model itself
+        return train_command(s.trainer, root, iteration, gen_sft, ext_sft, previous, bases)
+    bases = {role: s.lora.base or str(engine.training_base()) for role, engine in engines.items()}
+    trained = train_builtin(s.lora, root, gen_sft, ext_sft, previous, bases, build.progress)
+    return {role: path for role, path in trained.items() if path}
 
 
 class SelfLengthen(Method):
@@ -54,41 +76,50 @@ class SelfLengthen(Method):
                 "responses": Split(sets.RESPONSES_SCHEMA, ResponsesSchema),
                 "gen_sft": Split(sets.PAIR_SCHEMA, PairsSchema),
                 "ext_sft": Split(sets.PAIR_SCHEMA, PairsSchema),
-                "queries": Split(sets.QUERIES_SCHEMA, QueriesSchema)}
+                "queries": Split(queries.QUERIES_SCHEMA, QueriesSchema)}
 
     def run(self, s: sl.Settings, build: Build) -> None:
         # every seed is read: the recipe's `n` is the number of new instructions per iteration
         loaded = read_instructions(build.path(s.input), instruction_field=s.instruction_field)
         build.quarantine([b.as_quarantine() for b in loaded.bad])
         seeds = [{**r, "language": r.get("language") or language_of(r["instruction"])} for r in loaded.rows]
-        kept_all: list[sl.Response] = []
+        sources: list[queries.Source] = []
         adapters: dict[str, str] = {}
-        roles_used = []
-        for it in range(1, s.iterations + 1):
+        evidence = []
+        rounds = s.iterations + (1 if s.queries.final_round else 0)
+        for it in range(1, rounds + 1):
+            collect = it > s.iterations  # the final collection round: its responses only feed queries
             roles = {role: sl.role_config(s, build.engines.default, role, it, adapters.get(role)) for role in sl.ROLES}
             gen, ext = (build.engines.get(roles[r]["engine"], roles[r]["engine_options"]) for r in sl.ROLES)
-            roles_used.append({"iteration": it, **{r: {"engine": roles[r]["engine"], "lora": roles[r]["lora"]}
-                                                   for r in sl.ROLES}})
-            instructions, rejected = build.step("step 0: self-instruct", self_instruct, seeds, gen, s, it,
-                                                roles["generator"]["lora"], build)
+            # self-instruct and the judge: the Generator's engine without any adapter (the base model)
+            instructions, rejected = build.step("step 0: self-instruct", self_instruct, seeds, gen, s, it, build)
             done = build.map(generate_and_extend, instructions, f"iter {it}", roles)
-            responses = [r for part in done for r in part]
+            responses = [r for part, _ in done for r in part]
+            dropped_initial = [d for _, part in done for d in part]
             kept, dropped = sets.keep_long(responses, s, it)
             sets.count_tokens(kept, gen, ext)
-            build.quarantine(rejected + sets.failures(responses) + dropped)
+            build.quarantine(rejected + dropped_initial + sets.failures(responses) + dropped)
+            sources += sets.query_sources(responses, kept, gen)
+            evidence.append(sets.iteration_evidence(it, roles, instructions, rejected, responses, dropped_initial,
+                                                    dropped, kept, s))
+            if collect:
+                evidence[-1]["collection_round"] = True
+                continue
             gen_sft, ext_sft = sets.sft_tables(kept, s)
             build.add("instructions", pa.Table.from_pylist(instructions, schema=sets.INSTRUCTIONS_SCHEMA))
-            build.add("responses", sets.responses_table(kept, s, ext.name, ext.model_id))
+            build.add("responses", sets.responses_table(kept, s, ext.name, ext.model_id, roles))
             build.add("gen_sft", gen_sft)
             build.add("ext_sft", ext_sft)
-            kept_all += kept
-            if s.trainer and it < s.iterations:
-                adapters = build.step("train between iterations", train_between, s.trainer,
-                                      build.scratch / "trainer", it, gen_sft, ext_sft)
-        q = s.queries
-        build.add("queries", sets.queries_table(kept_all, s, q.min_words, q.max_words, q.types, q.p1000,
-                                                q.zh_numerals))
-        build.meta["roles"] = roles_used
+            if s.train and it < rounds:
+                adapters = build.step("train between iterations", train, s, build.scratch / "trainer", it, gen_sft,
+                                      ext_sft, adapters, {"generator": gen, "extender": ext}, build)
+                evidence[-1]["trained"] = sets.adapter_evidence(adapters)
+        # the rewrite is the base model's, like self-instruct and the judge
+        base = build.engines.get(*build.engines.default) if s.queries.rewrite else None
+        build.add("queries", build.step("length-constrained queries", queries.queries_table, sources, s.queries,
+                                        s.seed, base, s.temperature, s.top_p, s.top_k))
+        build.meta["roles"] = [{"iteration": e["iteration"], **{r: e[r] for r in sl.ROLES}} for e in evidence]
+        build.meta["iterations"] = evidence
 
 
 METHOD = SelfLengthen()

@@ -4,25 +4,24 @@
 - `gen_sft`: instruction -> extended response (trains the Generator to answer longer);
 - `ext_sft`: extend prompt over the initial response with each line kept with p=0.8 -> extended response
   (trains the Extender to expand);
-- `queries`: LonGen-style length-constrained queries whose constraint the response actually satisfies.
+- `queries` (queries.py): LonGen-style length-constrained queries whose constraint the response satisfies.
 
 Training sets carry both shapes: `messages` (chat) and Alpaca `instruction`/`input`/`output`.
 """
 
 from __future__ import annotations
 
-import math
 import random
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
 
 from lendata.engines.identity import model_name
-from lendata.lengths import count_words, longen_interval
+from lendata.methods.self_lengthen.queries import Source
 from lendata.methods.self_lengthen.steps import Response, Settings, extend_chat, rejection, words
 from lendata.methods.shared import checks
-from lendata.methods.shared.constraints import TYPES, Constraint, constrain
 from lendata.methods.shared.sft import MESSAGE, row_id
 
 INSTRUCTIONS_SCHEMA = pa.schema([
@@ -35,6 +34,7 @@ RESPONSES_SCHEMA = pa.schema([
     ("language", pa.string()),
     ("iteration", pa.int32()),
     ("sample", pa.int32()),
+    ("extension", pa.int32()),
     ("initial_response", pa.large_string()),
     ("extended_response", pa.large_string()),
     ("initial_words", pa.int32()),
@@ -47,6 +47,8 @@ RESPONSES_SCHEMA = pa.schema([
     ("rounds_accepted", pa.int32()),
     ("engine", pa.string()),
     ("model", pa.string()),
+    ("generator_adapter", pa.string()),  # sha256 of the adapter the Generator used (null: the base model)
+    ("extender_adapter", pa.string()),
 ])
 PAIR_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -58,19 +60,6 @@ PAIR_SCHEMA = pa.schema([
     ("output", pa.large_string()),
     ("output_words", pa.int32()),
     ("output_tokens", pa.int32()),
-])
-QUERIES_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("iteration", pa.int32()),
-    ("language", pa.string()),
-    ("query", pa.large_string()),
-    ("instruction", pa.large_string()),
-    ("constraint_type", pa.string()),
-    ("constraint_low", pa.int32()),
-    ("constraint_high", pa.int32()),
-    ("response_words", pa.int32()),
-    ("response_tokens", pa.int32()),
-    ("messages", pa.list_(MESSAGE)),
 ])
 
 
@@ -102,18 +91,78 @@ def count_tokens(kept: Sequence[Response], generator: Any, extender: Any) -> Non
         r.extended_tokens = n
 
 
-def responses_table(kept: Sequence[Response], s: Settings, engine: str, model: str) -> pa.Table:
+def adapter_hash(path: str | None) -> str | None:
+    from lendata.engines.identity import content_identity
+
+    return content_identity(path) if path else None
+
+
+def responses_table(kept: Sequence[Response], s: Settings, engine: str, model: str,
+                    roles: dict[str, dict[str, Any]] | None = None) -> pa.Table:
+    used = {role: adapter_hash((roles or {}).get(role, {}).get("lora")) for role in ("generator", "extender")}
     rows = []
     for r in kept:
         a, b = words(r.initial, s), words(r.extended or "", s)
         rows.append({"id": r.id, "instruction_id": r.instruction_id, "instruction": r.instruction,
                      "language": r.language, "iteration": r.iteration, "sample": r.sample,
+                     "extension": r.extension,
                      "initial_response": r.initial, "extended_response": r.extended, "initial_words": a,
                      "extended_words": b, "initial_tokens": r.initial_tokens, "extended_tokens": r.extended_tokens,
                      "growth": round(b / a, 4) if a else None,
                      "generate_attempts": r.gen_attempts, "extend_attempts": r.extend_attempts,
-                     "rounds_accepted": r.rounds_accepted, "engine": engine, "model": model_name(model)})
+                     "rounds_accepted": r.rounds_accepted, "engine": engine, "model": model_name(model),
+                     "generator_adapter": used["generator"], "extender_adapter": used["extender"]})
     return pa.Table.from_pylist(rows, schema=RESPONSES_SCHEMA)
+
+
+def _stats(values: list[int]) -> dict[str, float | None]:
+    return {"mean": round(statistics.fmean(values), 1) if values else None,
+            "median": statistics.median(values) if values else None}
+
+
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def adapter_evidence(adapters: dict[str, str | None]) -> dict[str, dict[str, Any]]:
+    """Per role: the adapter's path, content hash and (built-in trainer) training record."""
+    from lendata.training.lora import training_log
+
+    out = {}
+    for role, path in adapters.items():
+        log = training_log(path) if path else None
+        out[role] = {"adapter": path, "sha256": adapter_hash(path),
+                     "training": {k: log[k] for k in ("train_loss", "steps", "rows", "seconds") if k in log}
+                     if log else None}
+    return out
+
+
+def iteration_evidence(iteration: int, roles: dict[str, dict[str, Any]], instructions: Sequence[dict[str, Any]],
+                       rejected: Sequence[dict[str, Any]], responses: Sequence[Response],
+                       dropped_initial: Sequence[dict[str, Any]], dropped: Sequence[dict[str, Any]],
+                       kept: Sequence[Response], s: Settings) -> dict[str, Any]:
+    """What one iteration used and made, for the manifest: each role's engine and adapter (path and hash),
+    the initial and extended lengths, and how many passed each check."""
+    submitted = [r for r in responses if r.extension is not None]
+    # initial responses that passed the check: those extended (two submissions each) and those drop_short removed
+    passed = len({(r.instruction_id, r.sample) for r in submitted}) + len(dropped_initial)
+    extended = [r for r in submitted if r.extended is not None]
+    return {
+        "iteration": iteration,
+        **{role: {"engine": roles[role]["engine"], "lora": roles[role]["lora"],
+                  "lora_sha256": adapter_hash(roles[role]["lora"])} for role in ("generator", "extender")},
+        "instructions": len(instructions),
+        "lengths": {"initial_words": _stats([words(r.initial, s) for r in kept]),
+                    "extended_words": _stats([words(r.extended or "", s) for r in kept])},
+        "acceptance": {
+            "self_instruct": _share(len(instructions), len(instructions) + len(rejected)),
+            "generate": _share(passed, len(instructions) * s.samples),
+            "drop_short_initial": _share(passed - len(dropped_initial), passed),
+            "extend": _share(len(extended), len(submitted)),
+            "drop_short_extended": _share(len(kept), len(extended)),
+        },
+        "responses": len(kept),
+    }
 
 
 def _pair(rid: str, r: Response, prompt: str, s: Settings) -> dict[str, Any]:
@@ -140,76 +189,18 @@ def sft_tables(kept: Sequence[Response], s: Settings) -> tuple[pa.Table, pa.Tabl
     return pa.Table.from_pylist(gen, schema=PAIR_SCHEMA), pa.Table.from_pylist(ext, schema=PAIR_SCHEMA)
 
 
-# --- length-constrained queries ---------------------------------------------------------------------------
-
-_ZH_DIGITS = "零一两三四五六七八九"
-
-
-def zh_number(n: int) -> str:
-    """A multiple of 1,000 in Chinese numerals: 2000 -> 两千, 12000 -> 一万两千."""
-    if n <= 0 or n % 1000 or n >= 100_000:
-        return str(n)
-    wan, qian = divmod(n // 1000, 10)
-    return (f"{_ZH_DIGITS[wan]}万" if wan else "") + (f"{_ZH_DIGITS[qian]}千" if qian else "")
-
-
-def fit_constraint(ctype: str, n: int, granularity: int) -> Constraint | None:
-    """A constraint of this type, on this granularity, that a text of `n` words satisfies (LonGen interval)."""
-    g = granularity
-    lo, hi, near = math.floor(n / g) * g, math.ceil(n / g) * g, round(n / g) * g
-    candidates = {
-        "about": [Constraint("about", x) for x in dict.fromkeys((near, lo, hi))],
-        "range": [Constraint("range", lo, lo + g)],
-        "above": [Constraint("above", lo)],
-        "below": [Constraint("below", hi)],
-    }[ctype]
-    for c in candidates:
-        if c.low > 0:
-            a, b = longen_interval(c.ctype, c.low, c.high)
-            if a <= n <= b:
-                return c
-    return None
-
-
-def length_query(
-    instruction: str, n: int, lang: str, rng: random.Random, types: Sequence[str] = TYPES,
-    p1000: float = 0.8, zh_numerals: bool = False,
-) -> tuple[str, Constraint] | None:
-    """The instruction with a stated length constraint that a response of `n` words satisfies, or None."""
-    ctype = rng.choice(list(types))
-    first = 1000 if rng.random() < p1000 else 2000
-    for g in (first, 1000):  # a coarse granularity may leave no satisfied constraint; the fine one then does
-        c = fit_constraint(ctype, n, g)
-        if c is not None:
-            break
-    else:
-        return None
-    if lang == "zh" and zh_numerals:
-        templates = {"about": "字数大约{lo}字。", "range": "字数在{lo}到{hi}字之间。", "above": "字数不少于{lo}字。",
-                     "below": "字数不超过{lo}字。"}
-        hi = zh_number(c.high) if c.high else ""
-        return instruction.rstrip() + templates[c.ctype].format(lo=zh_number(c.low), hi=hi), c
-    return constrain(instruction, c, lang), c
-
-
-def queries_table(
-    kept: Sequence[Response], s: Settings, min_words: int = 2000, max_words: int = 8000,
-    types: Sequence[str] = TYPES, p1000: float = 0.8, zh_numerals: bool = False,
-) -> pa.Table:
-    """Queries from responses with min_words <= words < max_words (LonGen counting)."""
-    rows = []
-    for r in kept:
-        text = r.extended or ""
-        n = count_words(text, "longen")
-        if not min_words <= n < max_words:
-            continue
-        made = length_query(r.instruction, n, r.language, random.Random(f"{s.seed}|query|{r.id}"), types, p1000,
-                            zh_numerals)
-        if made is None:
-            continue
-        query, c = made
-        rows.append({"id": row_id("query", r.id), "iteration": r.iteration, "language": r.language, "query": query,
-                     "instruction": r.instruction, "constraint_type": c.ctype, "constraint_low": c.low,
-                     "constraint_high": c.high, "response_words": n, "response_tokens": r.extended_tokens,
-                     "messages": [{"role": "user", "content": query}, {"role": "assistant", "content": text}]})
-    return pa.Table.from_pylist(rows, schema=QUERIES_SCHEMA)
+def query_sources(responses: Sequence[Response], kept: Sequence[Response], generator: Any) -> list[Source]:
+    """What an iteration gives the queries: every initial response that reached extension (once, however many
+    extensions it had) and every kept extended response, each with its writer's token count."""
+    out, seen = [], set()
+    for r in responses:
+        key = (r.instruction_id, r.sample)
+        if r.extension is not None and r.initial and key not in seen:
+            seen.add(key)
+            out.append(Source(row_id("initial", *key), r.iteration, r.language, r.instruction, r.initial, "initial"))
+    if out:
+        for src, n in zip(out, generator.count_tokens([src.text for src in out]), strict=True):
+            src.tokens = n
+    out += [Source(r.id, r.iteration, r.language, r.instruction, r.extended or "", "extended", r.extended_tokens)
+            for r in kept]
+    return out

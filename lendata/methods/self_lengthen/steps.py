@@ -2,18 +2,23 @@
 
 One macro-iteration, as functions over lists of rows:
 
-0. `self_instruct`: two example instructions from the pool, the model completes a third; kept when it has
-   3 < words < 500, is new, and a judge call says it suits a long article (> 2,000 words).
-1. `generate`: k responses per instruction, each resampled (bounded) until it passes `checks.response_check`.
-2. `extend`: per response up to 2 attempts x 3 micro-rounds of split -> extend the first half, keep 2/3 of
-   it -> continue the extend prompt over the whole text after that prefix; a round is accepted only when it
-   passes the check and is longer; the result is kept only if > 1.2x the original.
+0. `self_instruct`: two example instructions from the pool, the base model completes a third (it may span
+   lines, up to the next "Instruction N" marker); kept when it has 3 < words < 500, is new, and a judge call
+   (the base model too) says it suits a long article (> 2,000 words).
+1. `generate`: k responses per instruction, each resampled (up to 20 times) until it passes
+   `checks.response_check`; then drop_short over the initial responses, before any extension.
+2. `extend`: every kept response is submitted for extension twice; each submission makes up to
+   `extend_retries` (20) attempts of 3 micro-rounds: split -> extend the first half, keep 2/3 of it ->
+   continue the extend prompt over the whole text after that prefix; a round is accepted only when it passes
+   the check and is longer; an attempt succeeds when the text ends > 1.2x the original.
+Sampling as the reference's client: T=0.7, top_p=0.8, top_k=20, repetition penalty 1.1.
 
 Differences from the reference, on purpose: every call carries a seed derived from the row and attempt, so a
 rerun gives the same data (the reference stops each step at 95% completion, so its output depends on timing);
 every step runs in rounds across rows (one engine batch per micro-step) instead of thread pools; zh sentence
 endings accept ASCII `.!?`; no `---` stop string; a one-paragraph text extends as a whole instead of an empty
-first half. Every rejection is returned as a record with its stage and reason.
+first half; the English extend prompt is lendata's own wording of the reference's (which only exists in
+Chinese in the qwen folder). Every rejection is returned as a record with its stage and reason.
 """
 
 from __future__ import annotations
@@ -22,15 +27,18 @@ import dataclasses
 import hashlib
 import json
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lendata.engines.base import Engine, OnResult, Request, estimate_prompt_tokens
 from lendata.lengths import WordCounter, count_words
+from lendata.methods.self_lengthen.queries import QuerySettings
 from lendata.methods.shared import checks
 from lendata.methods.shared.budget import language_of
 from lendata.methods.shared.sft import row_id
+from lendata.training.lora import LoraSettings
 
 SELF_INSTRUCT = {
     "en": ("Your task is to write user instructions that lead to the generation of long texts. Each instruction "
@@ -50,12 +58,12 @@ EXTEND = {
     "en": ("Based on the given instruction and the original outline, enhance the content by carefully expanding "
            "the original outline: add information, include details and improve the quality of its descriptions. "
            "Remember, your task is not to continue the content but to enrich the current content. You can do this "
-           "by describing the existing paragraphs in more detail or by creating subheadings. Do not include long "
-           "narration or any repeated content in your reply.\n\nInstruction: {instruction}\n\nOriginal outline:"
-           "\n\n{response}"),
+           "by describing the existing paragraphs in more detail or by creating subheadings. Make the result as "
+           "long, rich and engaging as you can, without long narration or any repeated content."
+           "\n\nInstruction: {instruction}\n\nOriginal outline:\n\n{response}"),
     "zh": ("根据提供的指令和原始大纲，通过仔细扩展原始大纲来增强内容，增加信息，纳入细节，"
            "并提高其描述质量。记住，你的任务不是续写内容，而是丰富当前的内容。你可以通过更详细的"
-           "描述丰富已有段落或创建子标题来实现这一点。记住，不要在你的回复中包含冗长的叙述或任何重复的内容。\n\n指令：{instruction}\n\n原始大纲：\n\n{response}"),
+           "描述丰富已有段落或创建子标题来实现这一点。请让内容尽可能长、丰富且引人入胜，但记住，不要在你的回复中包含冗长的叙述或任何重复的内容。\n\n指令：{instruction}\n\n原始大纲：\n\n{response}"),
 }
 
 
@@ -71,7 +79,7 @@ class RoleSettings:
 
     engine: str | None = None  # llamacpp | openai | vllm
     engine_options: dict[str, Any] | None = None  # replace the recipe's engine_options for this role
-    lora: str | None = None  # a LoRA adapter folder (vllm, or an openai server that loads adapters)
+    lora: str | None = None  # a LoRA adapter: a peft folder (every engine) or a LoRA GGUF (llamacpp)
 
 
 def role_config(s: Settings, default: tuple[str, dict[str, Any]], role: str, iteration: int,
@@ -89,21 +97,7 @@ def role_config(s: Settings, default: tuple[str, dict[str, Any]], role: str, ite
         cfg.update({k: v for k, v in dataclasses.asdict(override).items() if v is not None})
     if adapter and (override is None or override.lora is None):
         cfg["lora"] = adapter
-    if cfg["lora"] and cfg["engine"] == "llamacpp":
-        raise ValueError(f"iteration {iteration}: the {role} uses LoRA adapter {cfg['lora']} but its engine is "
-                         f"llamacpp, which cannot load adapters per request; use engine vllm for that role")
     return cfg
-
-
-@dataclass
-class QuerySettings:
-    """LonGen-style length-constrained queries made from the extended responses."""
-
-    min_words: int = 2000  # from responses with min_words <= words < max_words
-    max_words: int = 8000  # (exclusive)
-    types: tuple[str, ...] = ("about", "range", "above", "below")  # constraint types drawn
-    p1000: float = 0.8  # granularity 1000 with this probability, else 2000
-    zh_numerals: bool = False  # write zh lengths as 两千 instead of 2000
 
 
 @dataclass
@@ -111,33 +105,39 @@ class Settings:
     input: str = ""  # seed instructions (JSONL or Parquet, field `instruction_field`, optional `language`)
     instruction_field: str = "instruction"  # the field holding a seed instruction
     n: int = 8  # new instructions per iteration (step 0)
-    iterations: int = 1  # macro-iterations; a trainer's adapters are used from the second on
+    iterations: int = 1  # macro-iterations; the adapters trained after each are used in the next
     generator: RoleSettings = field(default_factory=RoleSettings)  # the Generator's engine, options, lora
     extender: RoleSettings = field(default_factory=RoleSettings)  # the Extender's engine, options, lora
     iteration_roles: dict[int | str, dict[Role, RoleSettings]] = field(default_factory=dict)  # {2: {extender: {..}}}
-    trainer: str | dict[str, str] | None = None  # run between iterations: "train.sh {gen_sft} {ext_sft} {out_adapter}"
+    train: bool = True  # train both roles' adapters between iterations (the method's core); false: no training
+    lora: LoraSettings = field(default_factory=LoraSettings)  # the built-in LoRA trainer's settings
+    trainer: str | dict[str, str] | None = None  # an external trainer command per role instead of the built-in one
     samples: int = 2  # responses per instruction (step 1)
     languages: tuple[str, ...] = ("en",)  # languages of the instructions to make (en, zh)
     judge: bool = True  # a judge call keeps only instructions that suit a long text
     self_instruct_attempts: int = 10  # rounds of step 0 before giving up on the missing instructions
     generate_attempts: int = 20  # samples per response until one passes the check
-    extend_attempts: int = 2  # extension attempts per response
+    extensions: int = 2  # extension submissions per kept initial response (each may yield an extended response)
+    extend_retries: int = 20  # attempts per extension submission until one grows the text > min_growth x
     micro_rounds: int = 3  # split-extend-continue rounds per attempt
     keep_share: float = 2 / 3  # of the extended first half's paragraphs
     min_growth: float = 1.2  # keep an extension only when longer than this x the original
     temperature: float = 0.7  # sampling temperature of every call
     top_p: float = 0.8  # nucleus sampling
+    top_k: int = 20  # sample among the k likeliest tokens (0: off)
     repetition_penalty: float = 1.1  # repetition penalty of every call
     max_tokens: int = 16384  # per call, further capped by what fits the context window
     seed: int = 42  # per-call seeds derive from this, the row and the attempt
     word_counter: WordCounter = "longen"  # Self-Lengthen counts LonGen words
-    drop_short: bool = True  # drop responses shorter than the length their instruction asks for
+    drop_short: bool = True  # drop the shorter initial and extended responses (rank-based, ~40% each time)
     line_keep: float = 0.8  # ext_sft input: each line of the initial response kept with this probability
     queries: QuerySettings = field(default_factory=QuerySettings)
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.iterations < 1:
             raise ValueError(f"n and iterations must be at least 1, got n={self.n}, iterations={self.iterations}")
+        if self.extensions < 1 or self.extend_retries < 1 or self.generate_attempts < 1:
+            raise ValueError("extensions, extend_retries and generate_attempts must be at least 1")
 
     @property
     def instructions(self) -> int:
@@ -153,6 +153,7 @@ class Response:
     iteration: int
     sample: int
     initial: str = ""
+    extension: int | None = None  # which extension submission of its initial response this is
     gen_attempts: int = 0
     extended: str | None = None
     extend_attempts: int = 0
@@ -194,16 +195,22 @@ def rejection(stage: str, reason: str, record: dict[str, Any], rid: str = "") ->
 _QUOTES = {'"': '"', "'": "'", "“": "”", "「": "」", "‘": "’"}
 
 
+# where the completion starts a further instruction: the reference stops at "\n指令4"
+_NEXT_MARKER = re.compile(r"\n\s*(?:Instruction\s*\d+\s*[:：]|指令\s*\d+\s*[:：])")
+NEXT_INSTRUCTION_STOPS = ("\nInstruction 4", "\n指令4")
+
+
 def clean_instruction(text: str) -> str:
-    """The completed third instruction: its first line, without an "Instruction 3:" label and without quotes
-    that enclose the whole line. Quotes inside the instruction are kept ('Write about "rivers"')."""
+    """The completed third instruction, which may span lines: everything up to the next "Instruction N"
+    marker, without an "Instruction 3:" label and without quotes that enclose the whole text. Quotes inside
+    the instruction are kept ('Write about "rivers"')."""
     text = text.strip()
     for label in ("Instruction 3:", "指令3：", "Instruction:"):
         if text.startswith(label):  # the label may stand alone on its line, the instruction below it
             text = text[len(label):].strip()
             break
-    line = text.split("\n")[0].strip()
-    return line[1:-1].strip() if _enclosed(line) else line
+    text = _NEXT_MARKER.split("\n" + text, maxsplit=1)[0].strip()
+    return text[1:-1].strip() if _enclosed(text) else text
 
 
 def _enclosed(line: str) -> bool:
@@ -227,10 +234,10 @@ def self_instruct(
     engine: Engine,
     s: Settings,
     iteration: int,
-    lora: str | None = None,
     on_result: OnResult | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """`s.instructions` new instructions (id, instruction, language, iteration) and the rejected candidates."""
+    """`s.instructions` new instructions (id, instruction, language, iteration) and the rejected candidates.
+    `engine` is the base model: as in the reference, neither self-instruct nor the judge uses an adapter."""
     pools = {lang: [r["instruction"] for r in seeds if r["language"] == lang] for lang in s.languages}
     pools = {lang: p for lang, p in pools.items() if len(p) >= 2}
     if not pools:
@@ -251,8 +258,9 @@ def self_instruct(
             reqs.append(Request(
                 messages=({"role": "user", "content": task},
                           {"role": "assistant", "content": shots.format(a=a, b=b)}),
-                max_tokens=200, temperature=s.temperature, top_p=s.top_p, stop=("\n",),
-                seed=_seed(s.seed, iteration, attempt, slot), lora=lora,
+                max_tokens=300, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                repetition_penalty=s.repetition_penalty, stop=NEXT_INSTRUCTION_STOPS,
+                seed=_seed(s.seed, iteration, attempt, slot),
             ))
             langs.append(lang)
         candidates = []
@@ -266,7 +274,7 @@ def self_instruct(
             else:
                 known.add(text.lower())
                 candidates.append((text, lang))
-        verdicts = judge([c for c, _ in candidates], [lang for _, lang in candidates], engine, s, lora) \
+        verdicts = judge([c for c, _ in candidates], [lang for _, lang in candidates], engine, s) \
             if s.judge else [True] * len(candidates)
         for (text, lang), ok in zip(candidates, verdicts, strict=True):
             if ok:
@@ -279,14 +287,14 @@ def self_instruct(
     return kept[: s.instructions], rejected
 
 
-def judge(texts: list[str], langs: list[str], engine: Engine, s: Settings, lora: str | None = None) -> list[bool]:
+def judge(texts: list[str], langs: list[str], engine: Engine, s: Settings) -> list[bool]:
     """Does each instruction suit a long article? Schema-constrained yes/no, greedy."""
     if not texts:
         return []
     schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no", "是", "否"]}},
               "required": ["answer"]}
     reqs = [Request(messages=({"role": "user", "content": JUDGE[lang].format(instruction=t)},), max_tokens=20,
-                    temperature=0.0, json_schema=schema, lora=lora) for t, lang in zip(texts, langs, strict=True)]
+                    temperature=0.0, json_schema=schema) for t, lang in zip(texts, langs, strict=True)]
     out = []
     for res, lang in zip(engine.generate(reqs), langs, strict=True):
         try:
@@ -315,7 +323,8 @@ def _sampled(
     its prompt leaves in the context window."""
     prompt = estimate_prompt_tokens(engine, chats)
     return [Request(messages=c, max_tokens=max(1, min(s.max_tokens, engine.context_window - p)),
-                    temperature=s.temperature, top_p=s.top_p, repetition_penalty=s.repetition_penalty, seed=seed,
+                    temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                    repetition_penalty=s.repetition_penalty, seed=seed,
                     sample_index=sample_index, lora=lora)
             for c, p, seed in zip(chats, prompt, seeds, strict=True)]
 
@@ -381,6 +390,13 @@ def extend_chat(instruction: str, response: str, lang: str, prefix: str = "") ->
     return (user, {"role": "assistant", "content": prefix}) if prefix else (user,)
 
 
+def submissions(responses: Sequence[Response], s: Settings) -> list[Response]:
+    """`s.extensions` extension submissions per usable initial response, each a row of its own."""
+    return [dataclasses.replace(r, id=row_id("self_lengthen", "extension", r.id, j), extension=j, extended=None,
+                                extend_attempts=0, rounds_accepted=0)
+            for r in responses if r.failed is None for j in range(s.extensions)]
+
+
 def extend(
     responses: Sequence[Response],
     engine: Engine,
@@ -388,9 +404,11 @@ def extend(
     lora: str | None = None,
     on_result: OnResult | None = None,
 ) -> list[Response]:
-    """Extend every usable response in rounds: each micro-step is one engine batch across all rows."""
-    states = [_ExtendState(r, r.initial) for r in responses if r.failed is None]
-    active = list(states)
+    """The extension submissions of every usable initial response (`submissions`), each extended in rounds
+    (each micro-step is one engine batch across all rows); a submission that never grows enough has
+    `failed` set. The initial responses are not changed."""
+    rows = submissions(responses, s)
+    active = [_ExtendState(r, r.initial) for r in rows]
     while active:
         # A: extend the first half, keep the head of what comes back
         key = [(st.resp.id, st.attempt, st.round) for st in active]
@@ -406,7 +424,35 @@ def extend(
             out = (st.prefix + _finished(res, st.resp.language)).strip() if res.ok else ""
             _accept_round(st, out, res.error if not res.ok else None, s)
         active = [st for st in active if _advance(st, s)]
-    return list(responses)
+    return rows
+
+
+def drop_short_initial(responses: Sequence[Response], s: Settings, iteration: int
+                       ) -> tuple[list[Response], list[dict[str, Any]]]:
+    """drop_short over the usable initial responses, before any extension (the reference's step 1); the
+    failed ones pass through for the record, the dropped ones come back as rejections."""
+    usable = sorted((r for r in responses if r.failed is None), key=lambda r: r.id)
+    if not s.drop_short or not usable:
+        return list(responses), []
+    keep = checks.drop_short([len(r.initial) for r in usable], random.Random(f"{s.seed}|drop_short|{iteration}"))
+    dropped = {r.id for r, k in zip(usable, keep, strict=True) if not k}
+    rejected = [rejection("drop_short_initial", f"drop_short: {len(r.initial)} characters, among the shorter "
+                          "initial responses", {"instruction": r.instruction, "initial_response": r.initial}, r.id)
+                for r in usable if r.id in dropped]
+    return [r for r in responses if r.id not in dropped], rejected
+
+
+def generate_and_extend(
+    instructions: Sequence[dict[str, Any]], generator: Engine, extender: Engine, s: Settings,
+    generator_lora: str | None = None, extender_lora: str | None = None,
+    on_generate: OnResult | None = None, on_extend: OnResult | None = None,
+) -> tuple[list[Response], list[dict[str, Any]]]:
+    """Steps 1-2 over some instructions: the extension submissions (extended or failed) and the initial
+    responses drop_short removed. Responses that never passed generation are in the first list, failed."""
+    initial = generate(instructions, generator, s, generator_lora, on_result=on_generate)
+    kept, dropped = drop_short_initial(initial, s, int(instructions[0].get("iteration", 1)) if instructions else 1)
+    failed = [r for r in kept if r.failed is not None]
+    return failed + extend(kept, extender, s, extender_lora, on_result=on_extend), dropped
 
 
 def _accept_round(st: _ExtendState, out: str, error: str | None, s: Settings) -> None:
@@ -433,8 +479,8 @@ def _advance(st: _ExtendState, s: Settings) -> bool:
         r.extended, r.rounds_accepted = st.current, st.accepted
         return False
     st.attempt += 1
-    if st.attempt >= s.extend_attempts:
-        r.failed = (f"extend: not > {s.min_growth}x after {s.extend_attempts} attempts "
+    if st.attempt >= s.extend_retries:
+        r.failed = (f"extend: not > {s.min_growth}x after {s.extend_retries} attempts "
                     f"({before} -> {after} words; last rounds: {'; '.join(st.log[-s.micro_rounds:])})")
         return False
     st.current, st.round, st.accepted = r.initial, 0, 0

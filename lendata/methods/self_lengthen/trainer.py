@@ -1,22 +1,32 @@
-"""The optional training step between Self-Lengthen iterations: a user command, run once per data.
+"""Training between Self-Lengthen iterations: two adapters per iteration, the Generator's on gen_sft and the
+Extender's on ext_sft, each continuing from that role's adapter of the previous iteration (the reference's
+`adapter_name_or_path`, qwen/mk_train_config.py) or starting from the base in iteration 1.
 
-The command is a template; each `{placeholder}` is replaced by a shell-quoted path. It must write an adapter
-(or any model directory) to `{out_adapter}`, which the next iteration's roles then use. The directory is
+By default the built-in LoRA trainer (`lendata.training.lora`) trains them. A `trainer` command replaces it for
+external trainers (LLaMA-Factory, axolotl): a template whose `{placeholder}`s are replaced by shell-quoted values,
+run once per role. It must write an adapter (or any model directory) to `{out_adapter}`. The directory is
 written under a temporary name and renamed when the command succeeds, and it lives under a key made of the
 command and its input files, so a rerun with the same data skips training and a changed dataset retrains.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import shlex
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
+from lendata.training.lora import LoraSettings, train_lora
+
+ROLE_SETS = {"generator": "gen_sft", "extender": "ext_sft"}
 
 
 class TrainerFailed(RuntimeError):
@@ -71,15 +81,8 @@ def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def train_between(
-    spec: str | dict[str, str], root: Path, iteration: int, gen_sft: pa.Table, ext_sft: pa.Table
-) -> dict[str, str]:
-    """Write an iteration's training sets as JSONL and run the trainer; the adapter each role uses next.
-
-    `spec` is one command (one adapter for both roles) or {generator: CMD, extender: CMD}. Placeholders:
-    {gen_sft} {ext_sft} (Alpaca JSONL), {gen_sft_messages} {ext_sft_messages} (chat JSONL), {out_adapter},
-    {iteration}, and {role} for per-role commands.
-    """
+def _sets(root: Path, iteration: int, gen_sft: pa.Table, ext_sft: pa.Table) -> dict[str, Path]:
+    """The iteration's training sets as JSONL, in Alpaca and chat shapes, for external trainers."""
     files: dict[str, Path] = {}
     data = root / f"iter{iteration}"
     for name, table in (("gen_sft", gen_sft), ("ext_sft", ext_sft)):
@@ -88,11 +91,47 @@ def train_between(
                                    data / f"{name}.jsonl")
         files[f"{name}_messages"] = _write_jsonl([{"messages": r["messages"]} for r in rows],
                                                  data / f"{name}_messages.jsonl")
-    extra = {"iteration": str(iteration)}
-    if isinstance(spec, str):
-        path = str(run_trainer(spec, files, root, extra))
-        return {"generator": path, "extender": path}
-    unknown = set(spec) - {"generator", "extender"}
-    if unknown:
-        raise TrainerFailed(f"trainer: unknown role(s) {sorted(unknown)}; use generator and/or extender")
-    return {role: str(run_trainer(cmd, files, root, {**extra, "role": role})) for role, cmd in spec.items() if cmd}
+    return files
+
+
+def train_command(spec: str | dict[str, str], root: Path, iteration: int, gen_sft: pa.Table, ext_sft: pa.Table,
+                  previous: dict[str, str], bases: dict[str, str]) -> dict[str, str]:
+    """Run an external trainer once per role; the adapter each role uses next.
+
+    `spec` is one command run for each role or {generator: CMD, extender: CMD}. Placeholders: {sft} and
+    {sft_messages} (the role's set: gen_sft for the Generator, ext_sft for the Extender), {gen_sft} {ext_sft}
+    {gen_sft_messages} {ext_sft_messages}, {role}, {iteration}, {init_adapter} (the role's previous adapter,
+    empty in iteration 1), {base_model} (the role's base checkpoint, empty when unknown) and {out_adapter}.
+    """
+    if isinstance(spec, dict):
+        unknown = set(spec) - set(ROLE_SETS)
+        if unknown:
+            raise TrainerFailed(f"trainer: unknown role(s) {sorted(unknown)}; use generator and/or extender")
+        commands = {role: cmd for role, cmd in spec.items() if cmd}
+    else:
+        commands = dict.fromkeys(ROLE_SETS, spec)
+    files = _sets(root, iteration, gen_sft, ext_sft)
+    out = {}
+    for role, cmd in commands.items():
+        name = ROLE_SETS[role]
+        role_files = {**files, "sft": files[name], "sft_messages": files[f"{name}_messages"]}
+        extra = {"iteration": str(iteration), "role": role, "init_adapter": previous.get(role, ""),
+                 "base_model": bases.get(role, "")}
+        out[role] = str(run_trainer(cmd, role_files, root, extra))
+    return out
+
+
+def train_builtin(settings: LoraSettings, root: Path, gen_sft: pa.Table, ext_sft: pa.Table,
+                  previous: dict[str, str], bases: dict[str, str],
+                  progress: Callable[[int, str], Any] | None = None) -> dict[str, str]:
+    """The built-in LoRA trainer, once per role, each continuing from the role's previous adapter."""
+    out = {}
+    for role, table in (("generator", gen_sft), ("extender", ext_sft)):
+        rows = table.to_pylist()
+        steps = math.ceil(len(rows) / settings.batch_size) * math.ceil(settings.epochs)
+        label = f"train {role} LoRA ({ROLE_SETS[role]}, {len(rows)} rows)"
+        with progress(steps, label) if progress else contextlib.nullcontext() as bar:
+            path = train_lora(bases[role], rows, root / "lora" / role, settings, previous.get(role),
+                              on_step=(lambda _step, _total, bar=bar: bar.advance(1, 0)) if bar else None)
+        out[role] = str(path)
+    return out

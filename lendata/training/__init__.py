@@ -1,0 +1,1 @@
+"""Training what the methods generate: the built-in LoRA trainer and its llama.cpp converter."""

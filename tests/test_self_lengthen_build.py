@@ -1,6 +1,7 @@
 """Self-Lengthen end to end with the embedded model and real Prefect, plus the trainer between iterations."""
 
 import json
+import time
 
 import pyarrow as pa
 import pytest
@@ -11,8 +12,9 @@ from lendata import store as st
 from lendata.methods.self_lengthen import steps as sl
 from lendata.methods.self_lengthen.trainer import TrainerFailed, run_trainer, train_command
 
-SMALL = {"n": 1, "iterations": 2, "samples": 1, "max_tokens": 200, "micro_rounds": 2, "generate_attempts": 3,
-         "drop_short": False}
+SMALL = {"n": 2, "iterations": 2, "samples": 1, "max_tokens": 200, "micro_rounds": 2, "generate_attempts": 3,
+         "extend_retries": 3, "drop_short": False, "lora": {"epochs": 1, "max_length": 384}}
+RERUN_STARTED: dict[str, float] = {}
 SPLITS = ("instructions", "responses", "gen_sft", "ext_sft", "queries")
 
 
@@ -25,6 +27,7 @@ def build(tmp_path, name, **sets):
 def two_builds(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sl")
     first = build(tmp, "a")
+    RERUN_STARTED["a"] = time.time()
     rerun = build(tmp, "a")
     other = build(tmp, "b")
     return tmp, first, rerun, other
@@ -35,12 +38,16 @@ def test_two_iterations_give_every_split_and_account_for_every_response(two_buil
     v = st.open_version(tmp / "a", "self_lengthen")
     assert set(SPLITS) | {"quarantine"} <= set(v.splits)
     instructions = v.read("instructions").to_pylist()
-    assert sorted(r["iteration"] for r in instructions) == [1, 2]
+    assert sorted(r["iteration"] for r in instructions) == [1] * SMALL["n"] + [2] * SMALL["n"]
     responses = v.read("responses").to_pylist()
-    failed = [q for q in v.read("quarantine").to_pylist() if q["stage"] in {"generate", "extend"}]
-    # each instruction has `samples` responses: every one is kept or quarantined with its reason
-    assert len(responses) + len(failed) == len(instructions) * SMALL["samples"]
-    assert all(q["reason"] for q in failed)
+    quarantine = v.read("quarantine").to_pylist()
+    not_generated = [q for q in quarantine if q["stage"] == "generate"]
+    not_extended = [q for q in quarantine if q["stage"] == "extend"]
+    # each instruction has `samples` initial responses: each failed generation or was submitted for extension
+    # twice, and each submission is kept or quarantined with its reason
+    assert (len(responses) + len(not_extended)) % 2 == 0
+    assert len(not_generated) + (len(responses) + len(not_extended)) // 2 == len(instructions) * SMALL["samples"]
+    assert all(q["reason"] for q in not_generated + not_extended)
     from lendata.engines.identity import content_identity
     from lendata.lengths import count_tokens
     from lendata.models import bundled_gguf_path, gguf_tokenizer_path
@@ -62,10 +69,42 @@ def test_two_iterations_give_every_split_and_account_for_every_response(two_buil
     assert [x["iteration"] for x in roles] == [1, 2] and roles[0]["generator"]["engine"] == "llamacpp"
 
 
-def test_rerun_makes_no_engine_calls_and_keeps_the_version(two_builds):
-    _, first, rerun, _ = two_builds
+def test_the_built_in_trainer_trains_two_adapters_that_iteration_two_uses(two_builds):
+    from pathlib import Path
+
+    from lendata.engines.identity import content_identity
+
+    tmp, _, _, _ = two_builds
+    v = st.open_version(tmp / "a", "self_lengthen")
+    first, second = v.manifest["iterations"]
+    assert first["responses"] > 0, "iteration 1 must keep responses to train on"
+    trained = first["trained"]
+    gen, ext = trained["generator"]["adapter"], trained["extender"]["adapter"]
+    assert gen != ext and all((Path(a) / "adapter_model.safetensors").is_file() for a in (gen, ext))
+    assert trained["generator"]["training"]["rows"] == first["responses"]
+    assert trained["generator"]["sha256"] == content_identity(gen)
+    # iteration 1 on the base model, iteration 2 on the adapters trained after it (path and hash recorded)
+    assert first["generator"]["lora"] is None and first["extender"]["lora"] is None
+    assert (second["generator"]["lora"], second["extender"]["lora"]) == (gen, ext)
+    assert second["generator"]["lora_sha256"] == content_identity(gen)
+    assert "trained" not in second  # nothing follows the last iteration
+    rows = v.read("responses").to_pylist()
+    for r in rows:
+        expected = (None, None) if r["iteration"] == 1 else (content_identity(gen), content_identity(ext))
+        assert (r["generator_adapter"], r["extender_adapter"]) == expected
+    for it in (first, second):
+        assert set(it["acceptance"]) == {"self_instruct", "generate", "drop_short_initial", "extend",
+                                         "drop_short_extended"}
+        assert it["lengths"]["initial_words"].keys() == {"mean", "median"}
+
+
+def test_rerun_makes_no_engine_calls_trains_nothing_and_keeps_the_version(two_builds):
+    tmp, first, rerun, _ = two_builds
     assert first.engine_calls > 0
     assert rerun.engine_calls == 0 and rerun.unchanged and rerun.version == first.version
+    logs = list((tmp / "a").rglob("training_log.json"))
+    assert len(logs) == 2  # one adapter per role, trained once: the rerun reused both
+    assert all(log.stat().st_mtime < RERUN_STARTED["a"] for log in logs)
 
 
 def test_same_seed_gives_the_same_rows_in_a_fresh_store(two_builds):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import shlex
 import shutil
@@ -27,6 +28,7 @@ import pyarrow as pa
 from lendata.training.lora import LoraSettings, train_lora
 
 ROLE_SETS = {"generator": "gen_sft", "extender": "ext_sft"}
+log = logging.getLogger("lendata.self_lengthen")
 
 
 class TrainerFailed(RuntimeError):
@@ -123,11 +125,17 @@ def train_command(spec: str | dict[str, str], root: Path, iteration: int, gen_sf
 
 def train_builtin(settings: LoraSettings, root: Path, gen_sft: pa.Table, ext_sft: pa.Table,
                   previous: dict[str, str], bases: dict[str, str],
-                  progress: Callable[[int, str], Any] | None = None) -> dict[str, str]:
-    """The built-in LoRA trainer, once per role, each continuing from the role's previous adapter."""
-    out = {}
+                  progress: Callable[[int, str], Any] | None = None) -> dict[str, str | None]:
+    """The built-in LoRA trainer, once per role, each continuing from the role's previous adapter. A role
+    whose set is empty keeps its previous adapter (None: the base model), with a warning."""
+    out: dict[str, str | None] = {}
     for role, table in (("generator", gen_sft), ("extender", ext_sft)):
         rows = table.to_pylist()
+        if not rows:  # nothing kept to learn from: the role goes on with what it had
+            log.warning("self_lengthen: %s is empty; the %s keeps %s", ROLE_SETS[role], role,
+                        previous.get(role) or "the base model")
+            out[role] = previous.get(role)
+            continue
         steps = math.ceil(len(rows) / settings.batch_size) * math.ceil(settings.epochs)
         label = f"train {role} LoRA ({ROLE_SETS[role]}, {len(rows)} rows)"
         with progress(steps, label) if progress else contextlib.nullcontext() as bar:

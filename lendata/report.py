@@ -1,5 +1,6 @@
 """`lendata report`: an HTML page and PNG plots for any version: length histograms per split (words and tokens),
-target against produced length where a target exists, quarantine reasons, truncation and repetition rates."""
+target against produced length where a target exists, length per iteration where rows have one (Self-Lengthen),
+quarantine reasons, truncation and repetition rates."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from lendata.plots import pyplot, save_png
 TOKEN_SAMPLE_CHARS = 4_000_000  # text tokenised per split for the token histogram (a sample on big splits)
 REPEAT_SAMPLE = 2_000  # rows per split checked for repetition loops
 TARGETS = [("target_words", "response_words"), ("level_length", "length")]  # (target, produced) column pairs
+# columns whose mean and median are plotted per `iteration` (Self-Lengthen's premise: they rise)
+ITERATION_LENGTHS = ("initial_words", "extended_words")
 
 
 def main_column(split_stats: dict[str, Any]) -> str | None:
@@ -93,6 +96,28 @@ def _targets(con, version: st.Version, split: str, cols: tuple[str, str], png: P
                              "within_10pct": round(float(np.mean(np.abs(ratio - 1) <= 0.1)), 4)}
 
 
+def _by_iteration(con, version: st.Version, split: str, cols: list[str], png: Path) -> tuple[str, list[dict]]:
+    """Mean and median of each length column per iteration, as a table and a line plot."""
+    stats = ", ".join(f'avg("{c}") AS "{c}_mean", median("{c}") AS "{c}_median"' for c in cols)
+    rows = con.execute(f'SELECT iteration, count(*) AS rows, {stats} FROM {read_parquet_sql(version, split)} '
+                       "GROUP BY iteration ORDER BY iteration").fetchall()
+    names = ["iteration", "rows"] + [f"{c}_{k}" for c in cols for k in ("mean", "median")]
+    table = [{k: (round(float(v), 1) if isinstance(v, float) else v) for k, v in zip(names, r, strict=True)}
+             for r in rows]
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    its = [r["iteration"] for r in table]
+    for c, color in zip(cols, ("#4c72b0", "#dd8452", "#55a868"), strict=False):
+        ax.plot(its, [r[f"{c}_mean"] for r in table], marker="o", color=color, label=f"{c} mean")
+        ax.plot(its, [r[f"{c}_median"] for r in table], marker="s", ls="--", color=color, label=f"{c} median")
+    ax.set_xlabel("iteration")
+    ax.set_xticks(its)
+    ax.set_ylabel("words")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{split}: length per iteration", fontsize=9)
+    return str(save_png(fig, png)), table
+
+
 def _reasons(version: st.Version) -> Counter:
     reasons: Counter = Counter()
     for split in ("quarantine", "rejected"):
@@ -142,9 +167,16 @@ def render(version: st.Version, root: Path, out_dir: Path | None = None,
                     data["plots"].append(png)
                     entry["target_vs_produced"] = {"columns": list(pair), **fit}
                     break
+            per_iteration = [c for c in ITERATION_LENGTHS if c in s["schema"]]
+            if "iteration" in s["schema"] and per_iteration:
+                png, table = _by_iteration(con, version, split, per_iteration, out_dir / f"iterations-{split}.png")
+                data["plots"].append(png)
+                entry["by_iteration"] = table
             data["splits"][split] = entry
     finally:
         con.close()
+    if version.manifest.get("iterations"):  # Self-Lengthen's per-iteration evidence: adapters, acceptance
+        data["iterations"] = version.manifest["iterations"]
     reasons = _reasons(version)
     data["rejections"] = dict(reasons.most_common())
     if reasons:
@@ -152,6 +184,27 @@ def render(version: st.Version, root: Path, out_dir: Path | None = None,
     write_atomic(out_dir / "report.json", json.dumps({**data, "describe": stats}, indent=2, default=str))
     data["html"] = str(_html(version, stats, data, out_dir / "index.html"))
     return data
+
+
+def _iterations_html(iterations: list[dict[str, Any]]) -> str:
+    """Per iteration and role: the adapter used (path and hash) and the acceptance rate of each check."""
+    if not iterations:
+        return ""
+    e = html.escape
+    checks = list(iterations[0].get("acceptance", {}))
+
+    def adapter(role: dict[str, Any]) -> str:
+        if not role.get("lora"):
+            return "base model"
+        return f'<code>{e(str(role.get("lora_sha256") or "")[:12])}</code> {e(str(role["lora"]))}'
+
+    rows = "".join(
+        f"<tr><td>{it['iteration']}</td><td>{adapter(it.get('generator', {}))}</td>"
+        f"<td>{adapter(it.get('extender', {}))}</td><td>{it.get('responses', '')}</td>"
+        + "".join(f"<td>{it.get('acceptance', {}).get(c, '—')}</td>" for c in checks) + "</tr>"
+        for it in iterations)
+    return ("<h2>Iterations</h2><table><tr><th>iteration</th><th>Generator adapter</th><th>Extender adapter</th>"
+            "<th>responses</th>" + "".join(f"<th>{e(c)}</th>" for c in checks) + f"</tr>{rows}</table>")
 
 
 def _html(version: st.Version, stats: dict[str, Any], data: dict[str, Any], path: Path) -> Path:
@@ -165,6 +218,13 @@ def _html(version: st.Version, stats: dict[str, Any], data: dict[str, Any], path
         f"<td>{ls['p50_words']:,}</td><td>{ls['p90_words']:,}</td><td>{ls['max_words']:,}</td></tr>"
         for split, s in stats["splits"].items() for col, ls in s["lengths"].items() if ls.get("rows"))
     reasons = "".join(f"<tr><td>{e(r)}</td><td>{n:,}</td></tr>" for r, n in data["rejections"].items())
+    iterations = "".join(
+        f"<tr><td>{e(split)}</td>" + "".join(f"<td>{e(str(v))}</td>" for v in row.values()) + "</tr>"
+        for split, s in data["splits"].items() for row in s.get("by_iteration", []))
+    header = next((list(row) for s in data["splits"].values() for row in s.get("by_iteration", [])), [])
+    per_iteration = _iterations_html(data.get("iterations") or []) + (
+        "<h2>Length per iteration</h2><table><tr><th>split</th>" + "".join(f"<th>{e(h)}</th>" for h in header)
+        + f"</tr>{iterations}</table>" if iterations else "")
     images = "".join(f'<p><img src="{e(Path(p).name)}" alt="{e(Path(p).stem)}"></p>' for p in data["plots"])
     m = version.manifest
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(version.dataset)}@{e(version.version)}</title>
@@ -177,6 +237,7 @@ created {e(str(m.get('created')))} · content hash <code>{e(str(m.get('content_h
 <th>target vs produced</th></tr>{rows}</table>
 <h2>Lengths (words)</h2><table><tr><th>split</th><th>column</th><th>rows</th><th>mean</th><th>p50</th><th>p90</th>
 <th>max</th></tr>{lengths}</table>
+{per_iteration}
 <h2>Quarantine and rejections</h2><table><tr><th>reason</th><th>rows</th></tr>{reasons or
 '<tr><td>none</td><td>0</td></tr>'}</table>
 <h2>Plots</h2>{images}</body></html>"""

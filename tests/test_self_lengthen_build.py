@@ -176,3 +176,27 @@ def test_trainer_per_role_and_failures_are_clear(tmp_path):
     with pytest.raises(TrainerFailed, match="unknown placeholder"):
         run_trainer("train {nope}", {"gen_sft": tmp_path / "x"}, tmp_path / "t3")
     assert not list((tmp_path / "t1").rglob("adapter"))  # nothing half-made is left where a reader looks
+
+
+def test_the_report_plots_length_per_iteration_and_shows_each_iteration_s_adapters(two_builds):
+    import polars as pl
+
+    from lendata import report
+
+    tmp, _, _, _ = two_builds
+    v = st.open_version(tmp / "a", "self_lengthen")
+    data = report.render(v, tmp / "a", tmp / "report")
+    table = data["splits"]["responses"]["by_iteration"]
+    # the figures against the rows themselves, computed here with polars
+    rows = pl.from_arrow(v.read("responses")).group_by("iteration").agg(
+        pl.len().alias("rows"), pl.col("initial_words").mean().alias("mean"),
+        pl.col("extended_words").median().alias("median")).sort("iteration")
+    assert [r["iteration"] for r in table] == rows["iteration"].to_list()
+    assert [r["rows"] for r in table] == rows["rows"].to_list()
+    assert [r["initial_words_mean"] for r in table] == [round(x, 1) for x in rows["mean"].to_list()]
+    assert [r["extended_words_median"] for r in table] == [round(float(x), 1) for x in rows["median"].to_list()]
+    assert (tmp / "report" / "iterations-responses.png").stat().st_size > 1000
+    page = (tmp / "report" / "index.html").read_text()
+    second = v.manifest["iterations"][1]
+    assert "Length per iteration" in page and "<h2>Iterations</h2>" in page
+    assert second["generator"]["lora_sha256"][:12] in page and second["extender"]["lora_sha256"][:12] in page

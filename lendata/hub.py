@@ -94,7 +94,7 @@ def public_settings(settings: dict[str, Any], local: tuple[str, ...] = ()) -> tu
             key = f"{prefix}{k}"
             if str(k).startswith("_"):
                 continue
-            if k in local_keys or _is_local(k):
+            if k in local_keys or key in local_keys or _is_local(k):  # a bare or a dotted name
                 withheld.append(key)
             elif isinstance(v, dict):
                 out[k] = walk(v, key + ".")

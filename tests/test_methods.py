@@ -246,3 +246,32 @@ def test_self_lengthen_iterates_and_hands_trained_adapters_over_without_prefect(
     roles = version.manifest["roles"]
     assert roles[0]["generator"]["lora"] is None and roles[1]["generator"]["lora"] == gen_adapter
     assert roles[1]["extender"]["lora"] == ext_adapter
+
+
+def _self_lengthen_build(tmp_path, engine, name, **sets):
+    recipe = recipes.load("self_lengthen", {"n": 6, "iterations": 1, "samples": 2, "judge": False,
+                                            "engine": "openai", "extend_retries": 1, **sets})
+    store = tmp_path / name
+    pool = EnginePool(lambda n, o: CachedEngine(engine, ResponseCache(tmp_path / f"{name}.sqlite")), "openai")
+    builds.run(recipe, store, progress=False, engines=pool)
+    return st.open_version(store, "self_lengthen")
+
+
+def test_self_lengthen_rows_do_not_depend_on_the_shard_count(tmp_path, scripted):
+    """drop_short ranks all of an iteration's initial responses together, whatever the shards."""
+    one = _self_lengthen_build(tmp_path, scripted(_answer), "one", shards=1)
+    three = _self_lengthen_build(tmp_path, scripted(_answer), "three", shards=3)
+    assert any(q["stage"] == "drop_short_initial" for q in one.read("quarantine").to_pylist())
+    for split in ("instructions", "responses", "quarantine", "gen_sft"):
+        assert one.read(split).to_pylist() == three.read(split).to_pylist(), split
+
+
+def test_a_setup_that_cannot_train_fails_before_generating(tmp_path, scripted):
+    """The built-in trainer needs base weights: an engine without local weights (an OpenAI-compatible server)
+    and no lora.base is refused before any call, not after an iteration's work."""
+    from lendata.training.lora import TrainingUnsupported
+
+    engine = scripted(_answer)
+    with pytest.raises(TrainingUnsupported, match="lora.base"):
+        _self_lengthen_build(tmp_path, engine, "x", iterations=2)
+    assert engine.seen == []

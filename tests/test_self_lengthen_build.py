@@ -200,3 +200,19 @@ def test_the_report_plots_length_per_iteration_and_shows_each_iteration_s_adapte
     second = v.manifest["iterations"][1]
     assert "Length per iteration" in page and "<h2>Iterations</h2>" in page
     assert second["generator"]["lora_sha256"][:12] in page and second["extender"]["lora_sha256"][:12] in page
+
+
+def test_trainer_commands_with_literal_braces_and_changed_inputs(tmp_path):
+    # literal braces are doubled; an unbalanced one is a clear error, not a crash
+    out = train_command("mkdir -p {out_adapter} && echo ${{HOME}} | awk '{{print $1}}' > {out_adapter}/home",
+                        tmp_path, 1, _pairs(1), _pairs(1), {}, {})
+    assert open(f"{out['generator']}/home").read().strip().startswith("/")
+    with pytest.raises(TrainerFailed, match="literal brace"):
+        train_command("echo { > {out_adapter}", tmp_path, 1, _pairs(1), _pairs(1), {}, {})
+    # the same command and data from another starting adapter or base model is another adapter
+    cmd = "mkdir -p {out_adapter} && echo {init_adapter} {base_model} > {out_adapter}/from"
+    a = train_command(cmd, tmp_path, 2, _pairs(2), _pairs(2), {"generator": "/a1"}, {"generator": "/m"})
+    b = train_command(cmd, tmp_path, 2, _pairs(2), _pairs(2), {"generator": "/a2"}, {"generator": "/m"})
+    c = train_command(cmd, tmp_path, 2, _pairs(2), _pairs(2), {"generator": "/a1"}, {"generator": "/m2"})
+    assert len({a["generator"], b["generator"], c["generator"]}) == 3
+    assert open(f"{b['generator']}/from").read().split() == ["/a2", "/m"]

@@ -128,3 +128,25 @@ def test_settings_refuse_unknown_types_and_sources():
         q.QuerySettings(type_mix={"around": 1.0})
     with pytest.raises(ValueError, match="sources"):
         q.QuerySettings(sources=("final",))
+
+
+def test_a_rewrite_that_is_cut_off_or_drops_the_request_is_not_used(scripted):
+    def truncated(req):
+        return Result(text="Write about river number 1 in around 3000 words", finish_reason="length")
+
+    rows = q.queries_table(_sources(5), q.QuerySettings(), seed=3, engine=scripted(truncated)).to_pylist()
+    assert all(r["phrasing"] == "template" and r["rewrite_note"] == "rewrite cut off at max_tokens" for r in rows)
+
+    def drops_the_request(req):
+        phrase = req.messages[0]["content"].split('"', 2)[1]
+        return Result(text=f"Write {phrase}.")  # the right constraint, but the task is gone
+
+    rows = q.queries_table(_sources(5), q.QuerySettings(), seed=3, engine=scripted(drops_the_request)).to_pylist()
+    assert all(r["phrasing"] == "template" and "of the request's words" in r["rewrite_note"] for r in rows)
+    assert all("river number" in r["query"] for r in rows)
+
+
+@pytest.mark.parametrize("kw", [{"p1000": 1.5}, {"zh_numerals": -0.1}, {"min_words": 8000, "max_words": 2000}])
+def test_query_settings_out_of_range_are_refused(kw):
+    with pytest.raises(ValueError, match="queries"):
+        q.QuerySettings(**kw)

@@ -12,9 +12,9 @@ import math
 import numpy as np
 import pytest
 
-from lendata.engines.base import Request
+from lendata.engines.base import AdapterError, Request
 from lendata.training import gguf_lora
-from lendata.training.lora import LoraSettings, TrainingFailed, encode, train_lora
+from lendata.training.lora import LoraSettings, TrainingFailed, cut_lengths, encode, train_lora
 
 PROMPT = ({"role": "user", "content": "Write a short story about a lighthouse keeper."},)
 TOKENS = 24
@@ -155,8 +155,13 @@ def test_converted_adapter_shifts_llama_cpp_as_peft_shifts_transformers(tmp_path
 
 
 @pytest.mark.slow
-def test_the_engine_sets_adapters_per_request_and_a_zero_adapter_changes_nothing(tmp_path, llama):
+@pytest.mark.parametrize("prefix_reuse", [False, True])
+def test_the_engine_sets_adapters_per_request_and_a_zero_adapter_changes_nothing(tmp_path, prefix_reuse):
+    from lendata.engines.llamacpp import LlamaCppEngine
     from lendata.models import hf_checkpoint
+
+    # with prefix_reuse the KV cache of the last prompt is kept: switching adapters must clear it
+    llama = LlamaCppEngine(n_ctx=2048, prefix_reuse=prefix_reuse)
 
     base = hf_checkpoint()
     _peft_adapter(base, tmp_path / "random", b_scale=0.05)
@@ -170,8 +175,9 @@ def test_the_engine_sets_adapters_per_request_and_a_zero_adapter_changes_nothing
     assert adapted_out != base_out, "the converted adapter changes llama.cpp's output for a fixed seed"
     assert zero_out == base_out, "a zero adapter must not change llama.cpp's output"
     assert base_again == base_out, "switching back to the base model must not keep the adapter or its KV cache"
-    missing = llama.generate([cpp(str(tmp_path / "missing"))])[0]
-    assert not missing.ok and missing.error.startswith("LoRA adapter")
+    with pytest.raises(AdapterError, match="LoRA adapter .*missing"):  # a setup error, not a row's failure
+        llama.generate([cpp(str(tmp_path / "missing"))])
+    llama.close()
 
 
 @pytest.mark.slow
@@ -204,9 +210,79 @@ def test_builtin_trainer_trains_once_per_data_and_continues_from_an_adapter(tmp_
     monkeypatch.undo()
     second = train_lora(base, rows, tmp_path, s, init_adapter=first)
     assert second != first and lora.training_log(second)["init_adapter"] == str(first)
+    # it starts from `first`'s weights: with a vanishing learning rate it ends where `first` ended
+    from safetensors.numpy import load_file
+
+    still = train_lora(base, rows, tmp_path, LoraSettings(**{**vars(s), "learning_rate": 1e-12}), init_adapter=first)
+    a, b = load_file(str(first / "adapter_model.safetensors")), load_file(str(still / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert any(np.abs(a[k]).max() > 0 for k in a if "lora_B" in k)  # and those weights are not the zero init
     # what the trainer made reaches the embedded engine and changes what it writes
     req = dict(messages=({"role": "user", "content": "Describe river number 1."},), max_tokens=20, temperature=0.0)
     plain, tuned = llama.generate([Request(**req), Request(**req, lora=str(second))])
     assert plain.ok and tuned.ok and plain.text != tuned.text
     with pytest.raises(TrainingFailed, match="no training rows"):
         train_lora(base, [], tmp_path, s)
+
+
+def test_an_overlong_example_keeps_tokens_of_its_response():
+    assert cut_lengths(100, 50, 4096) == (100, 50)  # fits: nothing cut
+    assert cut_lengths(5000, 3000, 2048) == (1024, 1024)  # a prompt longer than the budget leaves half
+    assert cut_lengths(500, 3000, 2048) == (500, 1548)  # a short prompt is kept whole
+    assert cut_lengths(3000, 100, 2048) == (1948, 100)  # a short response is kept whole
+    for prompt, response, budget in ((9000, 1, 64), (1, 9000, 64), (40, 40, 64)):
+        p, r = cut_lengths(prompt, response, budget)
+        assert p + r == min(budget, prompt + response) and r >= min(response, budget // 2)
+
+
+def test_encode_cuts_a_long_prompt_not_the_whole_response():
+    from transformers import AutoTokenizer
+
+    from lendata.models import hf_checkpoint
+
+    tok = AutoTokenizer.from_pretrained(str(hf_checkpoint()))
+    chat = [{"role": "user", "content": "river " * 3000}, {"role": "assistant", "content": "The Danube is long."}]
+    row = encode(tok, chat, 256)
+    assert len(row["input_ids"]) <= 256 and row["cut"]
+    learned = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
+    assert tok.decode(learned).startswith("The Danube is long.")
+
+
+@pytest.mark.parametrize(("field", "value"), [("warmup_ratio", 1.5), ("scheduler", "cosine_annealing"),
+                                              ("learning_rate", 0.0), ("dropout", 1.0), ("rank", 0)])
+def test_lora_settings_out_of_range_are_refused_by_name(field, value):
+    with pytest.raises(ValueError, match=field):
+        LoraSettings(**{field: value})
+
+
+def _base_gguf(path, arch):
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(1)
+    w.add_head_count(2)
+    w.add_head_count_kv(2)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_q_k_rows_are_reordered_only_where_the_architecture_s_gguf_reorders_them(tmp_path):
+    from gguf import GGUFReader
+
+    b = np.arange(8 * 2, dtype=np.float32).reshape(8, 2)
+    tensors = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.ones((2, 8), np.float32),
+               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": b}
+    adapter = _fake_adapter(tmp_path / "a", {}, tensors)
+
+    def written_b(arch):
+        out = gguf_lora.convert(adapter, _base_gguf(tmp_path / f"{arch}.gguf", arch), tmp_path / f"{arch}-lora.gguf")
+        t = next(t for t in GGUFReader(str(out)).tensors if t.name.endswith("lora_b"))
+        return np.array(t.data).reshape(8, 2)
+
+    assert np.array_equal(written_b("qwen2"), b)  # Qwen2's conversion keeps Q/K rows as they are
+    assert np.array_equal(written_b("llama"), gguf_lora.interleave_rotary_rows(b, 2))
+    with pytest.raises(gguf_lora.AdapterNotConvertible, match="does not know whether olmo"):
+        gguf_lora.convert(adapter, _base_gguf(tmp_path / "olmo.gguf", "olmo"), tmp_path / "olmo-lora.gguf")

@@ -20,6 +20,11 @@ from typing import Any, Literal, Protocol, runtime_checkable
 FinishReason = Literal["stop", "length", "error"]
 
 
+class AdapterError(RuntimeError):
+    """A request names a LoRA adapter the engine cannot apply: a setup error, raised, not a row's failure (every
+    row naming it would fail the same way, and a build would publish nothing while reporting success)."""
+
+
 @dataclass(frozen=True)
 class Request:
     messages: tuple[dict[str, str], ...]

@@ -132,6 +132,14 @@ class CachedEngine:
         """The wrapped engine's tokenizer identity ("" for an engine that does not name one)."""
         return getattr(self.engine, "tokenizer", "")
 
+    @property
+    def supports_lora(self) -> bool:
+        return bool(getattr(self.engine, "supports_lora", False))
+
+    @property
+    def max_lora_rank(self) -> int | None:
+        return getattr(self.engine, "max_lora_rank", None)
+
     def training_base(self) -> Path:
         """The local Hugging Face checkpoint of the wrapped engine's weights, for the built-in LoRA trainer."""
         from lendata.training.lora import TrainingUnsupported

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from lendata.engines.base import OnResult, Request, Result
+from lendata.engines.base import AdapterError, OnResult, Request, Result
 from lendata.models import BUNDLED_MODEL_ID, bundled_gguf_path, gguf_tokenizer_path
 
 
@@ -99,8 +99,9 @@ class LlamaCppEngine:
 
         try:
             switched = self._use_lora(req.lora)
-        except Exception as e:  # an adapter that cannot load fails its rows, not the batch
-            return Result.failed(f"LoRA adapter {req.lora}: {type(e).__name__}: {e}")
+        except Exception as e:
+            raise AdapterError(f"LoRA adapter {req.lora} cannot be applied to {self.model_path.name}: "
+                               f"{type(e).__name__}: {e}") from e
         kwargs = {}
         if req.json_schema is not None:
             kwargs["response_format"] = {"type": "json_object", "schema": req.json_schema}
@@ -166,6 +167,8 @@ class LlamaCppEngine:
             raise RuntimeError(f"llama.cpp could not set LoRA adapter {lora}")
         self._active_lora = lora
         return True
+
+    supports_lora = True  # peft folders (converted) or LoRA GGUFs, per request
 
     def training_base(self) -> Path:
         """The Hugging Face checkpoint the built-in LoRA trainer trains on: this engine's GGUF, dequantized."""

@@ -15,8 +15,8 @@ LoRA adapters: a request's `lora` that names a local adapter folder is loaded in
 (vLLM's `POST /v1/load_lora_adapter`, which needs `--enable-lora` and `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`)
 under a name made of its content hash, then requested by that name; the server must be able to read the path
 (the same machine or a shared file system). Any other `lora` is an adapter name the server already serves
-(`--lora-modules name=path`). A server that cannot load adapters fails those rows with a message saying how to
-start one that can.
+(`--lora-modules name=path`). A server that cannot load an adapter raises `AdapterError`, saying how to start
+one that can.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from lendata.engines.base import OnResult, Request, Result
+from lendata.engines.base import AdapterError, OnResult, Request, Result
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 # tokenize routes: (path, the body for a text and a model, the answer's field)
@@ -147,6 +147,8 @@ class OpenAIEngine:
             body["model"] = self._adapters.get(req.lora, req.lora)  # vLLM serves each adapter under its own name
         return body
 
+    supports_lora = True  # a vLLM server with runtime loading, or adapters it serves by name
+
     def _load_adapters(self, requests: Sequence[Request]) -> dict[str, str]:
         """Load every local adapter folder the batch names into the server; the error of each that failed."""
         from lendata.engines.identity import content_identity
@@ -238,19 +240,8 @@ class OpenAIEngine:
         if not requests:
             return []
         failed = self._load_adapters(requests)
-        if failed:  # rows naming an adapter the server could not load fail; the others go ahead
-            results: list[Result | None] = [Result.failed(failed[r.lora]) if r.lora in failed else None
-                                            for r in requests]
-            todo = [i for i, res in enumerate(results) if res is None]
-            if on_result:
-                for i, res in enumerate(results):
-                    if res is not None:
-                        on_result(i, res)
-            done = self.generate([requests[i] for i in todo],
-                                 (lambda j, res: on_result(todo[j], res)) if on_result else None) if todo else []
-            for i, res in zip(todo, done, strict=True):
-                results[i] = res
-            return [r for r in results if r is not None]
+        if failed:
+            raise AdapterError("; ".join(dict.fromkeys(failed.values())))
         try:
             asyncio.get_running_loop()
         except RuntimeError:

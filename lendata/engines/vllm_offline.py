@@ -61,6 +61,7 @@ class VLLMEngine:
         # rows so that finished rows reach the response cache (and survive a kill) chunk by chunk
         self.result_chunk = max(1, int(result_chunk))
         self._lora_ids: dict[str, int] = {}
+        self.supports_lora, self.max_lora_rank = bool(enable_lora), int(max_lora_rank)
         tok = tokenizer or (str(Path(model) / "tokenizer.json") if (Path(model) / "tokenizer.json").is_file() else None)
         self._tokenizer = tok
 

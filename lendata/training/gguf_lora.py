@@ -27,8 +27,11 @@ from pathlib import Path
 import numpy as np
 
 _PEFT_PREFIX = "base_model.model."
-# architectures whose GGUF conversion interleaves the rotary halves of Q and K
+# Architectures whose GGUF conversion interleaves the rotary halves of Q and K (llama.cpp's convert_hf_to_gguf
+# permutes them for Llama-family models), and ones it leaves as they are. An adapter on Q or K of any other
+# architecture is refused rather than guessed: a wrong guess gives an adapter that loads and silently does harm.
 _ROTARY_INTERLEAVED = {"llama"}
+_ROTARY_AS_IS = {"qwen2", "qwen3", "qwen2moe", "qwen3moe", "gemma", "gemma2", "gemma3", "phi3", "gpt2"}
 
 
 class AdapterNotConvertible(ValueError):
@@ -116,8 +119,12 @@ def convert(adapter_dir: str | Path, base_gguf: str | Path, out: str | Path) -> 
         if a is None or b is None or a.shape[0] != rank or b.shape[1] != rank:
             raise AdapterNotConvertible(f"{adapter_dir}: {target} needs lora_A [{rank}, n_in] and lora_B "
                                         f"[n_out, {rank}]")
-        if layout["arch"] in _ROTARY_INTERLEAVED and target.endswith((".attn_q", ".attn_k")):
-            b = interleave_rotary_rows(b, layout["heads"] if target.endswith(".attn_q") else layout["kv_heads"])
+        if target.endswith((".attn_q", ".attn_k")):
+            if layout["arch"] in _ROTARY_INTERLEAVED:
+                b = interleave_rotary_rows(b, layout["heads"] if target.endswith(".attn_q") else layout["kv_heads"])
+            elif layout["arch"] not in _ROTARY_AS_IS:
+                raise AdapterNotConvertible(f"{adapter_dir}: lendata does not know whether {layout['arch']}'s GGUF "
+                                            "reorders Q/K rows; train without q_proj/k_proj for this model")
         writer.add_tensor(f"{target}.weight.lora_a", np.ascontiguousarray(a))
         writer.add_tensor(f"{target}.weight.lora_b", np.ascontiguousarray(b))
     try:

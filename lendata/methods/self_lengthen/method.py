@@ -26,19 +26,24 @@ from lendata.training.lora import TrainingUnsupported
 from schemas.self_lengthen import InstructionsSchema, PairsSchema, QueriesSchema, ResponsesSchema
 
 
-def generate_and_extend(s: sl.Settings, instructions: Sequence[dict[str, Any]], offset: int, engines: Any,
-                        progress: Progress, roles: dict[str, dict[str, Any]]
-                        ) -> tuple[list[sl.Response], list[dict[str, Any]]]:
-    """One shard of an iteration's instructions: the Generator answers them, drop_short thins the answers,
-    the Extender lengthens each kept one twice. `roles` holds the iteration's role settings (engine, options,
-    adapter)."""
-    gen, ext = (engines.get(roles[r]["engine"], roles[r]["engine_options"]) for r in sl.ROLES)
+def generate_shard(s: sl.Settings, instructions: Sequence[dict[str, Any]], offset: int, engines: Any,
+                   progress: Progress, roles: dict[str, dict[str, Any]]) -> list[sl.Response]:
+    """Step 1 over one shard of an iteration's instructions: the Generator's checked initial responses."""
+    gen = engines.get(roles["generator"]["engine"], roles["generator"]["engine_options"])
     instructions = list(instructions)
-    # upper bounds: rows that pass early finish early
-    calls = len(instructions) * s.samples * s.extensions * 2 * s.micro_rounds * s.extend_retries
-    with progress(len(instructions) * s.samples, "generate") as g, progress(calls, "extend (calls, at most)") as e:
-        return sl.generate_and_extend(instructions, gen, ext, s, roles["generator"]["lora"],
-                                      roles["extender"]["lora"], on_generate=g.update, on_extend=e.update)
+    with progress(len(instructions) * s.samples, "generate") as bar:
+        return sl.generate(instructions, gen, s, roles["generator"]["lora"], on_result=bar.update)
+
+
+def extend_shard(s: sl.Settings, responses: Sequence[sl.Response], offset: int, engines: Any, progress: Progress,
+                 roles: dict[str, dict[str, Any]]) -> list[sl.Response]:
+    """Step 2 over one shard of the kept initial responses: each submitted for extension `extensions` times."""
+    ext = engines.get(roles["extender"]["engine"], roles["extender"]["engine_options"])
+    responses = list(responses)
+    # an upper bound: submissions that succeed early finish early
+    calls = len(responses) * s.extensions * 2 * s.micro_rounds * s.extend_retries
+    with progress(calls, "extend (calls, at most)") as bar:
+        return sl.extend(responses, ext, s, roles["extender"]["lora"], on_result=bar.update)
 
 
 def self_instruct(seeds: list[dict[str, Any]], engine: Any, s: sl.Settings, iteration: int,
@@ -64,11 +69,26 @@ def train(s: sl.Settings, root: Path, iteration: int, gen_sft: pa.Table, ext_sft
     return {role: path for role, path in trained.items() if path}
 
 
+def check_trainable(s: sl.Settings, build: Build) -> None:
+    """The built-in trainer needs base weights for every role and engines that apply adapters."""
+    for role in sl.ROLES:
+        cfg = sl.role_config(s, build.engines.default, role, 2, None)
+        engine = build.engines.get(cfg["engine"], cfg["engine_options"])
+        if not s.lora.base:
+            engine.training_base()  # raises TrainingUnsupported with what to set
+        if not engine.supports_lora:
+            raise ValueError(f"the {role}'s {cfg['engine']} engine cannot apply LoRA adapters as configured: set "
+                             f"engine_options.enable_lora: true (and max_lora_rank >= lora.rank {s.lora.rank})")
+        max_rank = getattr(engine, "max_lora_rank", None)
+        if max_rank is not None and max_rank < s.lora.rank:
+            raise ValueError(f"the {role}'s engine allows LoRA rank {max_rank}, but lora.rank is {s.lora.rank}")
+
+
 class SelfLengthen(Method):
     name = "self_lengthen"
     settings = sl.Settings
     sharded = True
-    local_settings = ("trainer",)  # a command line of this machine
+    local_settings = ("trainer", "lora.base")  # a command line and a checkpoint path of this machine
     card_tags = ("long-output", "sft", "self-lengthen")
 
     def splits(self, s: sl.Settings) -> dict[str, Split]:
@@ -87,15 +107,21 @@ class SelfLengthen(Method):
         adapters: dict[str, str] = {}
         evidence = []
         rounds = s.iterations + (1 if s.queries.final_round else 0)
+        if s.train and rounds > 1 and not s.trainer:
+            check_trainable(s, build)  # before any generation: a setup that cannot train fails now, not later
         for it in range(1, rounds + 1):
             collect = it > s.iterations  # the final collection round: its responses only feed queries
             roles = {role: sl.role_config(s, build.engines.default, role, it, adapters.get(role)) for role in sl.ROLES}
             gen, ext = (build.engines.get(roles[r]["engine"], roles[r]["engine_options"]) for r in sl.ROLES)
             # self-instruct and the judge: the Generator's engine without any adapter (the base model)
             instructions, rejected = build.step("step 0: self-instruct", self_instruct, seeds, gen, s, it, build)
-            done = build.map(generate_and_extend, instructions, f"iter {it}", roles)
-            responses = [r for part, _ in done for r in part]
-            dropped_initial = [d for _, part in done for d in part]
+            generated = [r for part in build.map(generate_shard, instructions, f"iter {it} generate", roles)
+                         for r in part]
+            # drop_short ranks all of the iteration's initial responses together, whatever the shard count
+            generated, dropped_initial = sl.drop_short_initial(generated, s, it)
+            usable = [r for r in generated if r.failed is None]
+            responses = [r for r in generated if r.failed is not None] + [
+                r for part in build.map(extend_shard, usable, f"iter {it} extend", roles) for r in part]
             kept, dropped = sets.keep_long(responses, s, it)
             sets.count_tokens(kept, gen, ext)
             build.quarantine(rejected + dropped_initial + sets.failures(responses) + dropped)
@@ -111,8 +137,10 @@ class SelfLengthen(Method):
             build.add("gen_sft", gen_sft)
             build.add("ext_sft", ext_sft)
             if s.train and it < rounds:
+                # each role continues from the adapter that wrote this iteration's data (trained or named)
+                used = {r: roles[r]["lora"] for r in sl.ROLES if roles[r]["lora"]}
                 adapters = build.step("train between iterations", train, s, build.scratch / "trainer", it, gen_sft,
-                                      ext_sft, adapters, {"generator": gen, "extender": ext}, build)
+                                      ext_sft, used, {"generator": gen, "extender": ext}, build)
                 evidence[-1]["trained"] = sets.adapter_evidence(adapters)
         # the rewrite is the base model's, like self-instruct and the judge
         base = build.engines.get(*build.engines.default) if s.queries.rewrite else None

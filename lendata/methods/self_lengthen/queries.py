@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 import random
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -30,10 +32,11 @@ import pyarrow as pa
 
 from lendata.engines.base import Engine, Request
 from lendata.lengths import count_words, longen_interval
-from lendata.methods.shared.constraints import Constraint, constrain, extract
+from lendata.methods.shared.constraints import Constraint, constrain, extract, strip_constraint
 from lendata.methods.shared.sft import MESSAGE, row_id
 
 TYPE_MIX = {"about": 0.40, "range": 0.25, "above": 0.10, "below": 0.25}
+KEEP_SHARE = 0.8  # of the request's words a rewrite must keep (it may add a few of its own around the length)
 
 
 @dataclass
@@ -58,6 +61,11 @@ class QuerySettings:
             raise ValueError(f"queries.type_mix needs non-negative shares of {list(TYPE_MIX)}, got {self.type_mix}")
         if set(self.sources) - {"initial", "extended"}:
             raise ValueError(f"queries.sources are initial and/or extended, got {list(self.sources)}")
+        if not (0 <= self.p1000 <= 1 and 0 <= self.zh_numerals <= 1):
+            raise ValueError(f"queries.p1000 and queries.zh_numerals are probabilities in [0, 1], got "
+                             f"{self.p1000} and {self.zh_numerals}")
+        if not 0 < self.min_words < self.max_words:
+            raise ValueError(f"queries needs 0 < min_words < max_words, got {self.min_words} and {self.max_words}")
 
 
 QUERIES_SCHEMA = pa.schema([
@@ -171,9 +179,17 @@ def rewrite_prompt(instruction: str, c: Constraint, lang: str, numerals: bool) -
     return REWRITE[lang].format(phrase=phrase, query=instruction.strip())
 
 
-def check_rewrite(text: str, intended: Constraint, instruction: str) -> str | None:
-    """Why a rewritten query cannot be used, or None: its constraint must read back exactly as intended."""
+def _units(text: str) -> list[str]:
+    """Words for en (lower-cased), characters for zh: what a rewrite must keep of the request."""
+    return [c for c in text if "\u4e00" <= c <= "\u9fff"] or re.findall(r"[a-z0-9]+", text.lower())
+
+
+def check_rewrite(text: str, intended: Constraint, instruction: str, truncated: bool = False) -> str | None:
+    """Why a rewritten query cannot be used, or None: it must be complete, keep the request (at least
+    `KEEP_SHARE` of its words, zh characters) and state exactly the intended constraint."""
     text = text.strip()
+    if truncated:
+        return "rewrite cut off at max_tokens"
     if not text:
         return "empty rewrite"
     if len(text) > 3 * len(instruction) + 200:
@@ -181,6 +197,10 @@ def check_rewrite(text: str, intended: Constraint, instruction: str) -> str | No
     got = extract(text)
     if got != intended:
         return f"rewrite states {got} instead of {intended}" if got else "rewrite states no length"
+    want, have = Counter(_units(strip_constraint(instruction))), Counter(_units(strip_constraint(text)))
+    kept = sum((want & have).values()) / max(1, sum(want.values()))
+    if kept < KEEP_SHARE:
+        return f"rewrite keeps {kept:.0%} of the request's words (needs {KEEP_SHARE:.0%})"
     return None
 
 
@@ -214,22 +234,22 @@ def queries_table(sources: Sequence[Source], q: QuerySettings, seed: int, engine
             continue
         numerals = src.language == "zh" and rng.random() < q.zh_numerals
         picked.append((src, n, c, numerals))
-    rewrites: list[str | None] = [None] * len(picked)
+    rewrites: list[tuple[str, bool] | None] = [None] * len(picked)
     if q.rewrite and engine is not None and picked:
         reqs = [Request(messages=({"role": "user", "content": rewrite_prompt(src.instruction, c, src.language,
                                                                             numerals)},),
-                        max_tokens=max(64, 2 * len(src.instruction) // 3 + 64), temperature=temperature,
+                        max_tokens=len(src.instruction) + 96, temperature=temperature,  # chars bound tokens
                         top_p=top_p, top_k=top_k, seed=int(row_id("rewrite", src.id)[:8], 16))
                 for src, _, c, numerals in picked]
-        rewrites = [res.text if res.ok else None for res in engine.generate(reqs)]
+        rewrites = [(res.text, res.finish_reason == "length") if res.ok else None for res in engine.generate(reqs)]
     rows = []
     for (src, n, c, numerals), rewritten in zip(picked, rewrites, strict=True):
         note = None
         if rewritten is None:
             note = "rewrite off" if not q.rewrite or engine is None else "rewrite failed (engine error)"
         else:
-            note = check_rewrite(rewritten, c, src.instruction)
-        query = rewritten.strip() if rewritten is not None and note is None else \
+            note = check_rewrite(rewritten[0], c, src.instruction, truncated=rewritten[1])
+        query = rewritten[0].strip() if rewritten is not None and note is None else \
             template_query(src.instruction, c, src.language, numerals)
         rows.append({"id": row_id("query", src.id, src.kind), "iteration": src.iteration, "language": src.language,
                      "source": src.kind, "query": query, "instruction": src.instruction, "constraint_type": c.ctype,

@@ -1,12 +1,13 @@
 """Training between Self-Lengthen iterations: two adapters per iteration, the Generator's on gen_sft and the
-Extender's on ext_sft, each continuing from that role's adapter of the previous iteration (the reference's
-`adapter_name_or_path`, qwen/mk_train_config.py) or starting from the base in iteration 1.
+Extender's on ext_sft, each continuing from the adapter that role used in the iteration (the reference's
+`adapter_name_or_path`, qwen/mk_train_config.py: the previous iteration's adapter) or from the base model.
 
 By default the built-in LoRA trainer (`lendata.training.lora`) trains them. A `trainer` command replaces it for
-external trainers (LLaMA-Factory, axolotl): a template whose `{placeholder}`s are replaced by shell-quoted values,
-run once per role. It must write an adapter (or any model directory) to `{out_adapter}`. The directory is
-written under a temporary name and renamed when the command succeeds, and it lives under a key made of the
-command and its input files, so a rerun with the same data skips training and a changed dataset retrains.
+external trainers (LLaMA-Factory, axolotl): a template whose `{placeholder}`s are replaced by shell-quoted
+values, run once per role. It must write an adapter (a peft LoRA folder) to `{out_adapter}`; literal braces
+in the command are written `{{` and `}}`. The folder is written under a temporary name and renamed when the
+command succeeds, and it lives under a key made of the command, its input files and the other placeholder
+values, so a rerun with the same data skips training and changed data or settings retrain.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ def _key(template: str, files: dict[str, Path]) -> str:
 
 
 def run_trainer(template: str, files: dict[str, Path], root: Path, extra: dict[str, str] | None = None) -> Path:
-    """Run `template` over `files`; returns the adapter directory it wrote (reused if already trained)."""
-    out = root / _key(template, files) / "adapter"
+    """Run `template` over `files`; returns the adapter directory it wrote (reused if already trained). The
+    adapter is keyed by the command, the files and the other placeholder values (role, iteration, starting
+    adapter, base model): changing any of them trains again."""
+    out = root / _key(template + json.dumps(extra or {}, sort_keys=True), files) / "adapter"
     if out.is_dir():
         return out
     partial = out.with_name("adapter.partial")
@@ -58,8 +61,11 @@ def run_trainer(template: str, files: dict[str, Path], root: Path, extra: dict[s
         command = template.format(**values)
     except (KeyError, IndexError) as e:
         raise TrainerFailed(
-            f"trainer command uses unknown placeholder {e}; available: {', '.join('{' + k + '}' for k in values)}"
+            f"trainer command uses unknown placeholder {e}; available: {', '.join('{' + k + '}' for k in values)}; "
+            "write a literal brace as {{ or }} (${{HOME}}, awk '{{print $1}}')"
         ) from None
+    except ValueError as e:  # an unbalanced brace
+        raise TrainerFailed(f"trainer command {template!r}: {e}; write a literal brace as {{{{ or }}}}") from None
     log = out.with_name("trainer.log")
     proc = subprocess.run(command, shell=True, capture_output=True, text=True)
     log.write_text(f"$ {command}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}", encoding="utf-8")

@@ -48,6 +48,8 @@ def test_key_covers_sampling_messages_schema_sample_and_producer(tmp_path):
         ask("a", max_tokens=10, seed=1, sample_index=1),
         ask("a", max_tokens=10, seed=1, lora=str(a1)),
         ask("a", max_tokens=10, seed=1, lora=str(a2)),
+        ask("a", max_tokens=10, seed=1, top_k=20),
+        ask("a", max_tokens=10, seed=1, top_k=0),  # off everywhere, unlike None (the engine's own default)
     ]
     keys = {request_key(P, v) for v in variants}
     assert key not in keys and len(keys) == len(variants)

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from lendata.engines import Request, make_engine
 from lendata.engines.llamacpp import LlamaCppEngine
 
@@ -47,9 +49,13 @@ def test_prompt_over_context_window_is_an_error_result_not_a_crash(llama):
     assert good.ok
 
 
-def test_lora_request_is_refused_per_row(llama):
-    res = llama.generate([ask("hi", max_tokens=4, lora="/nonexistent")])[0]
-    assert res.finish_reason == "error" and "LoRA" in res.error
+def test_an_adapter_that_cannot_be_applied_is_a_setup_error_and_the_engine_still_works(llama):
+    from lendata.engines.base import AdapterError
+
+    # raised, not a row's failure: every row naming it would fail, and a build would publish nothing
+    with pytest.raises(AdapterError, match="LoRA adapter /nonexistent cannot be applied"):
+        llama.generate([ask("hi", max_tokens=4, lora="/nonexistent")])
+    assert llama.generate([ask("hi", max_tokens=4)])[0].ok
 
 
 def test_engine_exposes_context_window_and_token_counts(llama):

@@ -200,12 +200,23 @@ def test_output_changing_options_are_part_of_the_identity():
 
 # --- token counts with the served model's own tokenizer (issue 15, item 4) ---------------------------------
 
-class _TokenizeHandler(BaseHTTPRequestHandler):
-    """A server whose tokenizer is not the bundled one (3 tokens per character), on vLLM's or llama_cpp.server's
-    route, or on none (a hosted API)."""
+class _JsonHandler(BaseHTTPRequestHandler):
+    """A quiet loopback handler that answers JSON."""
 
     def log_message(self, *args):
         pass
+
+    def _send(self, status, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class _TokenizeHandler(_JsonHandler):
+    """A server whose tokenizer is not the bundled one (3 tokens per character), on vLLM's or llama_cpp.server's
+    route, or on none (a hosted API)."""
 
     def do_GET(self):
         self._send(200, {"data": [{"id": "m", "max_model_len": 4096}]})
@@ -225,12 +236,6 @@ class _TokenizeHandler(BaseHTTPRequestHandler):
             return self._send(200, {"choices": [{"message": {"content": "ok"}}]})
         self._send(404, {"detail": "Not Found"})
 
-    def _send(self, status, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
 
 @pytest.fixture
@@ -285,12 +290,9 @@ def test_llama_cpp_server_counts_as_the_model_does(llama_server, llama):
 
 # --- LoRA adapters through an OpenAI-compatible server (issue 16) -------------------------------------------
 
-class _LoraHandler(BaseHTTPRequestHandler):
+class _LoraHandler(_JsonHandler):
     """vLLM's runtime LoRA loading (`POST /v1/load_lora_adapter` {lora_name, lora_path}; 400 "already loaded"
     when loaded twice) and a chat route that answers with the model it was asked for."""
-
-    def log_message(self, *args):
-        pass
 
     def do_GET(self):
         self._send(200, {"data": [{"id": "base", "max_model_len": 4096}]})
@@ -310,12 +312,6 @@ class _LoraHandler(BaseHTTPRequestHandler):
                                                  "finish_reason": "stop"}], "usage": {}})
         self._send(404, {"detail": "Not Found"})
 
-    def _send(self, status, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
 
 def test_a_local_adapter_is_loaded_into_the_server_once_and_requested_by_name(tmp_path):

@@ -1,4 +1,4 @@
-"""`lendata ls`, `query`, `validate`, `score`, `report` and `convert-model`: reading what the store holds."""
+"""`lendata ls`, `query`, `validate`, `report` and `convert-model`: reading what the store holds."""
 
 from __future__ import annotations
 
@@ -119,62 +119,6 @@ def validate(
             err.print(f"[red]problem:[/] {p}")
         raise typer.Exit(1)
     out.print("[bold green]valid[/]")
-
-
-@app.command()
-def score(
-    file: Annotated[Path, typer.Argument(help="JSONL or Parquet of responses.")],
-    metric: Annotated[str, typer.Option(
-        help="sl (LongBench-Write S_l), longen, ruler (PM/FM), or lveval (keyword-recall gated F1).")] = "sl",
-    target_field: Annotated[str | None, typer.Option(help="Field with the target length.")] = None,
-    response_field: Annotated[str | None, typer.Option(help="Field with the response (default: messages).")] = None,
-    counter: Annotated[str | None, typer.Option(help="Word counter: longwriter, longen or ruler.")] = None,
-    out_file: Annotated[Path | None, typer.Option("--to", help="Write per-row scores here (.jsonl).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-    best_of_answers: Annotated[bool, typer.Option(
-        help="lveval: score an item's best answer (LV-Eval scores the first).")] = False,
-) -> None:
-    """Score a file of responses against their target lengths (or, for a method's metric, its answers)."""
-    from lendata.inputs import InputError
-    from lendata.paths import check_output
-    from lendata.scoring import score_file
-
-    try:
-        if out_file is not None:
-            out_file = check_output(out_file, None, "--to")
-        rows, summary = score_file(file, metric, target_field, response_field, counter, best_of_answers)
-    except (InputError, ValueError) as e:
-        fail(str(e))
-    for why in summary["skipped"]:
-        err.print(f"skipped {why}", highlight=False)
-    if out_file:
-        from lendata.atomic import write_atomic
-
-        try:
-            write_atomic(out_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        except OSError as e:
-            fail(f"cannot write {out_file}: {e.strerror or e}")
-    if as_json:
-        print(json.dumps(summary, ensure_ascii=False))
-        return
-    if not rows:
-        fail("no row had both a response and a target length")
-    t = Table("target", "rows", "mean words", f"mean {metric}")
-    for target, v in summary["by_target"].items():
-        t.add_row(str(target), str(v["rows"]), f"{v['mean_words']:.0f}", f"{v['mean_score']:.1f}")
-    out.print(t)
-    if summary.get("groups"):  # LV-Eval's table: a score per dataset and level
-        t = Table("dataset", "level", "rows", "score")
-        for g in summary["groups"]:
-            t.add_row(str(g["dataset"]), str(g["level"]), str(g["n"]), f"{g['score']:.2f}")
-        out.print(t)
-    if summary.get("levels"):  # Ruler's table: PM and FM per level and overall
-        t = Table("level", "rows", "PM", "FM")
-        for level, v in summary["levels"].items():
-            t.add_row(level, str(v["n"]), f"{v['pm']:.1f}", f"{v['fm']:.1f}")
-        out.print(t)
-    extra = f" (PM {summary['pm']:.1f}, FM {summary['fm']:.1f})" if "pm" in summary else ""
-    out.print(f"{metric}: mean {summary['mean']:.2f} over {summary['rows']} rows{extra}")
 
 
 @app.command()

@@ -11,19 +11,22 @@ import pyarrow as pa
 
 from lendata.methods.agentwrite import plan_and_write as aw
 from lendata.methods.base import Build, Method, Progress, Split
+from lendata.methods.shared import quality_gate
 from lendata.methods.shared.inputs import load_instructions
 from schemas.sft import SFTSchema
 
 
 def plan_write_filter(s: aw.Settings, samples: Sequence[aw.Sample], offset: int, engines: Any, progress: Progress
                       ) -> tuple[pa.Table, list[dict[str, Any]]]:
-    """One shard: plans, paragraphs in rounds, then the output filters."""
+    """One shard: plans, paragraphs in rounds, the output filters, then the judge when one is set."""
     engine, samples = engines.get(), list(samples)
     with progress(len(samples), "planning") as bar:
         aw.make_plans(samples, engine, s, on_result=bar.update)
     with progress(sum(len(x.plan) for x in samples), "writing") as bar:
         aw.write(samples, engine, s, on_result=bar.update)
-    return aw.to_table(samples, engine, s)
+    table, filtered = aw.to_table(samples, engine, s)
+    table, below = quality_gate.judge_shard(table, s, engines, progress)
+    return table, filtered + below
 
 
 class AgentWrite(Method):
@@ -33,7 +36,7 @@ class AgentWrite(Method):
     card_tags = ("long-output", "sft", "agentwrite")
 
     def splits(self, s: aw.Settings) -> dict[str, Split]:
-        return {"train": Split(aw.OUTPUT_SCHEMA, SFTSchema)}
+        return {"train": Split(quality_gate.with_judge_columns(aw.OUTPUT_SCHEMA, s), SFTSchema)}
 
     def run(self, s: aw.Settings, build: Build) -> None:
         samples = aw.prepare(load_instructions(s, build), s)
@@ -44,7 +47,8 @@ class AgentWrite(Method):
         reasons = [r for t, _ in done for r in t.column("plan_fallback").to_pylist() if r]
         reasons += [r for q in quarantined if (r := json.loads(q["record"]).get("plan_fallback"))]
         build.meta["plan_fallbacks"] = {"plans": len(reasons), "reasons": dict(Counter(reasons).most_common())}
-        build.add("train", pa.concat_tables([t for t, _ in done]) if done else aw.OUTPUT_SCHEMA.empty_table())
+        schema = quality_gate.with_judge_columns(aw.OUTPUT_SCHEMA, s)
+        build.add("train", pa.concat_tables([t for t, _ in done]) if done else schema.empty_table())
 
 
 METHOD = AgentWrite()

@@ -33,6 +33,7 @@ from lendata.methods.shared import checks
 from lendata.methods.shared.budget import language_of, measure_tokens_per_word
 from lendata.methods.shared.constraints import Constraint, constrain, draw, extract
 from lendata.methods.shared.inputs import InstructionInput
+from lendata.methods.shared.quality_gate import JudgeGate
 from lendata.methods.shared.sft import MESSAGE, RESPONSE_FIELDS, row_id
 
 PLAN_PROMPT = """I need you to help me break down the following long-form writing instruction into multiple \
@@ -88,7 +89,7 @@ PLAN_ITEM = pa.struct([("main_point", pa.large_string()), ("words", pa.int32())]
 
 
 @dataclass
-class Settings(InstructionInput):
+class Settings(InstructionInput, JudgeGate):
     temperature: float = 0.5  # sampling temperature of plans and paragraphs
     top_p: float = 0.95  # nucleus sampling
     repetition_penalty: float = 1.1  # llama.cpp/vLLM repetition penalty

@@ -18,11 +18,12 @@ from lendata.engines.identity import model_name
 from lendata.lengths import WordCounter, count_words, length_score
 from lendata.methods.shared.budget import budget_for, language_of, measure_tokens_per_word
 from lendata.methods.shared.inputs import InstructionInput
+from lendata.methods.shared.quality_gate import JudgeGate
 from lendata.methods.shared.sft import SFT_SCHEMA, row_id
 
 
 @dataclass
-class Settings(InstructionInput):
+class Settings(InstructionInput, JudgeGate):
     temperature: float = 0.5  # LongBench-Write's generation setting
     top_p: float = 0.95  # nucleus sampling
     seed: int = 42  # row i is sampled with seed + i

@@ -21,6 +21,7 @@ from lendata.methods.base import Build, Method, Progress, Split
 from lendata.methods.self_lengthen import queries, sets
 from lendata.methods.self_lengthen import steps as sl
 from lendata.methods.self_lengthen.trainer import train_builtin, train_command
+from lendata.methods.shared import quality_gate
 from lendata.methods.shared.budget import language_of
 from lendata.training.lora import TrainingUnsupported
 from schemas.self_lengthen import InstructionsSchema, PairsSchema, QueriesSchema, ResponsesSchema
@@ -96,7 +97,7 @@ class SelfLengthen(Method):
                 "responses": Split(sets.RESPONSES_SCHEMA, ResponsesSchema),
                 "gen_sft": Split(sets.PAIR_SCHEMA, PairsSchema),
                 "ext_sft": Split(sets.PAIR_SCHEMA, PairsSchema),
-                "queries": Split(queries.QUERIES_SCHEMA, QueriesSchema)}
+                "queries": Split(quality_gate.with_judge_columns(queries.QUERIES_SCHEMA, s.quality), QueriesSchema)}
 
     def run(self, s: sl.Settings, build: Build) -> None:
         # every seed is read: the recipe's `n` is the number of new instructions per iteration
@@ -144,8 +145,13 @@ class SelfLengthen(Method):
                 evidence[-1]["trained"] = sets.adapter_evidence(adapters)
         # the rewrite is the base model's, like self-instruct and the judge
         base = build.engines.get(*build.engines.default) if s.queries.rewrite else None
-        build.add("queries", build.step("length-constrained queries", queries.queries_table, sources, s.queries,
-                                        s.seed, base, s.temperature, s.top_p, s.top_k))
+        table = build.step("length-constrained queries", queries.queries_table, sources, s.queries, s.seed, base,
+                           s.temperature, s.top_p, s.top_k)
+        if s.quality.judge:  # the S_q gate: scores as columns, rows below min_sq quarantined with theirs
+            table, below = build.step("quality judge", quality_gate.judge_shard, table, s.quality, build.engines,
+                                      build.progress)
+            build.quarantine(below)
+        build.add("queries", table)
         build.meta["roles"] = [{"iteration": e["iteration"], **{r: e[r] for r in sl.ROLES}} for e in evidence]
         build.meta["iterations"] = evidence
 

@@ -37,6 +37,7 @@ from lendata.lengths import WordCounter, count_words
 from lendata.methods.self_lengthen.queries import QuerySettings
 from lendata.methods.shared import checks
 from lendata.methods.shared.budget import language_of
+from lendata.methods.shared.quality_gate import JudgeGate
 from lendata.methods.shared.sft import row_id
 from lendata.training.lora import LoraSettings
 
@@ -132,6 +133,9 @@ class Settings:
     drop_short: bool = True  # drop the shorter initial and extended responses (rank-based, ~40% each time)
     line_keep: float = 0.8  # ext_sft input: each line of the initial response kept with this probability
     queries: QuerySettings = field(default_factory=QuerySettings)
+    # an S_q judge over the final queries: {judge: same | ENGINE, judge_options, min_sq}; rows below min_sq are
+    # quarantined with their scores (none by default)
+    quality: JudgeGate = field(default_factory=JudgeGate)
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.iterations < 1:

@@ -19,6 +19,7 @@ class InstructionInput:
     def __post_init__(self) -> None:
         if self.n is not None and self.n < 1:
             raise ValueError(f"n is {self.n}; it must be at least 1 (or null for every instruction)")
+        getattr(super(), "__post_init__", lambda: None)()  # cooperative: the other bases' checks (JudgeGate)
 
 
 def load_instructions(s: InstructionInput, build: Build) -> list[dict[str, Any]]:

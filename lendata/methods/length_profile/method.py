@@ -1,0 +1,87 @@
+"""The `length_profile` method's contract: prompts sharded, every listed model sampled on each shard; the
+profiles computed on the driver; a report with the length distribution per prompt and per model."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lendata.engines.identity import model_name
+from lendata.methods.base import Build, Method, Progress, ReportSection, Split
+from lendata.methods.length_profile import profile as lp
+from lendata.methods.shared.inputs import load_instructions
+from schemas.length_profile import ProfilesSchema, SamplesSchema
+
+_SECRET = re.compile(r"key|token|secret|password", re.IGNORECASE)
+
+
+def model_specs(s: lp.Settings, default: tuple[str, dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label or "", engine, options) per model to profile; the recipe's engine when none is listed."""
+    if not s.models:
+        return [("", default[0], dict(default[1]))]
+    return [(m.get("name") or "", m.get("engine") or default[0], dict(m.get("engine_options") or {}))
+            for m in s.models]
+
+
+def sample_shard(s: lp.Settings, rows: Sequence[dict[str, Any]], offset: int, engines: Any, progress: Progress
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """One shard: every model samples every prompt of the shard. Returns (samples, failures, settings by label)."""
+    samples, failed, used = [], [], {}
+    for label, name, options in model_specs(s, engines.default):
+        engine = engines.get(name, options)
+        label = label or model_name(engine.model_id)
+        if label in used:
+            raise ValueError(f"two models are labelled {label!r}: give each entry of `models` its own `name`")
+        with progress(len(rows) * s.samples, f"sampling {label}") as bar:
+            got, bad = lp.sample(rows, engine, label, s, offset, bar.update)
+        samples += got
+        failed += bad
+        used[label] = {"engine": name, "model": engine.model_id,
+                       "engine_options": {k: v for k, v in options.items() if not _SECRET.search(k)}}
+    return samples, failed, used
+
+
+class LengthProfile(Method):
+    name = "length_profile"
+    settings = lp.Settings
+    sharded = True
+    card_tasks = ("text-generation",)
+    card_tags = ("length-profile", "castillo")
+    main_split = "profiles"
+
+    def splits(self, s: lp.Settings) -> dict[str, Split]:
+        return {"profiles": Split(lp.PROFILES_SCHEMA, ProfilesSchema),
+                "samples": Split(lp.SAMPLES_SCHEMA, SamplesSchema)}
+
+    def run(self, s: lp.Settings, build: Build) -> None:
+        rows = load_instructions(s, build)
+        done = build.map(sample_shard, rows, "length_profile")
+        samples = [r for got, _, _ in done for r in got]
+        failed = [q for _, bad, _ in done for q in bad]
+        settings = {label: v for _, _, used in done for label, v in used.items()}
+        build.quarantine(failed)
+        failed_per = Counter((lp.prompt_id(q["record"]), q["reason"].split(":", 1)[0]) for q in failed)
+        profiles = lp.profiles(samples, s, settings, dict(failed_per))
+        build.meta["length_profile"] = {
+            "decoding": s.decoding(), "models": settings,
+            "prompts": {p["prompt_id"]: p["prompt"][:120] for p in profiles},
+            # each (prompt, model)'s token lengths: what the report draws
+            "tokens": {label: {p["prompt_id"]: sorted(r["tokens"] for r in samples if r["model_label"] == label
+                                                      and r["prompt_id"] == p["prompt_id"])
+                               for p in profiles if p["model_label"] == label} for label in settings},
+        }
+        sample_table, profile_table = lp.tables(samples, profiles)
+        build.add("samples", sample_table)
+        build.add("profiles", profile_table)
+
+    def report(self, manifest: dict[str, Any], folder: Path) -> ReportSection | None:
+        from lendata.methods.length_profile.report import section
+
+        return section(manifest, folder) if "length_profile" in manifest else None
+
+
+METHOD = LengthProfile()
+

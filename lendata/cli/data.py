@@ -133,7 +133,6 @@ def report(
     quarantine reasons, truncation and repetition rates; plus what the version's method reports (the bucket
     statistics of a decompose build)."""
     from lendata import store as st
-    from lendata.methods import method_of
     from lendata.paths import check_output
     from lendata.report import render
 
@@ -145,11 +144,7 @@ def report(
     except (st.StoreError, ValueError) as e:
         fail(str(e))
     data = render(version, root, out_dir)
-    method = method_of(version.manifest)
-    section = method.report(version.manifest, Path(data["html"]).parent) if method else None
-    if section is not None:
-        data[section.name] = section.data
-        data["plots"].extend(section.plots)
+    section = data.get("section")
     if as_json:
         print(json.dumps(data, default=str))
         return
@@ -159,16 +154,20 @@ def report(
         t.add_row(split, f"{s['rows']:,}", str(s.get("column", "")), str(s.get("truncation_rate", "—")),
                   str(s.get("repetition_rate", "—")), f"{fit['median_ratio']:.2f}" if fit else "—")
     out.print(t)
+    flagged = sum(len(s.get("flagged", [])) for s in data["splits"].values())
+    if flagged:
+        out.print(f"flagged: {flagged} kept row(s) cut at their token limit or repeating themselves (listed on "
+                  "the page and in report.json)")
     if data["rejections"]:
         out.print("rejections: " + "; ".join(f"{r} ({n})" for r, n in list(data["rejections"].items())[:6]))
     if section is not None:
-        if section.table:
-            header, rows = section.table
+        if section["table"]:
+            header, rows = section["table"]
             t = Table(*header)
             for row in rows:
                 t.add_row(*row)
             out.print(t)
-        for line in section.lines:
+        for line in section["lines"]:
             out.print(line)
     out.print(f"report: {data['html']}")
 

@@ -1,0 +1,99 @@
+"""The `lendata report` page a person reads (issue 17, item 7): its sections, parsed from the HTML."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+from typer.testing import CliRunner
+
+from lendata import build as builds
+from lendata import recipes
+from lendata.cli import app
+from lendata.engines import CachedEngine, ResponseCache
+from lendata.engines.base import Result
+from lendata.engines.pool import EnginePool
+from lendata.judging import judges
+
+
+class Page(HTMLParser):
+    """h2 titles, and every table under the h2 it follows, as rows of cell texts."""
+
+    def __init__(self):
+        super().__init__()
+        self.h2, self.tables, self.text = [], {}, []
+        self._tag, self._row, self._cell = None, None, None
+
+    def handle_starttag(self, tag, attrs):
+        self._tag = tag
+        if tag == "table":
+            self.tables.setdefault(self.h2[-1] if self.h2 else "", []).append([])
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._row is not None:
+            self._row.append(self._cell)
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.tables[self.h2[-1] if self.h2 else ""][-1].append(self._row)
+            self._row = None
+        self._tag = None
+
+    def handle_data(self, data):
+        if self._tag == "h2":
+            self.h2.append(data)
+        if self._cell is not None:
+            self._cell += data
+        self.text.append(data)
+
+
+def _engine(req):
+    prompt = req.messages[0]["content"]
+    if req.json_schema == judges.QUALITY_SCHEMA:
+        return Result(text=json.dumps({"Analysis": "a", **dict.fromkeys(judges.DIMENSIONS, 4)}))
+    if "LOOP" in prompt:  # a text that loops, ending cleanly
+        return Result(text=" ".join(["the river runs to the sea and the sea runs back again"] * 6) + ".",
+                      completion_tokens=70)
+    if "CUT" in prompt:  # a text cut at its token limit
+        return Result(text="Rivers carve valleys over long ages and", completion_tokens=req.max_tokens,
+                      finish_reason="length")
+    return Result(text="Rivers shape the land. They carry water and life from hills down to the wide sea.",
+                  completion_tokens=20)
+
+
+def test_the_report_page_has_the_sections_a_person_needs(tmp_path, scripted):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"Write 20 words about rivers {tag}.", "length": 20}) + "\n"
+                           for tag in ("FINE", "LOOP", "CUT")))
+    recipe = recipes.load("direct", {"input": str(src), "instruction_field": "prompt", "target_field": "length",
+                                     "judge": "same"})
+    pool = EnginePool(lambda n, o: CachedEngine(scripted(_engine), ResponseCache(tmp_path / "c")), "llamacpp")
+    store = tmp_path / "store"
+    builds.run(recipe, store, progress=False, engines=pool)
+    out = tmp_path / "report"
+    res = CliRunner().invoke(app, ["report", "direct", "--store", str(store), "--to", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "flagged: 2 kept row(s)" in res.output
+    page = Page()
+    page.feed((out / "index.html").read_text())
+    assert page.h2 == ["Splits", "Flagged rows", "Judge scores (S_q)", "Lengths (words)",
+                       "Quarantine and rejections", "Plots"]
+    [splits] = page.tables["Splits"]
+    fit = splits[1][5]
+    assert fit.startswith("median response_words/target_words") and "{" not in fit and "within ±10%" in fit
+    text = " ".join(page.text)
+    for name in ("truncated", "repetition", "target vs produced"):
+        assert f"{name}" in text
+    assert "stopped at its token limit" in text and "looped" in text
+    [flagged] = page.tables["Flagged rows"]
+    whys = [r[1] for r in flagged[1:]]
+    assert any("token limit" in w for w in whys) and any("repeats the 10-gram" in w for w in whys)
+    [lengths] = page.tables["Lengths (words)"]
+    columns = {r[1] for r in lengths[1:]}
+    assert "messages[assistant]" in columns and "instruction" in columns
+    assert not columns & {"id", "language", "engine", "model", "source", "record", "finish_reason", "judge_model"}
+    [judge] = page.tables["Judge scores (S_q)"]
+    assert judge[1][:4] == ["train", "3", "0", "75.0"] and judge[1][4] == "75.0"

@@ -170,3 +170,64 @@ def test_cached_judge_engine_wrapper_counts_no_new_calls_on_rerun(scripted, tmp_
     judges.judge_quality([("q", "r")], engine)
     judges.judge_quality([("q", "r")], engine)
     assert (engine.calls, engine.hits) == (1, 1)
+
+
+def test_cli_refuses_to_overwrite_its_inputs_and_lists_bad_targets(tmp_path, monkeypatch, scripted):
+    a = tmp_path / "a.jsonl"
+    a.write_text(json.dumps({"instruction": "q", "response": "r", "target_words": "about 500"}) + "\n")
+    before = a.read_text()
+    for args in (["score", str(a), "--metric", "sq", "--to", str(a)],
+                 ["compare", str(a), str(a), "--to", str(a)],
+                 ["score", str(a), "--to", str(a)]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 1 and "is one of this command's inputs" in res.output, args
+    assert a.read_text() == before
+    res = CliRunner().invoke(app, ["compare", str(a), "--annotations", str(a)])
+    assert res.exit_code == 2 and "not both" in res.output
+    # a target that is not a number is listed, and the row is still judged (no crash after the calls)
+    judge = scripted(lambda req: Result(text=_quality_reply([3] * 6)))
+    rows, summary = run.score_quality(run.open_source(str(a)), judge)
+    assert rows[0]["sq"] == 50 and "sl" not in rows[0]
+    assert any("target length is not a whole number" in s for s in summary["skipped"])
+
+
+def test_compare_with_a_judge_that_prefers_b_in_both_orders(tmp_path, scripted):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps({"instruction": f"q{i}", "response": f"plain {i}"}) + "\n" for i in range(60)))
+    b.write_text("".join(json.dumps({"instruction": f"q{i}", "response": f"BEST {'x' * (i % 7)}"}) + "\n"
+                         for i in range(60)))
+
+    def prefers_best(req):
+        text = req.messages[0]["content"]
+        first = text.split("<Response a>\n")[1].split("\n</Response a>")[0]
+        return Result(text=json.dumps({"better": "a" if first.startswith("BEST") else "b"}))
+
+    rows, summary = run.compare(run.open_source(str(a)), run.open_source(str(b)), scripted(prefers_best))
+    assert summary["n"] == 60 and summary["win_rate"] == 100 and summary["lc_win_rate"] > 99
+    assert {r["preference"] for r in rows} == {2.0}
+
+
+def test_when_every_judgment_fails_the_pairs_are_still_written(tmp_path, monkeypatch):
+    from lendata.cli import judge as cli_judge
+    from tests.conftest import ScriptedEngine
+
+    monkeypatch.setattr(cli_judge, "_judge_engine",
+                        lambda *a: CachedEngine(ScriptedEngine(lambda req: Result(text="no")),
+                                                ResponseCache(tmp_path / "c")))
+    a = tmp_path / "a.jsonl"
+    a.write_text(json.dumps({"instruction": "q", "response": "r"}) + "\n")
+    b = tmp_path / "b.jsonl"
+    b.write_text(json.dumps({"instruction": "q", "response": "s"}) + "\n")
+    res = CliRunner().invoke(app, ["compare", str(a), str(b), "--to", str(tmp_path / "pairs.json")])
+    assert res.exit_code == 1 and "decided none of the pairs" in res.output
+    [pair] = json.loads((tmp_path / "pairs.json").read_text())
+    assert pair["preference"] is None and "A first: not JSON" in pair["judge_error"]
+
+
+def test_a_misspelt_judge_engine_is_refused_when_the_recipe_loads():
+    from lendata import recipes
+
+    with pytest.raises(recipes.RecipeError, match="judge is 'smae'"):
+        recipes.load("direct", {"judge": "smae", "min_sq": 40})
+    with pytest.raises(recipes.RecipeError, match="judge is 'gpt-4o'"):
+        recipes.load("self_lengthen", {"quality": {"judge": "gpt-4o"}})

@@ -125,3 +125,29 @@ def test_embedded_profile_of_two_decodings_with_its_report(tmp_path):
     assert set(data["length_profile"]["tokens"]) == {"smol-a", "smol-b"}
     assert (out / "length_profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "length_profile.png" in (out / "index.html").read_text()
+
+
+def test_a_prompt_given_twice_is_profiled_twice_and_failures_keep_labels_with_colons(tmp_path, scripted):
+    src = tmp_path / "dup.jsonl"
+    src.write_text(json.dumps({"prompt": "Same prompt."}) + "\n" + json.dumps({"prompt": "Same prompt."}) + "\n")
+
+    def flaky(req):
+        return Result.failed("boom") if req.sample_index == 0 else _by_seed(req)
+
+    recipe = recipes.load("length_profile", {"input": str(src), "samples": 3,
+                                             "models": [{"name": "qwen2.5:7b", "engine": "llamacpp"}]})
+    pool = EnginePool(lambda name, options: CachedEngine(scripted(flaky), ResponseCache(tmp_path / "c")), "llamacpp")
+    builds.run(recipe, tmp_path / "s", progress=False, engines=pool)
+    v = st.open_version(tmp_path / "s", "length_profile")
+    profiles = v.read("profiles").to_pylist()
+    assert len(profiles) == 2 and len({p["prompt_id"] for p in profiles}) == 2
+    assert all(p["samples"] == 2 and p["failed"] == 1 for p in profiles)
+    assert v.rows("samples") == 4
+    assert {q["stage"] for q in v.read("quarantine").to_pylist()} == {"sample"}
+
+
+def test_settings_keep_the_tokenizer_option_and_drop_credentials():
+    from lendata.methods.length_profile.method import _SECRET
+
+    assert not _SECRET.search("tokenizer") and not _SECRET.search("max_tokens")
+    assert all(_SECRET.search(k) for k in ("api_key", "token", "hf_token", "password", "auth_header"))

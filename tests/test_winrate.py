@@ -126,3 +126,38 @@ def test_bad_annotations_are_listed_with_where_and_why(tmp_path):
     with pytest.raises(w.AnnotationError, match="not a JSON file"):
         (tmp_path / "bad.json").write_text("[{")
         w.read_annotations(tmp_path / "bad.json")
+
+
+def test_unanimous_preferences_give_an_lc_win_rate_near_0_or_100_not_50():
+    """lendata's pairwise judge gives exactly 1 or 2; AlpacaEval's fit then sees one class and says 50."""
+    losses = [w.Annotation(f"q{i}", "a" * (50 + 7 * i), "b" * (40 + 11 * i), "A", "B", 1.0) for i in range(60)]
+    wins = [w.Annotation(r.instruction, r.output_1, r.output_2, "A", "B", 2.0) for r in losses]
+    [lost], [won] = w.win_rates(losses), w.win_rates(wins)
+    assert lost.win_rate == 0 and lost.lc_win_rate < 1
+    assert won.win_rate == 100 and won.lc_win_rate > 99
+
+
+def test_several_length_only_judges_stay_near_50_with_the_difficulty_term():
+    """Cross-fitting: the difficulty a system is scored with comes from the other systems, so its own length
+    effect cannot leak back into the LC win rate (estimating it from all systems did: 80 for a raw 81)."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(200, 800, 200)
+    rows = []
+    for s, extra in (("S1", 300), ("S2", 150), ("S3", 0)):
+        for i, la in enumerate(base):
+            lb = int(max(1, la + rng.normal(extra, 300)))
+            p = 1 / (1 + np.exp(-4 * np.tanh((lb - la) / 300)))
+            rows.append(w.Annotation(f"q{i}", "a" * int(la), "b" * lb, "base", s, 2.0 if rng.random() < p else 1.0))
+    results = {r.generator_2: r for r in w.win_rates(rows)}
+    assert {r.model for r in results.values()} == {"difficulty"}
+    assert results["S1"].win_rate > 75
+    assert all(abs(r.lc_win_rate - 50) < 8 for r in results.values()), {k: r.lc_win_rate for k, r in
+                                                                         results.items()}
+
+
+def test_few_pairs_carry_a_warning():
+    rows = [w.Annotation(f"q{i}", "a" * (10 + i), "b" * 20, "A", "B", 2.0 if i % 3 else 1.0) for i in range(10)]
+    [got] = w.win_rates(rows)
+    assert got.warning and "only 10 pairs" in got.warning
+    [big] = w.win_rates(_annotations("alpaca-7b"))
+    assert big.warning is None

@@ -27,7 +27,6 @@ def _judge_engine(name: str, options: list[str] | None, cache: Path | None):
     import yaml
 
     from lendata.engines import CachedEngine, ResponseCache, make_engine
-    from lendata.paths import user_cache
 
     opts: dict[str, Any] = {}
     for pair in options or []:
@@ -42,7 +41,22 @@ def _judge_engine(name: str, options: list[str] | None, cache: Path | None):
         engine = make_engine(name, **opts)
     except (ValueError, TypeError, OSError, RuntimeError) as e:
         fail(f"cannot start the judge engine {name}: {e}")
-    return CachedEngine(engine, ResponseCache(cache or user_cache() / "judge" / "responses.sqlite"))
+    return CachedEngine(engine, ResponseCache(_cache_path(cache)))
+
+
+def _refuse_overwrite(out_file: Path | None, *protected: Path | None) -> None:
+    """--to may not be one of the command's inputs or the judge's response cache."""
+    if out_file is None:
+        return
+    for p in protected:
+        if p is not None and Path(p).expanduser().resolve() == out_file:
+            fail(f"--to {out_file} is one of this command's inputs (or the judge's cache): write it somewhere else")
+
+
+def _cache_path(cache: Path | None) -> Path:
+    from lendata.paths import user_cache
+
+    return cache or user_cache() / "judge" / "responses.sqlite"
 
 
 def _progress(total: int, what: str):
@@ -100,8 +114,9 @@ def score(
         fail(str(e))
     if metric == "sq":
         _score_quality(file, response_field, target_field, out_file, as_json, engine, engine_option, cache,
-                       attempts, split, store)
+                       attempts, split, store, counter or "longwriter")
         return
+    _refuse_overwrite(out_file, Path(file))
     from lendata.scoring import score_file
 
     try:
@@ -135,7 +150,7 @@ def score(
 
 
 def _score_quality(file, response_field, target_field, out_file, as_json, engine, engine_option, cache,
-                   attempts, split, store) -> None:
+                   attempts, split, store, counter) -> None:
     from lendata.inputs import InputError
     from lendata.judging import judges, run
 
@@ -144,11 +159,13 @@ def _score_quality(file, response_field, target_field, out_file, as_json, engine
         settings = judges.JudgeSettings(attempts=attempts)
     except (InputError, ValueError) as e:
         fail(str(e))
+    _refuse_overwrite(out_file, source.path, _cache_path(cache))
     judge = _judge_engine(engine, engine_option, cache)
     try:
         bar, tick = _progress(len(source.rows), "judging quality")
         with bar:
-            rows, summary = run.score_quality(source, judge, settings, response_field, target_field, tick)
+            rows, summary = run.score_quality(source, judge, settings, response_field, target_field, tick,
+                                              counter)
     finally:
         judge.close()
     for why in summary["skipped"]:
@@ -203,8 +220,10 @@ def compare(
             out_file = check_output(out_file, None, "--to")
     except ValueError as e:
         fail(str(e))
-    if (annotations is None) == (a is None or b is None):
+    if (annotations is None) == (a is None and b is None) or (annotations is None and (a is None or b is None)):
         fail("give two systems A and B, or --annotations FILE (not both)", 2)
+    if annotations is not None and out_file is not None:
+        fail("--to writes the pairs a judge compares; with --annotations they exist already", 2)
     try:
         if annotations is not None:
             judged, skipped = wr.read_annotations(annotations)
@@ -212,6 +231,7 @@ def compare(
         else:
             settings = judges.JudgeSettings(attempts=attempts)
             src_a, src_b = run.open_source(a, store_root(store), split), run.open_source(b, store_root(store), split)
+            _refuse_overwrite(out_file, src_a.path, src_b.path, _cache_path(cache))
             judge = _judge_engine(engine, engine_option, cache)
             try:
                 bar, tick = _progress(2 * min(len(src_a.rows), len(src_b.rows)), "judging pairs")
@@ -219,13 +239,21 @@ def compare(
                     rows, summary = run.compare(src_a, src_b, judge, settings, response_field, tick)
             finally:
                 judge.close()
-            _write_rows(out_file, rows, as_list=True)
+            _write_rows(out_file, rows, as_list=True)  # written even when no pair was judged: the errors are in it
     except (InputError, wr.AnnotationError, ValueError) as e:
         fail(str(e))
+    if not summary["n"]:
+        for why in summary.get("failures", []):
+            err.print(f"[yellow]judge failed[/] {why}", highlight=False)
+        fail(f"the judge decided none of the pairs ({summary.get('failed', 0)} failed)"
+             + (f"; the pairs and their errors are in {out_file}" if out_file else ""))
     for why in summary["skipped"]:
         err.print(f"skipped {why}", highlight=False)
     for why in summary.get("failures", []):
         err.print(f"[yellow]judge failed[/] {why}", highlight=False)
+    for s in summary["systems"]:
+        if s.get("warning"):
+            err.print(f"[yellow]warning[/] {s['generator_2']}: {s['warning']}", highlight=False)
     if as_json:
         print(json.dumps(summary, ensure_ascii=False))
         return

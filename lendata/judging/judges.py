@@ -7,8 +7,8 @@ temperature 0.5 for up to 1,024 tokens of JSON after a short analysis, and up to
 parse. Deliberate deviations:
 - The reply is constrained by a JSON schema (each score an integer 1..5, the analysis first and bounded), so a
   weak judge cannot answer in prose; the reference scrapes ```json fences with a regex.
-- A dimension the judge did not score is a failure of that row, counted and listed; the reference silently
-  scores it 3.
+- A row the judge could not score after every attempt is a failure, counted and listed with why; the reference
+  prints the reply and leaves the row out of its mean without counting it.
 - A response that does not fit the judge's context window is a listed failure, never judged truncated.
 - Default 3 attempts (the reference: 5), each a new seed.
 

@@ -26,6 +26,7 @@ class Source:
     name: str  # how rows are named in messages and as a generator (the file's stem, or DATASET@VERSION)
     rows: list[tuple[str, dict[str, Any]]]  # (where, record)
     skipped: list[str]
+    path: Path | None = None  # the file, when the source is one
 
 
 def open_source(ref: str, store: Path | None = None, split: str = "train") -> Source:
@@ -36,7 +37,8 @@ def open_source(ref: str, store: Path | None = None, split: str = "train") -> So
     path = Path(ref)
     if path.is_file():
         skipped: list[str] = []
-        return Source(path.stem, list(_readable(path, skipped)), skipped)
+        name = path.stem if path.suffix in (".jsonl", ".json", ".parquet") else path.name
+        return Source(name, list(_readable(path, skipped)), skipped, path.resolve())
     if store is None or os.sep in ref or path.suffix in (".jsonl", ".json", ".parquet"):
         raise InputError(f"file not found: {ref}")
     from lendata import store as st
@@ -76,20 +78,26 @@ def _pairs(source: Source, response_field: str | None) -> Iterator[tuple[str, di
 
 def score_quality(source: Source, engine: Engine, settings: judges.JudgeSettings | None = None,
                   response_field: str | None = None, target_field: str | None = None,
-                  on_done=None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                  on_done=None, counter: str = "longwriter") -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(per-row scores, summary): S_q per row and overall, the judge's failures listed (never scored in), and
     with target lengths S_l and S̄ = (S_l + S_q) / 2 as LongBench-Write reports them."""
     from lendata.scoring import _target
 
     items = list(_pairs(source, response_field))
+    targets = []
+    for where, rec, _, _ in items:  # read before judging: a bad target is listed, never a crash after the calls
+        try:
+            targets.append(_target(rec, target_field)[1])
+        except (TypeError, ValueError) as e:
+            source.skipped.append(f"{where}: the target length is not a whole number ({e}); S_l is not scored")
+            targets.append(None)
     judgments = judges.judge_quality([(i, r) for _, _, i, r in items], engine, settings, on_done)
     rows, failures, sls = [], [], []
-    for (where, rec, _instr, response), j in zip(items, judgments, strict=True):
+    for (where, _rec, _instr, response), target, j in zip(items, targets, judgments, strict=True):
         row: dict[str, Any] = {"source": where, "sq": j.sq, **{d: (j.scores or {}).get(d) for d in judges.DIMENSIONS},
                                "judge_error": j.error, "attempts": j.attempts}
-        _ctype, target, _upper = _target(rec, target_field)
-        if target and target > 0:
-            words = L.count_words(response, "longwriter")
+        if isinstance(target, int) and target > 0:
+            words = L.count_words(response, counter)  # type: ignore[arg-type]
             row.update(target=target, words=words, sl=L.length_score(target, words))
             sls.append(row["sl"])
         if j.error:
@@ -144,7 +152,7 @@ def compare(a: Source, b: Source, engine: Engine, settings: judges.JudgeSettings
         else:
             annotations.append(wr.Annotation(p.instruction, p.output_1, p.output_2, p.generator_1, p.generator_2,
                                              j.preference))
-    summary = summarize(annotations, skipped)
+    summary = summarize(annotations, skipped) if annotations else {"n": 0, "systems": [], "skipped": skipped}
     summary.update(failed=len(failures), failures=failures, judge={"engine": engine.name, "model": engine.model_id})
     return rows, summary
 

@@ -18,11 +18,17 @@ Deliberate deviations:
   judge favours the longer answer; the reference uses len(A) - len(B). The fit and the LC win rate are the same.
 - **Instruction difficulty.** AlpacaEval's default GLM (`length_controlled_v1`) uses a per-instruction
   difficulty precomputed over its whole leaderboard and regularises toward two "gamed" baselines; neither
-  exists for a user's own instructions. With one system against the baseline lendata fits the reference's
-  `length_controlled_minimal` (length term + constant). With several systems against the same baseline on
-  shared instructions it first estimates each instruction's difficulty from all of them (a joint L2 logistic fit
-  with a constant and a length term per system and an effect per instruction) and then fits the reference's
-  `length_controlled_noreg` formula (length + difficulty + constant) per system.
+  exists for a user's own instructions, so lendata's numbers are not comparable with published LC win rates.
+  With one system against the baseline lendata fits the reference's `length_controlled_minimal` (length term +
+  constant). With several systems against the same baseline, sharing at least half of a system's
+  instructions, it fits the reference's `length_controlled_noreg` formula (length + difficulty + constant), with
+  each instruction's difficulty estimated from the *other* systems (a joint L2 logistic fit with a constant and
+  a length term per system and an effect per instruction). Estimating it from all systems, the scored one
+  included, let that system's length effect leak back into the LC win rate.
+- **Unanimous preferences.** Preferences are clipped to [1e-9, 1 - 1e-9] before the fit. With every row exactly
+  1 or 2 (lendata's pairwise judge gives only 1, 1.5 and 2) the reference's fit sees one class and returns 50.
+- **Few pairs.** Below 50 pairs a warning goes with the numbers: cross-validation then often picks the penalty
+  that sets every coefficient to 0, and the LC win rate is exactly 50.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ import numpy as np
 
 N_SPLITS = 5  # the reference's cross-validation folds
 RANDOM_STATE = 123  # the reference's seed for liblinear
+CLIP = 1e-9  # preferences as probabilities are kept inside (0, 1); see fit_glm
+MIN_COVERAGE = 0.5  # the share of a system's instructions the other systems must share for the difficulty term
+FEW_PAIRS = 50  # below this many pairs the LC win rate is flagged as unreliable
 
 
 class AnnotationError(ValueError):
@@ -145,7 +154,9 @@ def fit_glm(y: Sequence[float], x: np.ndarray) -> tuple[np.ndarray, Any]:
     from sklearn.metrics import make_scorer
     from sklearn.model_selection import GroupKFold
 
-    y = np.asarray(y, dtype=float)
+    # unanimous preferences (every row exactly 1 or 2, as lendata's pairwise judge gives) would leave one label
+    # with no weight at all; liblinear then fits one class and the LC win rate comes out 50
+    y = np.clip(np.asarray(y, dtype=float), CLIP, 1 - CLIP)
     xx, labels, prob, groups = _doubled(x, y)
     n_splits = min(N_SPLITS, len(y))
     with sklearn.config_context(enable_metadata_routing=True), warnings.catch_warnings():
@@ -181,12 +192,14 @@ class WinRates:
     lc_standard_error: float
     length_coefficient: float
     model: str  # "minimal" (length + constant), "difficulty" (+ instruction difficulty) or "same system"
+    warning: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {"n": self.n, "win_rate": self.win_rate, "lc_win_rate": self.lc_win_rate,
                 "lc_standard_error": self.lc_standard_error, "length_coefficient": self.length_coefficient,
                 "generator_1": self.generator_1, "generator_2": self.generator_2,
-                "win_rate_standard_error": self.win_rate_standard_error, "glm": self.model}
+                "win_rate_standard_error": self.win_rate_standard_error, "glm": self.model,
+                "warning": self.warning}
 
 
 def _sem(p: np.ndarray) -> float:
@@ -213,13 +226,18 @@ def lc_for_system(rows: Sequence[Annotation], difficulty: dict[str, float] | Non
     x0 = x.copy()
     x0[:, 0] = 0.0  # the same rows with no length difference
     predicted = _logistic(x0 @ coef)
+    warning = None
+    if len(rows) < FEW_PAIRS:
+        warning = (f"only {len(rows)} pairs: with this few, cross-validation often chooses a penalty that sets "
+                   "every coefficient to 0, and the LC win rate is then exactly 50")
     return WinRates(a, b, len(rows), wr, wr_se, float(predicted.mean() * 100), _sem(predicted) * 100,
-                    float(coef[0]), "difficulty" if difficulty is not None else "minimal")
+                    float(coef[0]), "difficulty" if difficulty is not None else "minimal", warning)
 
 
 def instruction_difficulty(rows: Sequence[Annotation]) -> dict[str, float]:
-    """Each instruction's difficulty, estimated from every system judged on it: the per-instruction effect of a
+    """Each instruction's difficulty, estimated from the systems judged on it: the per-instruction effect of a
     joint L2 logistic fit with a constant and a length term per system (centred to mean 0)."""
+    from scipy import sparse
     from sklearn.linear_model import LogisticRegression
 
     systems = sorted({r.generator_2 for r in rows})
@@ -233,35 +251,40 @@ def instruction_difficulty(rows: Sequence[Annotation]) -> dict[str, float]:
     for idx in by_system.values():  # standardised within each system, as the per-system fit sees it
         length[idx] = length_feature([len(rows[i].output_1) for i in idx], [len(rows[i].output_2) for i in idx])
     k = len(systems)
-    x = np.zeros((len(rows), 2 * k + len(instructions)))
-    for i, r in enumerate(rows):
+    r_idx, c_idx, vals = [], [], []
+    for i, r in enumerate(rows):  # sparse: a column per system, per system's length term, per instruction
         s = s_index[r.generator_2]
-        x[i, s] = 1.0
-        x[i, k + s] = length[i]
-        x[i, 2 * k + x_index[r.instruction]] = 1.0
-    y = np.array([r.preference - 1 for r in rows])
-    xx, labels, prob, _ = _doubled(x, y)
+        r_idx += [i, i, i]
+        c_idx += [s, k + s, 2 * k + x_index[r.instruction]]
+        vals += [1.0, length[i], 1.0]
+    x = sparse.csr_matrix((vals, (r_idx, c_idx)), shape=(len(rows), 2 * k + len(instructions)))
+    y = np.clip([r.preference - 1 for r in rows], CLIP, 1 - CLIP)
+    xx = sparse.vstack([x, x]).tocsr()
+    labels = np.concatenate([np.ones(len(y)), np.zeros(len(y))])
     model = LogisticRegression(C=1.0, solver="liblinear", fit_intercept=False, random_state=RANDOM_STATE)
-    model.fit(xx, labels, sample_weight=prob)
+    model.fit(xx, labels, sample_weight=np.concatenate([y, 1 - y]))
     effects = model.coef_[0][2 * k:]
     effects = effects - effects.mean()
     return {instr: float(effects[x_index[instr]]) for instr in instructions}
 
 
-def win_rates(rows: Sequence[Annotation]) -> list[WinRates]:
-    """Raw and LC win rates of every system (generator_2) against each baseline (generator_1). With several
-    systems against one baseline, sharing instructions, the GLM includes instruction difficulty."""
+def win_rates(rows: Sequence[Annotation], difficulty: bool = True) -> list[WinRates]:
+    """Raw and LC win rates of every system (generator_2) against each baseline (generator_1).
+
+    With `difficulty` and other systems judged against the same baseline on most of a system's instructions
+    (MIN_COVERAGE), the GLM includes instruction difficulty. It is cross-fitted: the difficulty a system is
+    scored with is estimated from the other systems only, so the system's own outcomes (and its length effect)
+    cannot leak into the term that the LC prediction keeps."""
     groups: dict[tuple[str, str], list[Annotation]] = defaultdict(list)
     for r in rows:
         groups[(r.generator_1, r.generator_2)].append(r)
-    by_baseline: dict[str, list[Annotation]] = defaultdict(list)
-    for (a, b), rs in groups.items():
-        if a != b:
-            by_baseline[a].extend(rs)
-    difficulty: dict[str, dict[str, float]] = {}
-    for a, rs in by_baseline.items():
-        systems = {r.generator_2 for r in rs}
-        shared = set.intersection(*({r.instruction for r in rs if r.generator_2 == s} for s in systems))
-        if len(systems) > 1 and shared:
-            difficulty[a] = instruction_difficulty(rs)
-    return [lc_for_system(rs, difficulty.get(a)) for (a, _b), rs in sorted(groups.items())]
+    out = []
+    for (a, b), rs in sorted(groups.items()):
+        others = [r for (a2, b2), rs2 in groups.items() if a2 == a and b2 not in (a, b) for r in rs2]
+        gamma = None
+        if difficulty and a != b and others:
+            estimated = instruction_difficulty(others)
+            if sum(r.instruction in estimated for r in rs) >= MIN_COVERAGE * len(rs):
+                gamma = {r.instruction: estimated.get(r.instruction, 0.0) for r in rs}
+        out.append(lc_for_system(rs, gamma))
+    return out

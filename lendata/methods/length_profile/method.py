@@ -3,6 +3,7 @@ profiles computed on the driver; a report with the length distribution per promp
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -15,7 +16,8 @@ from lendata.methods.length_profile import profile as lp
 from lendata.methods.shared.inputs import load_instructions
 from schemas.length_profile import ProfilesSchema, SamplesSchema
 
-_SECRET = re.compile(r"key|token|secret|password", re.IGNORECASE)
+# option names that hold credentials: withheld from the recorded settings (tokenizer, max_tokens are kept)
+_SECRET = re.compile(r"key|secret|password|auth|(^|_)token$", re.IGNORECASE)
 
 
 def model_specs(s: lp.Settings, default: tuple[str, dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -63,7 +65,8 @@ class LengthProfile(Method):
         failed = [q for _, bad, _ in done for q in bad]
         settings = {label: v for _, _, used in done for label, v in used.items()}
         build.quarantine(failed)
-        failed_per = Counter((lp.prompt_id(q["record"]), q["reason"].split(":", 1)[0]) for q in failed)
+        failed_records = [json.loads(q["record"]) for q in failed]
+        failed_per = Counter((r["prompt_id"], r["model_label"]) for r in failed_records)
         profiles = lp.profiles(samples, s, settings, dict(failed_per))
         build.meta["length_profile"] = {
             "decoding": s.decoding(), "models": settings,

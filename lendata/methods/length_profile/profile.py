@@ -107,8 +107,9 @@ PROFILES_SCHEMA = pa.schema([
 ])
 
 
-def prompt_id(prompt: str) -> str:
-    return row_id(prompt, 0, 0)
+def prompt_id(prompt: str, index: int) -> str:
+    """The prompt's id: its text and its place in the input (a prompt given twice is profiled twice)."""
+    return row_id(prompt, index, 0)
 
 
 def sample(rows: Sequence[dict[str, Any]], engine: Engine, label: str, s: Settings, first_index: int = 0,
@@ -123,20 +124,24 @@ def sample(rows: Sequence[dict[str, Any]], engine: Engine, label: str, s: Settin
                                     top_k=s.top_k, seed=s.seed + (first_index + i) * s.samples + k,
                                     sample_index=k))
     results = engine.generate(requests, on_result=on_result)
-    texts = [r.text if r.ok else "" for r in results]
-    tokens = engine.count_tokens(texts) if texts else []
+    # the engine's own count of what it generated (its tokenizer); re-tokenised only where it reports none
+    recount = [i for i, r in enumerate(results) if r.ok and not r.completion_tokens]
+    counted = dict(zip(recount, engine.count_tokens([results[i].text for i in recount]), strict=True)) \
+        if recount else {}
     out, failed = [], []
-    for j, (req, res, ntok) in enumerate(zip(requests, results, tokens, strict=True)):
+    for j, (req, res) in enumerate(zip(requests, results, strict=True)):
         row = rows[j // s.samples]
-        pid = prompt_id(row["instruction"])
+        pid = prompt_id(row["instruction"], first_index + j // s.samples)
         rid = f"{pid}-{label}-{req.sample_index}"
         if not res.ok:
             failed.append({"id": rid, "stage": "sample", "reason": f"{label}: {res.error}",
-                           "source": row.get("source", ""), "record": row["instruction"]})
+                           "source": row.get("source", ""),
+                           "record": json.dumps({"prompt_id": pid, "model_label": label, "prompt": row["instruction"],
+                                                 "sample_index": req.sample_index}, ensure_ascii=False)})
             continue
         out.append({"id": rid, "prompt_id": pid, "prompt": row["instruction"], "model_label": label,
                     "engine": engine.name, "model": model_name(engine.model_id), "sample_index": req.sample_index,
-                    "seed": req.seed, "text": res.text, "tokens": ntok,
+                    "seed": req.seed, "text": res.text, "tokens": counted.get(j, res.completion_tokens),
                     "words": count_words(res.text, s.word_counter), "finish_reason": res.finish_reason,
                     "source": row.get("source", "")})
     return out, failed

@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from lendata.engines import ENGINES
 from lendata.judging import judges
 
 _COLUMNS = {d: d.lower().replace(" ", "_") for d in judges.DIMENSIONS}
@@ -32,6 +33,9 @@ class JudgeGate:
     judge_attempts: int = 3  # judge calls per row before it counts as unjudged
 
     def __post_init__(self) -> None:
+        if self.judge is not None and self.judge not in ("same", *ENGINES):
+            raise ValueError(f"judge is {self.judge!r}; choose same (the recipe's engine) or one of "
+                             f"{', '.join(ENGINES)} (null: no judge)")
         if self.min_sq is not None and not 0 <= self.min_sq <= 100:
             raise ValueError(f"min_sq is {self.min_sq}; S_q is on 0..100")
         if self.min_sq is not None and not self.judge:

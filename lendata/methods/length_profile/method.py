@@ -10,33 +10,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lendata.engines.identity import model_name
 from lendata.methods.base import Build, Method, Progress, ReportSection, Split
 from lendata.methods.length_profile import profile as lp
 from lendata.methods.shared.inputs import load_instructions
+from lendata.methods.shared.model_list import open_models
 from schemas.length_profile import ProfilesSchema, SamplesSchema
 
 # option names that hold credentials: withheld from the recorded settings (tokenizer, max_tokens are kept)
 _SECRET = re.compile(r"key|secret|password|auth|(^|_)token$", re.IGNORECASE)
 
 
-def model_specs(s: lp.Settings, default: tuple[str, dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(label or "", engine, options) per model to profile; the recipe's engine when none is listed."""
-    if not s.models:
-        return [("", default[0], dict(default[1]))]
-    return [(m.get("name") or "", m.get("engine") or default[0], dict(m.get("engine_options") or {}))
-            for m in s.models]
-
-
 def sample_shard(s: lp.Settings, rows: Sequence[dict[str, Any]], offset: int, engines: Any, progress: Progress
                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """One shard: every model samples every prompt of the shard. Returns (samples, failures, settings by label)."""
     samples, failed, used = [], [], {}
-    for label, name, options in model_specs(s, engines.default):
-        engine = engines.get(name, options)
-        label = label or model_name(engine.model_id)
-        if label in used:
-            raise ValueError(f"two models are labelled {label!r}: give each entry of `models` its own `name`")
+    for label, name, options, engine in open_models(s.models, engines):
         with progress(len(rows) * s.samples, f"sampling {label}") as bar:
             got, bad = lp.sample(rows, engine, label, s, offset, bar.update)
         samples += got

@@ -27,6 +27,7 @@ from lendata.engines.base import Engine, OnResult, Request
 from lendata.engines.identity import model_name
 from lendata.lengths import WordCounter, count_words
 from lendata.methods.shared.inputs import InstructionInput
+from lendata.methods.shared.model_list import check_models
 from lendata.methods.shared.sft import row_id
 
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -51,18 +52,7 @@ class Settings(InstructionInput):
             raise ValueError(f"samples is {self.samples}; a profile needs at least 2 completions per prompt")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens is {self.max_tokens}; it must be at least 1")
-        names = set()
-        for i, m in enumerate(self.models):
-            unknown = set(m) - {"engine", "engine_options", "name"}
-            if unknown or not isinstance(m.get("engine", ""), str):
-                raise ValueError(f"models[{i}] has {sorted(unknown) or m}: each model is {{engine, "
-                                 "engine_options, name}")
-            if not isinstance(m.get("engine_options", {}), dict):
-                raise ValueError(f"models[{i}].engine_options must be a mapping")
-            name = m.get("name") or ""
-            if name and name in names:
-                raise ValueError(f"models[{i}]: the name {name!r} is used twice")
-            names.add(name)
+        check_models(self.models)
 
     def decoding(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,

@@ -198,6 +198,15 @@ class BuildRun:
                              f"(splits: {', '.join(version.splits)})")
         return f"{version.dataset}@{version.version}:{split}", version.files(split)
 
+    def version_splits(self, ref: str) -> list[str]:
+        from lendata.inputs import InputError
+
+        try:
+            version = st.open_version(self.store, ref)
+        except (st.StoreError, ValueError) as e:
+            raise InputError(f"{ref!r} is not a version of this store: {e}") from None
+        return [name for name in version.splits if name not in st.AUDIT_SPLITS]
+
     def quarantine(self, records: Sequence[dict[str, Any]]) -> None:
         self._quarantine.extend(records)
 

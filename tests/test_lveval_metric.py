@@ -2,7 +2,7 @@
 
 import pytest
 
-from lendata.methods.lveval import metric as m
+from lendata.methods.shared import lveval_metric as m
 
 
 def test_normalisation_drops_case_punctuation_and_articles():

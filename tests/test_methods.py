@@ -19,7 +19,8 @@ from lendata.methods.base import Method
 from lendata.methods.self_lengthen import steps as sl
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ["agentwrite", "decompose", "direct", "length_profile", "lveval", "preferences", "ruler", "self_lengthen"]
+METHODS = ["agentwrite", "decompose", "direct", "eval", "length_profile", "lveval", "preferences", "ruler",
+           "self_lengthen"]
 
 
 def test_the_registry_is_the_method_folder():

@@ -126,6 +126,9 @@ class Build(Protocol):
         """A built version as an input: ("DATASET@VERSION:split", its Parquet shards). `ref` is DATASET (the
         latest version) or DATASET@VERSION of the build's store."""
 
+    def version_splits(self, ref: str) -> list[str]:
+        """The data splits (not quarantine or rejected) of a built version of the build's store."""
+
     def quarantine(self, records: Sequence[dict[str, Any]]) -> None:
         """Rows that are not in the data, with their reason (QUARANTINE_SCHEMA keys)."""
 

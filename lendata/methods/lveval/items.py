@@ -19,8 +19,8 @@ from typing import Any
 
 from lendata.engines.base import Engine, Request, Result, estimate_prompt_tokens
 from lendata.inputs import Bad, Loaded, records
-from lendata.methods.lveval.metric import BLACKLIST_EN, BLACKLIST_ZH, normalize_en, normalize_zh, tokens
 from lendata.methods.lveval.pool import parse_level
+from lendata.methods.shared.lveval_metric import BLACKLIST_EN, BLACKLIST_ZH, normalize_en, normalize_zh, tokens
 
 STOP_EN = BLACKLIST_EN | frozenset(
     "the a an not no its into than then there these those such can may must will would should could also only "

@@ -11,8 +11,8 @@ from lendata.methods.base import QUARANTINE_SCHEMA, Build, Method, Split, quaran
 from lendata.methods.lveval import items as lv
 from lendata.methods.lveval.context import depth_plan
 from lendata.methods.lveval.levels import RECORD_SCHEMA, write_levels
-from lendata.methods.lveval.metric import score_records
 from lendata.methods.lveval.pool import PYTHON_DOCS, level_name, make_unit, parse_level, read_pool
+from lendata.methods.shared.lveval_metric import score_records
 from schemas.lveval import LevelSchema
 
 

@@ -1,5 +1,7 @@
-"""LV-Eval's keyword-recall gated F1 (METHODS.md §6), as the reference implements it.
+"""LV-Eval's metrics (METHODS.md §6), as the reference implements them. Shared by the lveval method (its
+`lendata score --metric lveval`) and the eval method's lveval suite.
 
+The keyword-recall gated F1:
 en: normalise (lower case, no punctuation, no articles, single spaces), split on spaces. If the item has
 answer keywords, the share of keyword tokens found in the prediction must reach 0.2, where matches on
 blacklisted function words do not count (the denominator is all keyword tokens); below it the score is 0.

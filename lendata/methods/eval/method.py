@@ -1,0 +1,99 @@
+"""The `eval` method's contract: the evaluation set read once, answered (and judged) in shards, the results
+summarised per level into the manifest and the report's table."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from lendata.judging import judges
+from lendata.methods.base import Build, Method, Progress, ReportSection, Split
+from lendata.methods.eval import suites as ev
+from lendata.methods.shared.inputs import load_instructions
+from schemas.eval import ResultsSchema
+
+LONGEN = Path(__file__).resolve().parents[2] / "data" / "longen.jsonl"  # the 240 LonGen prompts lendata ships
+
+
+def eval_shard(s: ev.Settings, items: Sequence[dict[str, Any]], offset: int, engines: Any, progress: Progress
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One shard: answers, scores, and S_q from the judge when one is set."""
+    engine = engines.get()
+    with progress(len(items), f"eval {s.suite}") as bar:
+        rows, bad = ev.answer(items, engine, s, bar.update)
+    if s.judge and rows:
+        judge = engines.get() if s.judge == "same" else engines.get(s.judge, s.judge_options)
+        with progress(len(rows), "judging") as bar:
+            verdicts = judges.judge_quality([(r["prompt"], r["response"]) for r in rows], judge,
+                                            judges.JudgeSettings(attempts=s.judge_attempts),
+                                            lambda _i, _j: bar.advance(1, 0))
+        for r, v in zip(rows, verdicts, strict=True):
+            r["sq"], r["judge_error"] = v.sq, v.error
+    return rows, bad
+
+
+class Eval(Method):
+    name = "eval"
+    settings = ev.Settings
+    sharded = True
+    card_tasks = ("text-generation",)
+    card_tags = ("evaluation",)
+    main_split = "results"
+
+    def splits(self, s: ev.Settings) -> dict[str, Split]:
+        return {"results": Split(ev.RESULTS_SCHEMA, ResultsSchema)}
+
+    def run(self, s: ev.Settings, build: Build) -> None:
+        if s.suite == "lveval":
+            items = self._lveval_items(s, build)
+        else:
+            source = s
+            if s.suite == "longen" and not s.input:  # the shipped prompts: their text is `query`
+                source = dataclasses.replace(s, input=str(LONGEN), instruction_field="query", target_field=None)
+            items, bad = ev.text_items(load_instructions(source, build), s)
+            build.quarantine(bad)
+        done = build.map(eval_shard, items, "eval")
+        rows = [r for got, _ in done for r in got]
+        build.quarantine([q for _, bad in done for q in bad])
+        build.meta["eval"] = {"suite": s.suite, **ev.summary(rows)}
+        build.add("results", ev.as_table(rows) if rows else ev.RESULTS_SCHEMA.empty_table())
+
+    @staticmethod
+    def _lveval_items(s: ev.Settings, build: Build) -> list[dict[str, Any]]:
+        from lendata.inputs import InputError
+
+        if not s.input:
+            raise InputError("the lveval suite reads a lendata LV-Eval build: set input to DATASET[@VERSION]")
+        splits = s.levels or build.version_splits(s.input)
+        records: list[dict[str, Any]] = []
+        for split in splits:
+            _, files = build.version_files(s.input, split)
+            for f in files:
+                for rec in pq.read_table(f, columns=["id", "input", "context", "answers", "dataset", "language",
+                                                     "answer_keywords", "level", "source"]).to_pylist():
+                    records.append({**rec, "level": rec.get("level") or split})
+        if s.n:
+            records = records[: s.n]
+        return ev.lveval_items(records)
+
+    def report(self, manifest: dict[str, Any], folder: Path) -> ReportSection | None:
+        data = manifest.get("eval")
+        if not data or not data.get("all"):
+            return None
+        def fmt(v: Any) -> str:
+            return "—" if v is None else f"{v:.1f}"
+
+        rows = [(lv, str(b["n"]), f"{b['mean_words']:.0f}", fmt(b["score"]), fmt(b["sq"]), fmt(b.get("s_bar")))
+                for lv, b in [*sorted(data["levels"].items()), ("all", data["all"])]]
+        a = data["all"]
+        lines = [f"{data['suite']}: {data['metric']} {a['score']:.1f} over {a['n']} answers"
+                 + (f"; S_q {a['sq']:.1f} ({a['judged']} judged)" if a["sq"] is not None else "")]
+        return ReportSection("eval", data, [], (("level", "n", "mean words", data["metric"], "S_q", "S̄"), rows),
+                             lines)
+
+
+METHOD = Eval()

@@ -107,3 +107,34 @@ def test_an_instruction_whose_samples_all_fail_is_listed(tmp_path, scripted):
     assert v.rows("train") == 0 and v.rows("quarantine") == 4
     [r] = v.read("rejected").to_pylist()
     assert "none of the 4 samples" in r["reason"]
+
+
+def test_length_adjusted_selection_keeps_no_pair_a_length_only_judge_explains(tmp_path, scripted):
+    """A judge whose S_q is a function of length alone: `none` pairs the longest over the shortest; with
+    `length_adjusted` the margin length explains is taken off, and no pair is left."""
+    lengths = {0: 20, 1: 40, 2: 60, 3: 80}
+
+    def by_length(req):
+        prompt = req.messages[0]["content"]
+        if req.json_schema == judges.QUALITY_SCHEMA:
+            words = len(prompt.split("<Response>\n")[1].split("\n</Response>")[0].split())
+            score = 1 + round((words - 20) / 20)  # 20 words: 1 ... 80 words: 4
+            return Result(text=json.dumps({"Analysis": "a", **dict.fromkeys(judges.DIMENSIONS, score)}))
+        return Result(text=_words(lengths[req.sample_index] - 1, start=req.seed * 100) + " end.",
+                      completion_tokens=lengths[req.sample_index])
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"Write about topic {i}."}) + "\n" for i in range(3)))
+    got = {}
+    for selection in ("none", "length_adjusted"):
+        recipe = recipes.load("preferences", {"input": str(src), "n": None, "target_field": None,
+                                              "selection": selection})
+        pool = EnginePool(lambda n, o: CachedEngine(scripted(by_length), ResponseCache(tmp_path / "c")), "llamacpp")
+        builds.run(recipe, tmp_path / selection, progress=False, engines=pool)
+        got[selection] = st.open_version(tmp_path / selection, "preferences")
+    pairs = got["none"].read("train").to_pylist()
+    assert len(pairs) == 3 and all(p["chosen_words"] == 80 and p["rejected_words"] == 20 for p in pairs)
+    adjusted = got["length_adjusted"]
+    assert adjusted.manifest["preferences"]["length_slope"]["beta"] > 10  # S_q points per std of the word difference
+    assert adjusted.rows("train") == 0
+    assert all("once length is accounted for" in r["reason"] for r in adjusted.read("rejected").to_pylist())

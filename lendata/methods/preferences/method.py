@@ -20,8 +20,9 @@ from schemas.preferences import PairsSchema
 
 
 def pair_shard(s: pp.Settings, rows: Sequence[dict[str, Any]], offset: int, engines: Any, progress: Progress
-               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """One shard: (pairs, quarantined samples, instructions without a pair)."""
+               ) -> tuple[list[pp.Candidate], list[dict[str, Any]], list[dict[str, Any]], str]:
+    """One shard: (judged candidates, quarantined samples, instructions without any candidate, the judge's
+    model). The pairs are selected on the driver: `length_adjusted` fits its slope over every shard."""
     candidates, failed = [], []
     for label, _, _, engine in open_models(s.models, engines):
         with progress(len(rows) * s.samples, f"sampling {label}") as bar:
@@ -33,22 +34,11 @@ def pair_shard(s: pp.Settings, rows: Sequence[dict[str, Any]], offset: int, engi
         verdicts = judges.judge_quality([(c.instruction, c.text) for c in candidates], judge,
                                         judges.JudgeSettings(attempts=s.judge_attempts),
                                         lambda _i, _j: bar.advance(1, 0))
-    by_instruction: dict[int, list[pp.Candidate]] = defaultdict(list)
     for c, v in zip(candidates, verdicts, strict=True):
         c.sq, c.judge_error = v.sq, v.error
-        by_instruction[c.index].append(c)
-    kept, rejected = [], []
-    for i, row in enumerate(rows, start=offset):
-        cands = by_instruction.get(i, [])
-        if not cands:
-            rejected.append(pp.rejection_without_samples(row, i, s.samples * max(1, len(s.models))))
-            continue
-        pair, why = pp.select(cands, s)
-        if pair:
-            kept.append(pp.pair_row(*pair, judge.model_id, len(cands)))
-        else:
-            rejected.append(pp.rejection(cands, why))
-    return kept, failed, rejected
+    empty = [pp.rejection_without_samples(row, i, s.samples * max(1, len(s.models)))
+             for i, row in enumerate(rows, start=offset) if not any(c.index == i for c in candidates)]
+    return candidates, failed, empty, judge.model_id
 
 
 class Preferences(Method):
@@ -60,17 +50,31 @@ class Preferences(Method):
     main_split = "train"
 
     def splits(self, s: pp.Settings) -> dict[str, Split]:
-        return {"train": Split(pp.PAIRS_SCHEMA, PairsSchema), "rejected": Split(QUARANTINE_SCHEMA, None, counted=False)}
+        # `rejected` (instructions without a pair) is counted: a run that finds no pair is a result, published
+        # with the reasons, not a failed build
+        return {"train": Split(pp.PAIRS_SCHEMA, PairsSchema), "rejected": Split(QUARANTINE_SCHEMA, None, counted=True)}
 
     def run(self, s: pp.Settings, build: Build) -> None:
         done = build.map(pair_shard, load_instructions(s, build), "preferences")
-        kept = [p for got, _, _ in done for p in got]
-        build.quarantine([q for _, bad, _ in done for q in bad])
-        rejected = [r for _, _, rej in done for r in rej]
+        build.quarantine([q for _, bad, _, _ in done for q in bad])
+        rejected = [r for _, _, empty, _ in done for r in empty]
+        judge_model = next((m for _, _, _, m in done), "")
+        groups: dict[int, list[pp.Candidate]] = defaultdict(list)
+        for cands, _, _, _ in done:
+            for c in cands:
+                groups[c.index].append(c)
+        slope = pp.length_slope(list(groups.values()))
+        kept = []
+        for _, cands in sorted(groups.items()):
+            pair, why = pp.select(cands, s, slope)
+            if pair:
+                kept.append(pp.pair_row(*pair, judge_model, len(cands)))
+            else:
+                rejected.append(pp.rejection(cands, why))
         ratios = [p["length_ratio"] for p in kept]
         build.meta["preferences"] = {
             "pairs": len(kept), "instructions_without_pair": len(rejected),
-            "selection": s.selection, "length_tolerance": s.length_tolerance,
+            "selection": s.selection, "length_tolerance": s.length_tolerance, "length_slope": slope,
             "length_ratios": [round(r, 4) for r in ratios],
             "chosen_longer_share": round(float(np.mean([r > 1 for r in ratios])), 4) if ratios else None,
             "median_length_ratio": round(float(np.median(ratios)), 4) if ratios else None,

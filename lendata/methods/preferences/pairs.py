@@ -11,9 +11,18 @@ length alone, and when the chosen answer's S_q beats the rejected one's by at le
 pairs that pass, the one with the widest margin is taken. Instructions without such a pair go to the `rejected`
 split with why. Rows are TRL's DPO format (`prompt`, `chosen`, `rejected`, each a string) plus scores and lengths.
 
-Deliberate deviations: LongWriter ranked by its judge and length score without a length-matching rule; its pairs
-were not length-controlled. The alternative the issue names, keeping a pair whose preference survives the
-length GLM's adjustment, is not implemented (selection `length_matched` or `none`).
+`selection`:
+- `length_matched` (default): the rule above.
+- `length_adjusted`: no length rule; instead the S_q margin of a pair must survive the length adjustment: the
+  judge's length slope β is fitted over every two judged samples of the same instruction (the S_q difference on
+  the standardised word difference Δwords / std(Δwords), least squares through the origin), and a pair's margin
+  minus β × its standardised word difference must still reach `min_margin`. A judge whose scores follow length
+  alone then yields no pair.
+- `none`: the widest S_q margin, whatever the lengths.
+
+Deliberate deviations: LongWriter ranked by its judge and length score without a length rule; its pairs were not
+length-controlled. The length adjustment is a linear model of the S_q margin (no tanh: a margin is not a
+probability), not AlpacaEval's logistic GLM of a pairwise preference (the samples are judged one by one).
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ class Settings(InstructionInput):
     judge: str = "same"  # the S_q judge: same (the recipe's engine) | llamacpp | openai | vllm
     judge_options: dict[str, Any] = field(default_factory=dict)  # the judge engine's options
     judge_attempts: int = 3  # judge calls per sample before it counts as unjudged
-    selection: Literal["length_matched", "none"] = "length_matched"  # length_matched: similar lengths only
+    selection: Literal["length_matched", "length_adjusted", "none"] = "length_matched"  # see the module docstring
     length_tolerance: float = 0.2  # length_matched: the longer answer at most this much longer (words)
     min_sl: float = 80.0  # with a target length: the chosen answer's S_l must reach this
     min_margin: float = 5.0  # the chosen answer's S_q must beat the rejected one's by this much
@@ -121,8 +130,32 @@ def sample(rows: Sequence[dict[str, Any]], engine: Engine, label: str, s: Settin
     return out, failed
 
 
-def select(cands: Sequence[Candidate], s: Settings) -> tuple[tuple[Candidate, Candidate] | None, str]:
-    """The instruction's pair (chosen, rejected), or None and why there is none."""
+def length_slope(groups: Sequence[Sequence[Candidate]]) -> dict[str, float]:
+    """How much the judge's S_q follows length: the least-squares slope β of the S_q difference of every two
+    judged samples of an instruction on their standardised word difference Δwords / std(Δwords), through the
+    origin (the difference is antisymmetric). Returns {"beta", "std", "pairs"}."""
+    import numpy as np
+
+    deltas, margins = [], []
+    for cands in groups:
+        judged = [c for c in cands if c.sq is not None]
+        for i, a in enumerate(judged):
+            for b in judged[i + 1:]:
+                deltas.append(a.words - b.words)
+                margins.append(a.sq - b.sq)  # type: ignore[operator]
+    if len(deltas) < 2:
+        return {"beta": 0.0, "std": 1.0, "pairs": len(deltas)}
+    d = np.asarray(deltas, dtype=float)
+    std = float(d.std(ddof=1)) or 1.0
+    x = d / std
+    beta = float((x @ np.asarray(margins)) / (x @ x)) if (x @ x) > 0 else 0.0
+    return {"beta": beta, "std": std, "pairs": len(deltas)}
+
+
+def select(cands: Sequence[Candidate], s: Settings, slope: dict[str, float] | None = None
+           ) -> tuple[tuple[Candidate, Candidate] | None, str]:
+    """The instruction's pair (chosen, rejected), or None and why there is none. With `selection:
+    length_adjusted`, a pair's S_q margin is first reduced by what length alone explains (`slope`)."""
     judged = [c for c in cands if c.sq is not None]
     if len(judged) < 2:
         return None, f"{len(judged)} of {len(cands)} samples judged: a pair needs two"
@@ -137,8 +170,11 @@ def select(cands: Sequence[Candidate], s: Settings) -> tuple[tuple[Candidate, Ca
             if r is c:
                 continue
             margin = c.sq - r.sq  # type: ignore[operator]
+            if s.selection == "length_adjusted" and slope:
+                margin -= slope["beta"] * (c.words - r.words) / slope["std"]
             if margin <= 0 or margin < s.min_margin:  # a tie is no preference
-                reasons.add(f"no two samples differ in S_q by {s.min_margin:g} or more")
+                reasons.add(f"no two samples differ in S_q by {s.min_margin:g} or more"
+                            + (" once length is accounted for" if s.selection == "length_adjusted" else ""))
                 continue
             longer, shorter = max(c.words, r.words), max(1, min(c.words, r.words))
             if s.selection == "length_matched" and longer > (1 + s.length_tolerance) * shorter:

@@ -30,9 +30,11 @@ TARGETS = [("target_words", "response_words"), ("level_length", "length")]  # (t
 ITERATION_LENGTHS = ("initial_words", "extended_words")
 
 
-def main_column(split_stats: dict[str, Any]) -> str | None:
-    """The split's long text: the text column with the most words on average."""
-    cols = [(ls.get("mean_words", 0), c) for c, ls in split_stats["lengths"].items() if ls.get("rows")]
+def main_column(split_stats: dict[str, Any], among: list[str] | None = None) -> str | None:
+    """The split's long text: the text column (of `among`, when given: the prose columns) with the most words on
+    average."""
+    cols = [(ls.get("mean_words", 0), c) for c, ls in split_stats["lengths"].items() if ls.get("rows")
+            and (among is None or c in among)]
     return max(cols)[1] if cols else None
 
 
@@ -212,7 +214,7 @@ def render(version: st.Version, root: Path, out_dir: Path | None = None,
             entry: dict[str, Any] = {"rows": s["rows"], "flagged": [],
                                      "text_columns": prose_columns(con, version, split, s)}
             has_id = "id" in s["schema"]
-            col = main_column(s)
+            col = main_column(s, entry["text_columns"])
             if col:
                 lengths = split_lengths(con, version, split, text_columns(version, split)[col], has_id)
                 entry.update(column=col, repetition_rate=lengths["repetition_rate"],
@@ -342,9 +344,12 @@ def _judge_html(data: dict[str, Any]) -> str:
             for split, s in data["splits"].items() if (j := s.get("judge"))]
     if not rows:
         return ""
+    shown = [k for k, d in enumerate(_DIMENSION_COLUMNS) if any(r[4 + k] != "—" for r in rows)]
+    rows = [r[:4] + [r[4 + k] for k in shown] for r in rows]
     return ("<h2>Judge scores (S_q)</h2><p>LongBench-Write's quality score from the build's judge: each dimension "
             "is (mean score − 1) × 25 on 0..100, and S_q is their mean. A small judge's scores say little about "
-            "the text.</p>" + _table(["split", "judged", "not judged", "S_q", *_DIMENSION_COLUMNS], rows))
+            "the text.</p>" + _table(["split", "judged", "not judged", "S_q", *(_DIMENSION_COLUMNS[k] for k in shown)],
+                                    rows))
 
 
 _DIMENSION_COLUMNS = ("relevance", "accuracy", "coherence", "clarity", "breadth_and_depth", "reading_experience")

@@ -4,6 +4,7 @@ summarised per level into the manifest and the report's table."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,13 @@ def eval_shard(s: ev.Settings, items: Sequence[dict[str, Any]], offset: int, eng
         for r, v in zip(rows, verdicts, strict=True):
             r["sq"], r["judge_error"] = v.sq, v.error
     return rows, bad
+
+
+def level_order(level: str) -> tuple[float, str]:
+    """Levels by their first number ("[500, 2000)" before "[4000, ∞)", "16k" before "128k"), then by name."""
+    found = re.search(r"\d+", level)
+    value = float(found.group()) * (1000 if level.strip().endswith("k") else 1) if found else float("inf")
+    return value, level
 
 
 class Eval(Method):
@@ -88,7 +96,7 @@ class Eval(Method):
             return "—" if v is None else f"{v:.1f}"
 
         rows = [(lv, str(b["n"]), f"{b['mean_words']:.0f}", fmt(b["score"]), fmt(b["sq"]), fmt(b.get("s_bar")))
-                for lv, b in [*sorted(data["levels"].items()), ("all", data["all"])]]
+                for lv, b in [*sorted(data["levels"].items(), key=lambda kv: level_order(kv[0])), ("all", data["all"])]]
         a = data["all"]
         lines = [f"{data['suite']}: {data['metric']} {a['score']:.1f} over {a['n']} answers"
                  + (f"; S_q {a['sq']:.1f} ({a['judged']} judged)" if a["sq"] is not None else "")]

@@ -24,15 +24,22 @@ from lendata.plots import pyplot, save_png
 TOKEN_SAMPLE_CHARS = 4_000_000  # text tokenised per split for the token histogram (a sample on big splits)
 REPEAT_SAMPLE = 2_000  # rows per split checked for repetition loops
 REPEAT_FLAG = 3  # a row whose most frequent n-gram (10 words; 13 units in zh) occurs this often is flagged
-FLAGGED_SHOWN = 20  # flagged rows listed per split on the page (all are in report.json)
+FLAGGED_SHOWN = 20  # flagged rows listed per split on the page (the rest are in report.json)
+TRUNCATED_LISTED = 10_000  # truncated rows listed per split in report.json (the rate counts them all)
 TARGETS = [("target_words", "response_words"), ("level_length", "length")]  # (target, produced) column pairs
 # columns whose mean and median are plotted per `iteration` (Self-Lengthen's premise: they rise)
 ITERATION_LENGTHS = ("initial_words", "extended_words")
 
 
+MAIN_TEXT = ("messages[assistant]", "response", "text", "chosen")  # answer columns, whatever their length
+
+
 def main_column(split_stats: dict[str, Any], among: list[str] | None = None) -> str | None:
-    """The split's long text: the text column (of `among`, when given: the prose columns) with the most words on
-    average."""
+    """The split's long text: a known answer column (MAIN_TEXT), else the text column (of `among`, when given: the
+    prose columns) with the most words on average."""
+    named = [c for c in MAIN_TEXT if split_stats["lengths"].get(c, {}).get("rows") and (among is None or c in among)]
+    if named:
+        return named[0]
     cols = [(ls.get("mean_words", 0), c) for c, ls in split_stats["lengths"].items() if ls.get("rows")
             and (among is None or c in among)]
     return max(cols)[1] if cols else None
@@ -48,13 +55,17 @@ def split_lengths(con, version: st.Version, split: str, expr: str, has_id: bool 
     """Word lengths of every row; token lengths and the repetition check on a sample, with the rows it flags."""
     source = read_parquet_sql(version, split)
     words = con.execute(f"SELECT {_length_sql(expr, 'words')} AS w FROM {source}").fetchnumpy()["w"]
-    sample, chars = [], 0
+    sample = []  # up to REPEAT_SAMPLE rows for the repetition check; the first TOKEN_SAMPLE_CHARS of them tokenised
     ident = '"id"' if has_id else "NULL"
-    for text, rid in con.execute(f"SELECT {expr}, {ident} FROM {source} USING SAMPLE reservoir(5000 ROWS) "
+    for text, rid in con.execute(f"SELECT {expr}, {ident} FROM {source} USING SAMPLE reservoir({REPEAT_SAMPLE} ROWS) "
                                  "REPEATABLE (0)").fetchall():
-        if text is None or chars > TOKEN_SAMPLE_CHARS:
-            continue
-        sample.append((text, rid))
+        if text is not None:
+            sample.append((text, rid))
+    token_texts, chars = [], 0
+    for text, _ in sample:
+        if chars > TOKEN_SAMPLE_CHARS:
+            break
+        token_texts.append(text)
         chars += len(text)
     from lendata.methods.shared.budget import language_of
     from lendata.methods.shared.checks import default_n, max_ngram_repeats
@@ -67,8 +78,8 @@ def split_lengths(con, version: st.Version, split: str, expr: str, has_id: bool 
         if count >= REPEAT_FLAG:
             flagged.append({"id": rid, "why": f"repeats the {n}-gram \"{gram[:80]}\" {count} times"})
     checked = len(sample[:REPEAT_SAMPLE])
-    return {"words": np.asarray(words, dtype=np.int64), "tokens": _token_counts([t for t, _ in sample])
-            if sample else None, "token_sample": len(sample), "repetition_checked": checked,
+    return {"words": np.asarray(words, dtype=np.int64), "tokens": _token_counts(token_texts)
+            if token_texts else None, "token_sample": len(token_texts), "repetition_checked": checked,
             "repetition_rate": round(len(flagged) / checked, 4) if checked else None, "repetitive": flagged}
 
 
@@ -89,10 +100,13 @@ def _histograms(title: str, lengths: dict[str, Any], png: Path) -> str:
     return str(save_png(fig, png))
 
 
-def _targets(con, version: st.Version, split: str, cols: tuple[str, str], png: Path) -> tuple[str, dict]:
+def _targets(con, version: st.Version, split: str, cols: tuple[str, str], png: Path) -> tuple[str | None, dict]:
     target, produced = cols
-    rows = con.execute(f'SELECT "{target}", "{produced}" FROM {read_parquet_sql(version, split)}').fetchnumpy()
-    t, p = rows[target].astype(float), rows[produced].astype(float)
+    rows = con.execute(f'SELECT "{target}", "{produced}" FROM {read_parquet_sql(version, split)} '
+                       f'WHERE "{target}" IS NOT NULL AND "{produced}" IS NOT NULL').fetchnumpy()
+    t, p = np.asarray(rows[target], dtype=float), np.asarray(rows[produced], dtype=float)
+    if not len(t):
+        return None, {}
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.scatter(t, p, s=10, alpha=0.6, color="#4c72b0")
@@ -163,6 +177,8 @@ def _judge_scores(con, version: st.Version, split: str, schema: dict[str, str]) 
         row = con.execute("SELECT " + ", ".join(f'avg(judge_scores."{n}")' for n in names) + f" FROM {source}"
                           ).fetchone()
         dims = {n: round((v - 1) * 25, 1) for n, v in zip(names, row, strict=True) if v is not None}
+    if not judged:  # a version built without a judge (an eval run without one has the column, all null)
+        return None
     return {"judged": judged, "unjudged": failed, "mean_sq": round(mean_sq, 1) if mean_sq is not None else None,
             "dimensions": dims}
 
@@ -170,18 +186,22 @@ def _judge_scores(con, version: st.Version, split: str, schema: dict[str, str]) 
 def _truncated(con, version: st.Version, split: str, has_id: bool) -> list[dict[str, Any]]:
     ident = '"id"' if has_id else "NULL"
     rows = con.execute(f"SELECT {ident} FROM {read_parquet_sql(version, split)} WHERE finish_reason = 'length' "
-                       "LIMIT 1000").fetchall()
+                       f"LIMIT {TRUNCATED_LISTED}").fetchall()
     return [{"id": r[0], "why": "stopped at its token limit (finish_reason = length): the text is cut"}
             for r in rows]
 
 
 def prose_columns(con, version: st.Version, split: str, split_stats: dict[str, Any]) -> list[str]:
-    """The split's text columns that hold text, not labels or JSON: at least 10% of the rows have more than two
-    words, and most values do not start with `{` or `[` (ids, languages, model names and records are out)."""
+    """The split's text columns that hold text, not labels or JSON: the known answer columns (MAIN_TEXT), and
+    columns where at least 10% of the rows have more than two words or the values average over 40 characters, as
+    long as most values do not start with `{` or `[` (ids, languages, model names and records are out)."""
     exprs = text_columns(version, split)
     out = []
     for col, ls in split_stats["lengths"].items():
-        if not ls.get("rows") or ls.get("p90_words", 0) <= 2 or col not in exprs:
+        if not ls.get("rows") or col not in exprs:
+            continue
+        # Chinese prose has no spaces: a long value is text even when it is one "word"
+        if col not in MAIN_TEXT and ls.get("p90_words", 0) <= 2 and ls.get("mean_chars", 0) <= 40:
             continue
         starts_json = f"regexp_matches(ltrim({exprs[col]}), '^[\\[{{]')"
         (json_share,) = con.execute(f"SELECT avg(({starts_json})::INT) FROM "
@@ -230,8 +250,9 @@ def render(version: st.Version, root: Path, out_dir: Path | None = None,
             for pair in TARGETS:
                 if all(c in s["schema"] for c in pair):
                     png, fit = _targets(con, version, split, pair, out_dir / f"target-{split}.png")
-                    data["plots"].append(png)
-                    entry["target_vs_produced"] = {"columns": list(pair), **fit}
+                    if png:  # rows with both lengths exist (LV-Eval results have no target)
+                        data["plots"].append(png)
+                        entry["target_vs_produced"] = {"columns": list(pair), **fit}
                     break
             judged = _judge_scores(con, version, split, s["schema"])
             if judged:
@@ -286,9 +307,9 @@ def _iterations_html(iterations: list[dict[str, Any]]) -> str:
 RATES_EXPLAINED = (
     ("truncated", "the share of rows whose generation stopped at its token limit (<code>finish_reason = "
      "length</code>) instead of ending on its own: their text is cut off."),
-    ("repetition", f"the share of the rows checked (all, or a sample of {REPEAT_SAMPLE:,}) whose most frequent "
-     f"10-word sequence (13 characters in Chinese) occurs {REPEAT_FLAG} or more times: a sign that the model "
-     "looped."),
+    ("repetition", f"the share of the rows checked (all, or a sample of {REPEAT_SAMPLE:,}; the count is shown) "
+     f"whose most frequent 10-word sequence (13 characters in Chinese) occurs {REPEAT_FLAG} or more times: a "
+     "sign that the model looped."),
     ("target vs produced", "how long the texts came out against the length each row asked for: the median of "
      "produced / target, and the share of rows within ±10% of their target (the plot shows every row)."),
 )
@@ -330,10 +351,17 @@ def _flagged_html(data: dict[str, Any]) -> str:
         more = (f"<p>{len(flagged) - FLAGGED_SHOWN:,} more in <code>report.json</code>.</p>"
                 if len(flagged) > FLAGGED_SHOWN else "")
         parts.append(f"<h3>{html.escape(split)}: {len(flagged):,} flagged</h3>" + _table(["id", "why"], rows) + more)
-    checked = any("repetition_checked" in s or "truncation_rate" in s for s in data["splits"].values())
+    checked = sum(s.get("repetition_checked") or 0 for s in data["splits"].values())
+    truncation = any("truncation_rate" in s for s in data["splits"].values())
     if not parts:
-        return ("<h2>Flagged rows</h2><p>No kept row stopped at its token limit or repeats itself.</p>"
-                if checked else "")
+        if not checked and not truncation:
+            return ""
+        found = []
+        if truncation:
+            found.append("stopped at its token limit")
+        if checked:
+            found.append(f"repeats itself (of the {checked:,} rows checked)")
+        return f"<h2>Flagged rows</h2><p>No kept row {' or '.join(found)}.</p>"
     return ("<h2>Flagged rows</h2><p>Kept rows this report finds cut at their token limit or looping; they passed "
             "the build's filters, so look at them before training on them.</p>" + "".join(parts))
 
@@ -368,7 +396,8 @@ def _html(version: st.Version, stats: dict[str, Any], data: dict[str, Any], path
     e = html.escape
     splits = _table(["split", "rows", "main text", "truncated", "repetition", "target vs produced"], [
         [split, f"{s['rows']:,}", s.get("column", ""), _percent(s.get("truncation_rate")),
-         _percent(s.get("repetition_rate")), target_sentence(s.get("target_vs_produced"))]
+         _percent(s.get("repetition_rate")) + (f" of {s['repetition_checked']:,}" if s.get("repetition_checked")
+                                               else ""), target_sentence(s.get("target_vs_produced"))]
         for split, s in data["splits"].items()])
     explained = "".join(f"<dt>{e(name)}</dt><dd>{text}</dd>" for name, text in RATES_EXPLAINED)
     lengths = _table(["split", "column", "rows", "mean", "p50", "p90", "max"], [

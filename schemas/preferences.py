@@ -1,4 +1,5 @@
-"""DPO preference pairs in TRL's format (prompt, chosen, rejected) with their scores and lengths."""
+"""DPO preference pairs in TRL's conversational format (prompt, chosen, rejected: message lists) with their scores
+and lengths."""
 
 import pandera.polars as pa
 import polars as pl
@@ -6,9 +7,9 @@ import polars as pl
 
 class PairsSchema(pa.DataFrameModel):
     id: str = pa.Field(unique=True, str_length={"min_value": 1})
-    prompt: str = pa.Field(str_length={"min_value": 1})
-    chosen: str = pa.Field(str_length={"min_value": 1})
-    rejected: str = pa.Field(str_length={"min_value": 1})
+    prompt: pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+    chosen: pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+    rejected: pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
     chosen_sq: float = pa.Field(in_range={"min_value": 0, "max_value": 100})
     rejected_sq: float = pa.Field(in_range={"min_value": 0, "max_value": 100})
     chosen_words: pl.Int32 = pa.Field(ge=0)

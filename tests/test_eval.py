@@ -15,6 +15,7 @@ from lendata.cli import app
 from lendata.engines import CachedEngine, ResponseCache
 from lendata.engines.base import Result
 from lendata.engines.pool import EnginePool
+from lendata.inputs import InputError
 from lendata.judging import judges
 from lendata.lengths import length_score, longen_score
 from lendata.methods.eval import lveval_shape
@@ -60,13 +61,30 @@ def test_longbench_write_scores_sl_per_range_and_sq_with_s_bar(tmp_path, scripte
 
 
 def test_longen_reads_the_shipped_prompts_and_scores_their_constraints(tmp_path, scripted):
-    v, rows = _run(tmp_path, scripted, suite="longen", input="", n=8)
-    assert len(rows) == 8 and {r["metric"] for r in rows} == {"longen"}
+    """All 240 shipped prompts, answers of 500 to 7,000 words: every score is LonGen's for the row's own
+    constraint (its type and bounds read back from the shipped file), and the four types all occur."""
+    from lendata.methods.eval.method import LONGEN
+    from lendata.methods.shared.constraints import extract
+
+    lengths = (500, 2100, 3500, 7000)
+
+    def varied(req):
+        n = lengths[req.seed % 4]
+        return Result(text=_words(n - 1) + " end.", completion_tokens=n)
+
+    recipe = recipes.load("eval", {"suite": "longen", "input": "", "n": None})
+    pool = EnginePool(lambda n, o: CachedEngine(scripted(varied), ResponseCache(tmp_path / "c")), "llamacpp")
+    builds.run(recipe, tmp_path / "store", progress=False, engines=pool)
+    rows = st.open_version(tmp_path / "store", "eval").read("results").to_pylist()
+    shipped = {json.loads(x)["query"].strip(): extract(json.loads(x)["constraint"])
+               for x in LONGEN.read_text(encoding="utf-8").splitlines() if x.strip()}
+    assert len(rows) == 240 and {r["constraint_type"] for r in rows} == {"about", "range", "above", "below"}
     for r in rows:
-        want = 100 * longen_score(r["constraint_type"], r["target_words"], r["response_words"], None)
-        if r["constraint_type"] != "range":
-            assert r["score"] == pytest.approx(want)
-    assert all(r["response_words"] > 0 for r in rows)
+        c = shipped[r["prompt"]]
+        assert (r["constraint_type"], r["target_words"]) == (c.ctype, c.low)
+        assert r["score"] == pytest.approx(100 * longen_score(c.ctype, c.low, r["response_words"], c.high))
+    scores = [r["score"] for r in rows]
+    assert any(x == 100 for x in scores) and any(x == 0 for x in scores) and any(0 < x < 100 for x in scores)
 
 
 def _lveval_store(tmp_path):
@@ -139,3 +157,24 @@ def test_embedded_eval_runs_from_the_cli(tmp_path):
     assert all(r["metric"] == "gated_f1" and r["response_tokens"] <= 64 for r in rows)
     report = CliRunner().invoke(app, ["report", "lv_eval", "--store", str(store), "--to", str(tmp_path / "r")])
     assert report.exit_code == 0 and "gated_f1" in report.output
+
+
+def test_lveval_suite_checks_its_input_and_lists_empty_levels(tmp_path, scripted):
+    from lendata.methods.lveval.levels import RECORD_SCHEMA
+
+    store = _lveval_store(tmp_path)
+    st.commit(store, "lv2", {"16k": pa.Table.from_pylist([], schema=RECORD_SCHEMA),
+                             "32k": st.open_version(store, "lv").read("16k")})
+    st.commit(store, "sft", {"train": pa.table({"id": ["a"], "instruction": ["q"]})})
+    pool = EnginePool(lambda n, o: CachedEngine(scripted(_engine), ResponseCache(tmp_path / "c")), "llamacpp")
+    with pytest.raises(InputError, match="not an LV-Eval build: its records have no input"):
+        builds.run(recipes.load("eval", {"suite": "lveval", "input": "sft", "target_field": None}), store,
+                   progress=False, engines=pool)
+    recipe = recipes.load("eval", {"suite": "lveval", "input": "lv2", "n": None, "target_field": None,
+                                   "levels": ["32k", "32k", "16k"]})
+    builds.run(recipe, store, progress=False, engines=pool)
+    v = st.open_version(store, "eval")
+    assert v.rows("results") == 2  # 32k read once
+    assert v.manifest["eval"]["levels"]["16k"]["n"] == 0
+    assert v.manifest["eval_input"]["version"] == "lv2@0.1.0"
+    assert {r["record_id"] for r in v.read("results").to_pylist()} == {"r0", "r1"}

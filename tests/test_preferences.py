@@ -50,9 +50,11 @@ def test_length_matched_pairs_do_not_pair_a_long_winner_with_a_short_loser(tmp_p
     [pair] = v.read("train").to_pylist()
     # GOOD (40 words, S_q 75) over BAD (42 words, 25): not over SHORT (10 words, 0), whose gap is mostly length;
     # LONG (80 words, 100) misses the 40-word target, so it cannot be chosen
-    assert pair["chosen"].startswith("GOOD") and pair["rejected"].startswith("BAD")
+    assert pair["chosen"][0]["content"].startswith("GOOD") and pair["rejected"][0]["content"].startswith("BAD")
     assert (pair["chosen_sq"], pair["rejected_sq"]) == (75, 25)
-    assert set(pair) >= {"prompt", "chosen", "rejected"} and pair["prompt"] == "Write 40 words about rivers."
+    assert set(pair) >= {"prompt", "chosen", "rejected"}  # TRL's conversational preference format
+    assert pair["prompt"] == [{"role": "user", "content": "Write 40 words about rivers."}]
+    assert pair["chosen"][0]["role"] == pair["rejected"][0]["role"] == "assistant"
     assert pair["length_ratio"] == pytest.approx(40 / 42) and pair["candidates"] == 4
     [no_pair] = v.read("rejected").to_pylist()
     assert "TIE" in no_pair["record"] and "differ in S_q" in no_pair["reason"]
@@ -67,7 +69,7 @@ def test_length_matched_pairs_do_not_pair_a_long_winner_with_a_short_loser(tmp_p
 def test_without_length_matching_the_widest_gap_wins(tmp_path, scripted):
     v, _ = _build(tmp_path, scripted, selection="none")
     [pair] = v.read("train").to_pylist()
-    assert pair["chosen"].startswith("GOOD") and pair["rejected"].startswith("SHORT")  # 40 words over 10
+    assert pair["chosen"][0]["content"].startswith("GOOD") and pair["rejected"][0]["content"].startswith("SHORT")
 
 
 def test_settings_are_checked():
@@ -91,7 +93,7 @@ def test_embedded_preferences_build(tmp_path):
     rejected = v.read("rejected").to_pylist() if v.rows("rejected") else []
     assert len(pairs) + len(rejected) == 1
     for p in pairs:
-        assert p["chosen_sq"] > p["rejected_sq"] and p["chosen"] != p["rejected"]
+        assert p["chosen_sq"] > p["rejected_sq"] and p["chosen"][0]["content"] != p["rejected"][0]["content"]
     for r in rejected:
         assert r["reason"]
 
@@ -138,3 +140,15 @@ def test_length_adjusted_selection_keeps_no_pair_a_length_only_judge_explains(tm
     assert adjusted.manifest["preferences"]["length_slope"]["beta"] > 10  # S_q points per std of the word difference
     assert adjusted.rows("train") == 0
     assert all("once length is accounted for" in r["reason"] for r in adjusted.read("rejected").to_pylist())
+
+
+def test_length_adjusted_never_chooses_the_lower_scored_answer(scripted):
+    """A judge that favours length makes the adjusted margin of a shorter, slightly worse answer positive; the
+    raw margin must still be positive (review finding: such a pair was built, then dropped by the schema)."""
+    from lendata.methods.preferences import pairs as pp
+
+    s = pp.Settings(selection="length_adjusted", min_margin=0)
+    cands = [pp.Candidate(0, "q", None, "", "m", k, f"t{k}", words, sq) for k, (words, sq) in
+             enumerate([(20, 20.8), (40, 25.0)])]
+    pair, why = pp.select(cands, s, {"beta": 40.0, "std": 10.0, "pairs": 10})
+    assert pair is None or pair[0].sq > pair[1].sq

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from html.parser import HTMLParser
 
+import pytest
 from typer.testing import CliRunner
 
 from lendata import build as builds
@@ -97,3 +98,42 @@ def test_the_report_page_has_the_sections_a_person_needs(tmp_path, scripted):
     assert not columns & {"id", "language", "engine", "model", "source", "record", "finish_reason", "judge_model"}
     [judge] = page.tables["Judge scores (S_q)"]
     assert judge[1][:4] == ["train", "3", "0", "75.0"] and judge[1][4] == "75.0"
+
+
+def test_null_targets_chinese_text_and_no_judge_are_reported_honestly(tmp_path, scripted):
+    """Review findings: LV-Eval results (no target) gave a NaN sentence and invalid JSON; Chinese text without
+    spaces was taken for a label, so nothing was checked, and the page still said nothing repeats."""
+    from tests.test_eval import _engine as eval_engine
+    from tests.test_eval import _lveval_store
+
+    store = _lveval_store(tmp_path)
+    recipe = recipes.load("eval", {"suite": "lveval", "input": "lv", "n": None, "target_field": None})
+    pool = EnginePool(lambda n, o: CachedEngine(scripted(eval_engine), ResponseCache(tmp_path / "c")), "llamacpp")
+    builds.run(recipe, store, progress=False, engines=pool)
+    out = tmp_path / "r"
+    res = CliRunner().invoke(app, ["report", "eval", "--store", str(store), "--to", str(out)])
+    assert res.exit_code == 0, res.output
+    json.loads((out / "report.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in report.json"))
+    page = Page()
+    page.feed((out / "index.html").read_text())
+    assert "Judge scores (S_q)" not in page.h2 and "nan" not in " ".join(page.text).lower()
+    [splits] = page.tables["Splits"]
+    assert splits[1][2] == "response" and splits[1][5] == "—"
+
+    src = tmp_path / "zh.jsonl"
+    src.write_text(json.dumps({"prompt": "写一篇关于河流的短文。LOOP", "length": 50}) + "\n")
+
+    def zh(req):
+        return Result(text="河流从山上流到大海，" * 30 + "。", completion_tokens=300)
+
+    recipe = recipes.load("direct", {"input": str(src), "instruction_field": "prompt", "target_field": "length",
+                                     "dataset": "zh"})
+    pool = EnginePool(lambda n, o: CachedEngine(scripted(zh), ResponseCache(tmp_path / "z")), "llamacpp")
+    builds.run(recipe, store, progress=False, engines=pool)
+    res = CliRunner().invoke(app, ["report", "zh", "--store", str(store), "--to", str(tmp_path / "rz")])
+    assert res.exit_code == 0, res.output
+    page = Page()
+    page.feed((tmp_path / "rz" / "index.html").read_text())
+    [flagged] = page.tables["Flagged rows"]
+    assert "repeats the 13-gram" in flagged[1][1]
+    assert "messages[assistant]" in {r[1] for r in page.tables["Lengths (words)"][0][1:]}

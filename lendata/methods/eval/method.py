@@ -18,6 +18,8 @@ from lendata.methods.shared.inputs import load_instructions
 from schemas.eval import ResultsSchema
 
 LONGEN = Path(__file__).resolve().parents[2] / "data" / "longen.jsonl"  # the 240 LonGen prompts lendata ships
+# an empty `input` means the suite's own set (relative to the recipe: pipelines/data/)
+DEFAULT_SETS = {"longbench_write": "data/longwrite_ruler_en.jsonl", "longwrite_ruler": "data/longwrite_ruler.jsonl"}
 
 
 def eval_shard(s: ev.Settings, items: Sequence[dict[str, Any]], offset: int, engines: Any, progress: Progress
@@ -62,12 +64,18 @@ class Eval(Method):
             source = s
             if s.suite == "longen" and not s.input:  # the shipped prompts: their text is `query`
                 source = dataclasses.replace(s, input=str(LONGEN), instruction_field="query", target_field=None)
+            elif not s.input:  # the suite's own set, beside the recipe
+                source = dataclasses.replace(s, input=DEFAULT_SETS[s.suite])
             items, bad = ev.text_items(load_instructions(source, build), s)
             build.quarantine(bad)
         done = build.map(eval_shard, items, "eval")
         rows = [r for got, _ in done for r in got]
         build.quarantine([q for _, bad in done for q in bad])
         build.meta["eval"] = {"suite": s.suite, **ev.summary(rows)}
+        for level, n in (build.meta.get("eval_input") or {}).get("records_per_level", {}).items():
+            if not n:  # a level with no record says so, instead of vanishing from the table
+                build.meta["eval"]["levels"][level] = {"n": 0, "score": None, "mean_words": None, "sq": None,
+                                                       "judged": 0}
         build.add("results", ev.as_table(rows) if rows else ev.RESULTS_SCHEMA.empty_table())
 
     @staticmethod
@@ -76,16 +84,23 @@ class Eval(Method):
 
         if not s.input:
             raise InputError("the lveval suite reads a lendata LV-Eval build: set input to DATASET[@VERSION]")
-        splits = s.levels or build.version_splits(s.input)
+        splits = list(dict.fromkeys(s.levels or build.version_splits(s.input)))  # each level once
+        needed = ["id", "input", "context", "answers", "dataset", "language", "answer_keywords", "level", "source"]
         records: list[dict[str, Any]] = []
+        read: dict[str, int] = {}
+        label = s.input
         for split in splits:
-            _, files = build.version_files(s.input, split)
+            label, files = build.version_files(s.input, split)
+            level: list[dict[str, Any]] = []
             for f in files:
-                for rec in pq.read_table(f, columns=["id", "input", "context", "answers", "dataset", "language",
-                                                     "answer_keywords", "level", "source"]).to_pylist():
-                    records.append({**rec, "level": rec.get("level") or split})
-        if s.n:
-            records = records[: s.n]
+                missing = [c for c in needed if c not in pq.read_schema(f).names]
+                if missing:
+                    raise InputError(f"{label} is not an LV-Eval build: its records have no {', '.join(missing)}")
+                level += pq.read_table(f, columns=needed).to_pylist()
+            level = level[: s.n] if s.n else level  # the first n records of each level
+            read[split] = len(level)
+            records += [{**rec, "level": rec.get("level") or split} for rec in level]
+        build.meta["eval_input"] = {"version": label.rsplit(":", 1)[0], "records_per_level": read}
         return ev.lveval_items(records)
 
     def report(self, manifest: dict[str, Any], folder: Path) -> ReportSection | None:
@@ -95,7 +110,7 @@ class Eval(Method):
         def fmt(v: Any) -> str:
             return "—" if v is None else f"{v:.1f}"
 
-        rows = [(lv, str(b["n"]), f"{b['mean_words']:.0f}", fmt(b["score"]), fmt(b["sq"]), fmt(b.get("s_bar")))
+        rows = [(lv, str(b["n"]), fmt(b["mean_words"]), fmt(b["score"]), fmt(b["sq"]), fmt(b.get("s_bar")))
                 for lv, b in [*sorted(data["levels"].items(), key=lambda kv: level_order(kv[0])), ("all", data["all"])]]
         a = data["all"]
         lines = [f"{data['suite']}: {data['metric']} {a['score']:.1f} over {a['n']} answers"

@@ -11,10 +11,12 @@ Suites and their references (METHODS §2, §3, §6):
   query's constraint (about / range / above / below), with the LonGen word counter; optionally S_q.
 - `lveval`: a lendata LV-Eval build (every level split of `DATASET@VERSION` in the store), in LV-Eval's prompt
   shape per dataset, greedy, with its generation limits, the prompt cut in the middle to the window, scored with
-  the dataset's metric (lendata.methods.lveval.metric); scores per level.
+  the dataset's metric (lendata.methods.shared.lveval_metric); scores per level.
 
 Deliberate deviations: prompts that cannot fit the window with room for 16 new tokens are quarantined, not
-truncated (except LV-Eval's, which the reference truncates); every call is seeded (`seed` + the row's index).
+truncated (except LV-Eval's, which the reference truncates); every call is seeded (`seed` + the row's index);
+every prompt goes through the engine's chat template (LV-Eval's `prediction.py` sends most models the raw
+prompt); `n` takes the first n records of each LV-Eval level (not of the whole set).
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ RESULTS_SCHEMA = pa.schema([
     ("sq", pa.float64()),
     ("judge_error", pa.string()),
     ("prompt_truncated", pa.bool_()),
+    ("record_id", pa.string()),  # the input row's id (an LV-Eval record's), or its file:line
     ("engine", pa.string()),
     ("model", pa.string()),
     ("source", pa.string()),
@@ -101,6 +104,7 @@ def text_items(rows: Sequence[dict[str, Any]], s: Settings) -> tuple[list[dict[s
     items, bad = [], []
     for i, row in enumerate(rows):
         item = {"index": i, "prompt": row["instruction"], "chat": row["instruction"], "source": row.get("source", ""),
+                "record_id": str(row["id"]) if row.get("id") is not None else None,
                 "language": row.get("language", ""), "target": row.get("target"), "ctype": None, "upper": None}
         if s.suite == "longen":
             c = extract(str(row.get("constraint") or row["instruction"]))
@@ -127,7 +131,7 @@ def lveval_items(records: Sequence[dict[str, Any]], first_index: int = 0) -> lis
     for i, rec in enumerate(records, start=first_index):
         dataset = dataset_name(str(rec.get("dataset") or ""))
         lang = "zh" if str(rec.get("language", "")).startswith("zh") else "en"
-        out.append({"index": i, "prompt": rec["input"], "source": rec.get("source") or rec.get("id", ""),
+        out.append({"index": i, "prompt": rec["input"], "source": rec.get("source") or "", "record_id": rec.get("id"),
                     "chat": lveval_shape.prompt(dataset, lang, rec.get("context") or "", rec["input"]),
                     "language": lang, "dataset": dataset, "level": str(rec.get("level") or ""),
                     "answers": list(rec.get("answers") or []), "keywords": rec.get("answer_keywords"),
@@ -140,13 +144,21 @@ def answer(items: Sequence[dict[str, Any]], engine: Engine, s: Settings, on_resu
     """(result rows, quarantine): every item answered in one call and scored."""
     lveval = s.suite == "lveval"
     chats, truncated, bad = [], [], []
+    usable = []
     for item in items:
         text, cut = item["chat"], False
         if lveval:  # LV-Eval cuts the middle of a prompt the window cannot hold
             budget = engine.context_window - item["max_new_tokens"] - 64  # 64: the chat template's tokens
-            text, cut = lveval_shape.truncate_middle(text, engine, budget)
+            try:
+                text, cut = lveval_shape.truncate_middle(text, engine, budget)
+            except ValueError as e:
+                bad.append({"id": row_id(item["prompt"], item["index"], 0), "stage": "generate",
+                            "source": item["source"], "reason": str(e), "record": item["prompt"]})
+                continue
+        usable.append(item)
         chats.append(({"role": "user", "content": text},))
         truncated.append(cut)
+    items = usable
     pending, requests = [], []
     for k, (item, chat, need) in enumerate(zip(items, chats, estimate_prompt_tokens(engine, chats), strict=True)):
         room = engine.context_window - need
@@ -172,6 +184,7 @@ def answer(items: Sequence[dict[str, Any]], engine: Engine, s: Settings, on_resu
         rows.append({**_score(item, text, s), "id": rid, "suite": s.suite, "level": item.get("level", ""),
                      "prompt": item["prompt"], "response": text, "response_tokens": res.completion_tokens,
                      "finish_reason": res.finish_reason, "prompt_truncated": truncated[k], "sq": None,
+                     "record_id": item.get("record_id") or item["source"],
                      "judge_error": None, "engine": engine.name, "model": model_name(engine.model_id),
                      "source": item["source"]})
     return rows, bad
@@ -198,12 +211,14 @@ def _score(item: dict[str, Any], text: str, s: Settings) -> dict[str, Any]:
 def summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per level and overall: rows, mean score, mean words, mean S_q (judged rows) and S̄ where both exist."""
     def block(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        judged = [r["sq"] for r in rs if r["sq"] is not None]
+        judged = [r for r in rs if r["sq"] is not None]
         out = {"n": len(rs), "score": sum(r["score"] for r in rs) / len(rs),
                "mean_words": sum(r["response_words"] for r in rs) / len(rs),
-               "sq": sum(judged) / len(judged) if judged else None, "judged": len(judged)}
-        if out["sq"] is not None and rs[0]["metric"] == "sl":
-            out["s_bar"] = (out["score"] + out["sq"]) / 2
+               "sq": sum(r["sq"] for r in judged) / len(judged) if judged else None, "judged": len(judged)}
+        if judged and rs[0]["metric"] == "sl":
+            # S̄ over the same rows: S_l of the judged rows only (a judge fails most on the longest answers)
+            sl_judged = sum(r["score"] for r in judged) / len(judged)
+            out.update(sl_judged=sl_judged, s_bar=(sl_judged + out["sq"]) / 2)
         return out
 
     levels: dict[str, list[dict[str, Any]]] = {}

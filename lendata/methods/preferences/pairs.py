@@ -9,7 +9,8 @@ judged with LongBench-Write's S_q (lendata.judging); with a target length, the c
 `length_tolerance` longer than the shorter, in words), so that the pair's preference cannot be explained by
 length alone, and when the chosen answer's S_q beats the rejected one's by at least `min_margin`. Among the
 pairs that pass, the one with the widest margin is taken. Instructions without such a pair go to the `rejected`
-split with why. Rows are TRL's DPO format (`prompt`, `chosen`, `rejected`, each a string) plus scores and lengths.
+split with why. Rows are TRL's conversational preference format (`prompt`: the user message, `chosen` and
+`rejected`: one assistant message each) plus scores and lengths.
 
 `selection`:
 - `length_matched` (default): the rule above.
@@ -35,7 +36,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from lendata.engines import ENGINES
-from lendata.engines.base import Engine, OnResult, Request
+from lendata.engines.base import Engine, OnResult, Request, estimate_prompt_tokens
 from lendata.lengths import WordCounter, count_words, length_score
 from lendata.methods.shared.inputs import InstructionInput
 from lendata.methods.shared.model_list import check_models
@@ -48,7 +49,7 @@ class Settings(InstructionInput):
     samples: int = 4  # completions per instruction and model
     temperature: float = 0.8  # sampling temperature of the completions
     top_p: float = 0.95  # nucleus sampling
-    max_tokens: int = 1024  # per completion
+    max_tokens: int = 2048  # per completion (capped by the window); a completion cut here is not a candidate
     seed: int = 0  # sample k of instruction i uses seed + i * samples + k
     judge: str = "same"  # the S_q judge: same (the recipe's engine) | llamacpp | openai | vllm
     judge_options: dict[str, Any] = field(default_factory=dict)  # the judge engine's options
@@ -73,11 +74,14 @@ class Settings(InstructionInput):
                              f"{', '.join(ENGINES)}")
 
 
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.large_string())])
 PAIRS_SCHEMA = pa.schema([
     ("id", pa.string()),
-    ("prompt", pa.large_string()),
-    ("chosen", pa.large_string()),
-    ("rejected", pa.large_string()),
+    # TRL's conversational preference format: the samples were written under the engine's chat template, so TRL
+    # must apply the template too (it does only to message lists)
+    ("prompt", pa.list_(MESSAGE)),
+    ("chosen", pa.list_(MESSAGE)),
+    ("rejected", pa.list_(MESSAGE)),
     ("chosen_sq", pa.float64()),
     ("rejected_sq", pa.float64()),
     ("chosen_words", pa.int32()),
@@ -110,16 +114,18 @@ class Candidate:
 def sample(rows: Sequence[dict[str, Any]], engine: Engine, label: str, s: Settings, first_index: int = 0,
            on_result: OnResult | None = None) -> tuple[list[Candidate], list[dict[str, Any]]]:
     """`samples` completions of every instruction on one engine: (candidates, quarantine records)."""
-    requests = [Request(messages=({"role": "user", "content": row["instruction"]},), max_tokens=s.max_tokens,
-                        temperature=s.temperature, top_p=s.top_p,
+    chats = [({"role": "user", "content": row["instruction"]},) for row in rows]
+    # what the window leaves after the prompt, so that an answer is never cut by the window rather than max_tokens
+    room = [max(1, min(s.max_tokens, engine.context_window - need)) for need in estimate_prompt_tokens(engine, chats)]
+    requests = [Request(messages=chats[i], max_tokens=room[i], temperature=s.temperature, top_p=s.top_p,
                         seed=s.seed + (first_index + i) * s.samples + k, sample_index=k)
-                for i, row in enumerate(rows) for k in range(s.samples)]
+                for i in range(len(rows)) for k in range(s.samples)]
     out, failed = [], []
     for j, (req, res) in enumerate(zip(requests, engine.generate(requests, on_result=on_result), strict=True)):
         row = rows[j // s.samples]
         if not res.ok or not res.text.strip() or res.finish_reason == "length":
             why = res.error if not res.ok else ("empty" if not res.text.strip() else
-                                                f"cut at max_tokens {s.max_tokens}")
+                                                f"cut at its token limit ({req.max_tokens})")
             failed.append({"id": f"{row_id(row['instruction'], first_index + j // s.samples, 0)}-{label}-"
                                  f"{req.sample_index}", "stage": "sample", "reason": f"{label}: {why}",
                            "source": row.get("source", ""), "record": row["instruction"]})
@@ -169,10 +175,12 @@ def select(cands: Sequence[Candidate], s: Settings, slope: dict[str, float] | No
         for r in judged:
             if r is c:
                 continue
-            margin = c.sq - r.sq  # type: ignore[operator]
+            raw = c.sq - r.sq  # type: ignore[operator]
+            margin = raw
             if s.selection == "length_adjusted" and slope:
-                margin -= slope["beta"] * (c.words - r.words) / slope["std"]
-            if margin <= 0 or margin < s.min_margin:  # a tie is no preference
+                margin = raw - slope["beta"] * (c.words - r.words) / slope["std"]
+            # the raw margin too: an adjustment may favour a shorter answer, never make a worse one chosen
+            if min(raw, margin) <= 0 or min(raw, margin) < s.min_margin:  # a tie is no preference
                 reasons.add(f"no two samples differ in S_q by {s.min_margin:g} or more"
                             + (" once length is accounted for" if s.selection == "length_adjusted" else ""))
                 continue
@@ -190,8 +198,11 @@ def select(cands: Sequence[Candidate], s: Settings, slope: dict[str, float] | No
 
 def pair_row(chosen: Candidate, rejected: Candidate, judge_model: str, candidates: int) -> dict[str, Any]:
     return {
-        "id": row_id(chosen.instruction, chosen.index, 0), "prompt": chosen.instruction, "chosen": chosen.text,
-        "rejected": rejected.text, "chosen_sq": chosen.sq, "rejected_sq": rejected.sq,
+        "id": row_id(chosen.instruction, chosen.index, 0),
+        "prompt": [{"role": "user", "content": chosen.instruction}],
+        "chosen": [{"role": "assistant", "content": chosen.text}],
+        "rejected": [{"role": "assistant", "content": rejected.text}],
+        "chosen_sq": chosen.sq, "rejected_sq": rejected.sq,
         "chosen_words": chosen.words, "rejected_words": rejected.words,
         "length_ratio": chosen.words / max(1, rejected.words),
         "chosen_sl": length_score(chosen.target, chosen.words) if chosen.target else None,

@@ -7,7 +7,8 @@ answer keywords, the share of keyword tokens found in the prediction must reach 
 blacklisted function words do not count (the denominator is all keyword tokens); below it the score is 0.
 Otherwise the score is token F1 against the answer. zh: jieba tokens, each normalised (lower case, no
 punctuation, no spaces), empty ones removed; the keywords default to the answer and the gate is 0.4.
-An item's score is its best over its answers (the reference's loop stops after the first answer: a defect).
+`score_record` scores the first answer, as the reference's loop does (it stops after the first); `best=True`
+scores the best over all answers.
 """
 
 from __future__ import annotations

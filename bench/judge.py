@@ -3,8 +3,8 @@
 The 20 rows are responses the embedded model writes (once, cached in --out) to the 16 LongWrite-Ruler prompts
 in ../shared/data and 4 LonGen queries, cut to --words words. Then, in this one run and on the same engine:
 - `judge`: S_q judgments of the 20 rows (schema-constrained JSON, up to 3 attempts each, no cache);
-- `free`: the same 20 judge prompts answered as free text with the same sampling and token limit: what the
-  engine does without the JSON grammar, the baseline of the ratio.
+- `free`: the same 20 judge prompts answered as free text with the same sampling, up to --free-max-tokens (256:
+  about what a judgment takes), what the engine does without the JSON grammar: the baseline of the ratio.
 Prints judge calls per second, the share of rows whose judgment failed (with why), completion tokens per second
 of both, and their ratio.
 
@@ -66,7 +66,7 @@ def main() -> None:
     failed = [j for j in judged if j.scores is None]
 
     free_requests = [Request(messages=({"role": "user", "content": judges.quality_prompt(i, r)},),
-                             max_tokens=judges.JudgeSettings().max_tokens, temperature=0.5, seed=0)
+                             max_tokens=args.free_max_tokens, temperature=0.5, seed=0)
                      for i, r in pairs]
     t1 = time.monotonic()
     free = engine.generate(free_requests)
@@ -95,6 +95,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=20)
     ap.add_argument("--words", type=int, default=150, help="each response is cut to this many words")
+    ap.add_argument("--free-max-tokens", type=int, default=256, help="token limit of the free-text baseline")
     ap.add_argument("--out", default=str(REPO / "bench/out/judge"))
     args = ap.parse_args()
     main()

@@ -31,7 +31,13 @@ TARGETS = [("target_words", "response_words"), ("level_length", "length")]  # (t
 ITERATION_LENGTHS = ("initial_words", "extended_words")
 
 
-MAIN_TEXT = ("messages[assistant]", "response", "text", "chosen")  # answer columns, whatever their length
+# answer columns, whatever their length, in order of preference as a split's main text
+MAIN_TEXT = ("messages[assistant]", "response", "extended_response", "initial_response", "output", "text", "chosen")
+# metadata columns lendata writes: never text, however many words a model's name has
+LABELS = frozenset({"id", "language", "engine", "model", "source", "record", "plan_source", "plan_fallback",
+                    "finish_reason", "stopped_by", "judge_model", "judge_error", "model_label", "chosen_model",
+                    "rejected_model", "settings", "suite", "metric", "level", "dataset", "prompt_id", "record_id",
+                    "generator_adapter", "extender_adapter", "unit", "phrasing", "constraint_type"})
 
 
 def main_column(split_stats: dict[str, Any], among: list[str] | None = None) -> str | None:
@@ -198,7 +204,7 @@ def prose_columns(con, version: st.Version, split: str, split_stats: dict[str, A
     exprs = text_columns(version, split)
     out = []
     for col, ls in split_stats["lengths"].items():
-        if not ls.get("rows") or col not in exprs:
+        if not ls.get("rows") or col not in exprs or col in LABELS:
             continue
         # Chinese prose has no spaces: a long value is text even when it is one "word"
         if col not in MAIN_TEXT and ls.get("p90_words", 0) <= 2 and ls.get("mean_chars", 0) <= 40:

@@ -118,8 +118,7 @@ def read_annotations(path: str | Path) -> tuple[list[Annotation], list[str]]:
 def raw_win_rate(preferences: Sequence[float]) -> tuple[float, float]:
     """(win rate of B in percent, its standard error in percent): the mean of preference - 1, as AlpacaEval."""
     y = np.asarray(preferences, dtype=float) - 1
-    se = float(np.std(y, ddof=1) / math.sqrt(len(y))) if len(y) > 1 else 0.0
-    return float(y.mean() * 100), se * 100
+    return float(y.mean() * 100), _sem(y) * 100
 
 
 def length_feature(len_a: Sequence[int], len_b: Sequence[int]) -> np.ndarray:

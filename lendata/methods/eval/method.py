@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from lendata.judging import judges
 from lendata.methods.base import Build, Method, Progress, ReportSection, Split
 from lendata.methods.eval import suites as ev
+from lendata.methods.shared import quality_gate
 from lendata.methods.shared.inputs import load_instructions
 from schemas.eval import ResultsSchema
 
@@ -29,7 +30,7 @@ def eval_shard(s: ev.Settings, items: Sequence[dict[str, Any]], offset: int, eng
     with progress(len(items), f"eval {s.suite}") as bar:
         rows, bad = ev.answer(items, engine, s, bar.update)
     if s.judge and rows:
-        judge = engines.get() if s.judge == "same" else engines.get(s.judge, s.judge_options)
+        judge = quality_gate.judge_engine(s, engines)
         with progress(len(rows), "judging") as bar:
             verdicts = judges.judge_quality([(r["prompt"], r["response"]) for r in rows], judge,
                                             judges.JudgeSettings(attempts=s.judge_attempts),

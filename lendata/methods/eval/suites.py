@@ -33,6 +33,7 @@ from lendata.lengths import count_words, length_score, longen_score
 from lendata.methods.eval import lveval_shape
 from lendata.methods.shared.constraints import extract
 from lendata.methods.shared.inputs import InstructionInput
+from lendata.methods.shared.quality_gate import check_judge
 from lendata.methods.shared.sft import row_id
 
 Suite = Literal["longbench_write", "longwrite_ruler", "longen", "lveval"]
@@ -56,11 +57,7 @@ class Settings(InstructionInput):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from lendata.engines import ENGINES
-
-        if self.judge is not None and self.judge not in ("same", *ENGINES):
-            raise ValueError(f"judge is {self.judge!r}; choose same (the recipe's engine) or one of "
-                             f"{', '.join(ENGINES)}")
+        check_judge(self.judge)
         if self.judge and self.suite in ("lveval", "longwrite_ruler"):
             raise ValueError(f"the {self.suite} suite is scored by its own metric; S_q (judge) is for "
                              "longbench_write and longen")

@@ -14,6 +14,7 @@ import pyarrow as pa
 from lendata.judging import judges
 from lendata.methods.base import QUARANTINE_SCHEMA, Build, Method, Progress, ReportSection, Split, quarantine_table
 from lendata.methods.preferences import pairs as pp
+from lendata.methods.shared import quality_gate
 from lendata.methods.shared.inputs import load_instructions
 from lendata.methods.shared.model_list import open_models
 from schemas.preferences import PairsSchema
@@ -29,7 +30,7 @@ def pair_shard(s: pp.Settings, rows: Sequence[dict[str, Any]], offset: int, engi
             got, bad = pp.sample(rows, engine, label, s, offset, bar.update)
         candidates += got
         failed += bad
-    judge = engines.get() if s.judge == "same" else engines.get(s.judge, s.judge_options)
+    judge = quality_gate.judge_engine(s, engines)
     with progress(len(candidates), "judging") as bar:
         verdicts = judges.judge_quality([(c.instruction, c.text) for c in candidates], judge,
                                         judges.JudgeSettings(attempts=s.judge_attempts),

@@ -35,11 +35,11 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from lendata.engines import ENGINES
 from lendata.engines.base import Engine, OnResult, Request, estimate_prompt_tokens
 from lendata.lengths import WordCounter, count_words, length_score
 from lendata.methods.shared.inputs import InstructionInput
 from lendata.methods.shared.model_list import check_models
+from lendata.methods.shared.quality_gate import check_judge
 from lendata.methods.shared.sft import row_id
 
 
@@ -69,9 +69,7 @@ class Settings(InstructionInput):
             raise ValueError(f"length_tolerance is {self.length_tolerance}; it must be >= 0")
         if not 0 <= self.min_sl <= 100 or self.min_margin < 0:
             raise ValueError("min_sl must be in [0, 100] and min_margin >= 0")
-        if self.judge not in ("same", *ENGINES):
-            raise ValueError(f"judge is {self.judge!r}; choose same (the recipe's engine) or one of "
-                             f"{', '.join(ENGINES)}")
+        check_judge(self.judge)
 
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.large_string())])

@@ -33,9 +33,7 @@ class JudgeGate:
     judge_attempts: int = 3  # judge calls per row before it counts as unjudged
 
     def __post_init__(self) -> None:
-        if self.judge is not None and self.judge not in ("same", *ENGINES):
-            raise ValueError(f"judge is {self.judge!r}; choose same (the recipe's engine) or one of "
-                             f"{', '.join(ENGINES)} (null: no judge)")
+        check_judge(self.judge)
         if self.min_sq is not None and not 0 <= self.min_sq <= 100:
             raise ValueError(f"min_sq is {self.min_sq}; S_q is on 0..100")
         if self.min_sq is not None and not self.judge:
@@ -43,6 +41,13 @@ class JudgeGate:
         if self.judge_attempts < 1:
             raise ValueError(f"judge_attempts is {self.judge_attempts}; it must be at least 1")
         getattr(super(), "__post_init__", lambda: None)()
+
+
+def check_judge(judge: str | None) -> None:
+    """A judge setting names `same` (the recipe's engine), an engine, or nothing (None)."""
+    if judge is not None and judge not in ("same", *ENGINES):
+        raise ValueError(f"judge is {judge!r}; choose same (the recipe's engine) or one of {', '.join(ENGINES)} "
+                         "(null: no judge)")
 
 
 def with_judge_columns(schema: pa.Schema, gate: JudgeGate) -> pa.Schema:
@@ -54,7 +59,8 @@ def with_judge_columns(schema: pa.Schema, gate: JudgeGate) -> pa.Schema:
     return schema
 
 
-def judge_engine(gate: JudgeGate, engines: Any) -> Any:
+def judge_engine(gate: Any, engines: Any) -> Any:
+    """The judge engine of any settings with `judge` and `judge_options` (a gate, preferences, eval)."""
     return engines.get() if gate.judge == "same" else engines.get(gate.judge, gate.judge_options)
 
 

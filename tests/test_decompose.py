@@ -63,9 +63,36 @@ def test_cap_rule_matches_the_reference_loop_and_random_is_seeded(lengths, s):
     for d, n in enumerate(lengths):
         got = sorted((int(o), int(k)) for o, k in zip(p.offset[p.doc == d], p.log2[p.doc == d], strict=True))
         assert got == reference_loop(n, cap)
-    a = decompose_lengths(L, s, np.random.default_rng(s.seed))
-    b = decompose_lengths(L, s, np.random.default_rng(s.seed))
+    a = decompose_lengths(L, s)
+    b = decompose_lengths(L, s)
     assert all((x == y).all() for x, y in zip((a.doc, a.offset, a.log2), (b.doc, b.offset, b.log2), strict=True))
+
+
+def pieces_by_doc(p, ids):
+    return sorted((int(ids[d]), int(o), int(k)) for d, o, k in zip(p.doc, p.offset, p.log2, strict=True))
+
+
+@settings(max_examples=100, deadline=None)
+@given(lengths=hs.lists(hs.integers(0, 200_000), min_size=1, max_size=30), cut=hs.integers(0, 30),
+       seed=hs.integers(0, 2**40))
+def test_random_overflow_depends_on_the_document_not_the_batch(lengths, cut, seed):
+    """Sharding must not change the data: a document's pieces are the same whichever batch (unit, shard) it
+    is cut in, and wherever in that batch it sits."""
+    s = Settings(6, 9, "random", seed=seed)
+    L = np.array(lengths, dtype=np.int64)
+    ids = np.arange(1000, 1000 + L.size)
+    whole = pieces_by_doc(decompose_lengths(L, s, ids), ids)
+    cut = min(cut, L.size)
+    parts = pieces_by_doc(decompose_lengths(L[:cut], s, ids[:cut]), ids[:cut]) + pieces_by_doc(
+        decompose_lengths(L[cut:], s, ids[cut:]), ids[cut:])
+    assert sorted(parts) == whole
+    rev = ids[::-1]
+    assert pieces_by_doc(decompose_lengths(L[::-1], s, rev), rev) == whole
+    if any(n >= 2 ** 10 for n in lengths):  # another seed draws other pieces for some over-long document
+        other = Settings(6, 9, "random", seed=seed + 1)
+        long_docs = np.full(50, 100_000)
+        assert pieces_by_doc(decompose_lengths(long_docs, s), np.arange(50)) != pieces_by_doc(
+            decompose_lengths(long_docs, other), np.arange(50))
 
 
 def test_random_overflow_gives_equal_expected_tokens_per_bucket():
@@ -86,7 +113,7 @@ def test_gathered_sequences_are_the_document_slices(lengths, s):
     starts = np.concatenate([[0], np.cumsum(L)[:-1]]).astype(np.int64)
     flat = np.arange(L.sum(), dtype=np.int64) % 60_000  # token = its position, so slices are checkable
     ids = np.arange(100, 100 + L.size)
-    p = decompose_lengths(L, s, np.random.default_rng(0))
+    p = decompose_lengths(L, s)
     seen = 0
     for k, batch in gather(pa.array(flat.astype(np.uint16)), starts, ids, p, s):
         for doc_id, off, toks in zip(*(batch.column(c).to_pylist() for c in ("doc_id", "offset", "tokens")),

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from flows._runner import cache_file
 from flows._server import shared_server
+from lendata import store as st
 from lendata.build import cut
 from lendata.cli import app
 from tests.conftest import free_port
@@ -225,6 +226,55 @@ def test_self_lengthen_shards_on_ray_equal_the_local_runner(tmp_path, prefect_se
     assert all(s["ray_node"] and s["pid"] != driver and s["engine_calls"] > 0 for s in shards)
 
 
+DECOMPOSE = ("glob=email/**/*.py", "min_log2=6", "max_log2=10", "baseline_length=1024", "batch_docs=16",
+             "unit_bytes=30000")
+
+
+def build_decompose(store: Path, *sets: str, env: dict[str, str]) -> tuple[dict, dict, int]:
+    return build(store, Path("@stdlib"), *DECOMPOSE, *sets, env=env, recipe="decompose")
+
+
+@pytest.mark.slow
+def test_decompose_on_ray_equals_the_local_runner(tmp_path, prefect_server, ray_cluster):
+    """Each Ray worker reads, tokenises and writes its units straight into the staged version; only counts
+    travel back. The version equals the local runner's, file for file."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    local, local_manifest, _ = build_decompose(tmp_path / "local", "shards=1", env=env)
+    ray, ray_manifest, driver = build_decompose(tmp_path / "ray", "runner=ray", f"ray.address={ray_cluster}",
+                                                "shards=2", env={**env, "PREFECT_API_URL": prefect_server})
+    assert ray_manifest["content_hash"] == local_manifest["content_hash"] and ray["rows"] == local["rows"] > 0
+    shards = ray_manifest["shards"]
+    assert len(shards) == 2 and all(s["ray_node"] and s["pid"] != driver and s["runner"] == "ray" for s in shards)
+    assert sum(s["documents"] for s in shards) == ray_manifest["decomposition"]["documents"] == 29
+    assert sum(s["tokens"] for s in shards) == local_manifest["decomposition"]["input_tokens"]
+    assert st.list_versions(tmp_path / "ray", "decompose") == ["0.1.0"]
+    runs = httpx.post(f"{prefect_server}/task_runs/filter", json={"limit": 200}, timeout=10).json()
+    assert len([r for r in runs if r["name"].startswith("decompose shard")]) >= 2
+
+
+@pytest.mark.slow
+def test_a_decompose_driver_killed_before_publishing_reruns_on_ray_to_the_same_rows(tmp_path):
+    """SIGKILL the driver once every shard has written its files and the manifest is staged: nothing is
+    visible, no Ray or Prefect process outlives it, and the rerun rewrites the shards (never adds to them)."""
+    marker = f"LENDATA_TEST_BUILD={uuid.uuid4().hex}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update({"LENDATA_PREFECT_LINGER": "0", marker.split("=")[0]: marker.split("=")[1]})
+    local, local_manifest, _ = build_decompose(tmp_path / "local", "shards=1", env=env)
+    ray_sets = ("runner=ray", "shards=2", "ray.num_cpus=2")
+    args = [sys.executable, "-m", "lendata", "build", "decompose", "--store", str(tmp_path / "ray"), "--json",
+            "--no-progress", *(a for x in ("input=@stdlib", *DECOMPOSE, *ray_sets) for a in ("--set", x))]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                         env={**env, "LENDATA_TEST_FAULT": "before_publish"})
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    assert list((tmp_path / "ray" / "decompose").glob(".staging-*"))  # the killed build's staged shards
+    assert st.list_versions(tmp_path / "ray", "decompose") == []
+    assert gone(marker) == []
+    ray, ray_manifest, _ = build_decompose(tmp_path / "ray", *ray_sets, env=env)
+    assert ray_manifest["content_hash"] == local_manifest["content_hash"] and ray["rows"] == local["rows"]
+    assert not list((tmp_path / "ray" / "decompose").glob(".staging-*"))
+    assert gone(marker) == []
+
+
 def test_cut_makes_contiguous_near_equal_shards():
     assert cut(list(range(7)), 3) == [(0, [0, 1]), (2, [2, 3, 4]), (5, [5, 6])]
     assert cut([1, 2], 5) == [(0, [1]), (1, [2])]
@@ -252,6 +302,6 @@ def test_bad_run_settings_are_refused_before_anything_runs(tmp_path, sets, messa
     assert not (tmp_path / "direct").exists()
 
 
-def test_flows_without_shards_say_so_for_runner_ray(tmp_path):  # decompose and lveval, so far
-    res = CliRunner().invoke(app, ["build", "decompose", "--store", str(tmp_path), "--set", "runner=ray"])
+def test_flows_without_shards_say_so_for_runner_ray(tmp_path):  # lveval, so far
+    res = CliRunner().invoke(app, ["build", "lveval", "--store", str(tmp_path), "--set", "runner=ray"])
     assert res.exit_code == 1 and "runs on the local runner in one shard only" in res.stderr

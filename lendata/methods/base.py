@@ -140,11 +140,23 @@ class Build(Protocol):
         """A writer for a split too large to hold: each batch is validated, its failing rows quarantined,
         the rest written to shards of the staged version. `partition` is a hive partition (`bucket=8`)."""
 
-    def map(self, step: ShardStep, items: Sequence[Any], label: str, *extra: Any) -> list[Any]:
-        """`step` over the items cut into the recipe's shards (on Ray with `runner: ray`); results in order."""
+    def map(self, step: ShardStep, items: Sequence[Any], label: str, *extra: Any,
+            total: int | None = None) -> list[Any]:
+        """`step` over the items cut into the recipe's shards (on Ray with `runner: ray`); results in order.
+        A result with `progress() -> (rows, tokens)` moves the driver's bar by those (out of `total`, default
+        the item count); one with `accounting() -> dict` adds it to the shard's manifest record."""
 
     def step(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)`, recorded as a named stage (a Prefect task when the build runs as a flow)."""
+
+    def output(self) -> Any:
+        """A handle a shard step writes splits through, on any worker sharing the store's file system:
+        `out.stream(split, schema, partition, rows_per_shard, name)` (shards named `part-NAME-*`: give each
+        piece of work its own name), `out.quarantine(records)`, and `out.result()`, which the step returns for
+        the driver to hand to `merge`."""
+
+    def merge(self, written: Any) -> None:
+        """Add what a shard wrote through `output()` (its `result()`) to the version."""
 
     def check_share(self, bad: int, total: int, what: str) -> None:
         """Fail now when `bad` of `total` input units are unusable beyond `max_quarantine_share` (a method's

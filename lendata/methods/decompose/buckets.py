@@ -33,11 +33,12 @@ class Settings:
     max_log2: int = 13  # ... to D_max
     overflow: Overflow = "random"  # random: k ~ 2^(max-k) for pieces of over-long documents (reference); cap
     plus_one: bool = False  # pieces of 2^k + 1 tokens (inputs + shifted targets)
-    seed: int = 42  # the random overflow rule's stream
+    seed: int = 42  # the random overflow rule: each document draws from its own stream of (seed, doc_id)
     eos_token: str | None = "<|endoftext|>"  # appended to every document; null for none
     baseline_length: int | None = 8192  # concat-and-chunk baseline at this length; null for none
     batch_docs: int = 2048  # documents per record batch (memory is bounded by this, not the corpus)
     rows_per_shard: int = 8192  # pieces per Parquet shard of a bucket
+    unit_bytes: int = 64 << 20  # input bytes per work unit: units are what shards share out and name files
     # the corpus (fields after the method's own: `Settings(min_log2, max_log2, ...)` stays positional)
     input: str = "@stdlib"  # the CPython standard library; or a folder, .jsonl/.parquet files, tokenised .parquet
     glob: str | None = "**/*.txt"  # files of a folder input
@@ -49,6 +50,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0 <= self.min_log2 <= self.max_log2 <= 30:
             raise ValueError(f"need 0 <= min_log2 <= max_log2 <= 30, got {self.min_log2}, {self.max_log2}")
+        if self.unit_bytes < 1:
+            raise ValueError(f"unit_bytes must be at least 1, got {self.unit_bytes}")
         if self.overflow not in ("random", "cap"):
             raise ValueError(f"overflow is random or cap, got {self.overflow!r}")
 
@@ -81,8 +84,30 @@ def random_odds(min_log2: int, max_log2: int) -> tuple[np.ndarray, np.ndarray]:
     return levels, p / p.sum()
 
 
-def decompose_lengths(lengths: np.ndarray, s: Settings, rng: np.random.Generator | None = None) -> Pieces:
-    """The pieces of documents with these lengths, in document order within each phase."""
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijection of uint64 whose outputs pass BigCrush as a counter-based stream."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def document_uniforms(seed: int, doc_ids: np.ndarray, draw: int) -> np.ndarray:
+    """The `draw`-th uniform in [0, 1) of each document's own stream, a function of (seed, doc id, draw) alone:
+    a document's pieces do not depend on the batch, unit or shard it was read in (numpy's generators give one
+    stream per generator, and one generator per document would be a Python loop)."""
+    with np.errstate(over="ignore"):
+        key = _mix(np.asarray(doc_ids, dtype=np.int64).astype(np.uint64) * _GOLDEN
+                   + _mix(np.array([seed], dtype=np.int64).astype(np.uint64)))
+        bits = _mix(key + np.uint64(draw + 1) * _GOLDEN)
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def decompose_lengths(lengths: np.ndarray, s: Settings, doc_ids: np.ndarray | None = None) -> Pieces:
+    """The pieces of documents with these lengths, in document order within each phase. `doc_ids` (default
+    0..n-1) seed each document's draws for the random overflow rule."""
     rem = np.asarray(lengths, dtype=np.int64).copy()
     pos = np.zeros_like(rem)
     docs: list[np.ndarray] = []
@@ -90,12 +115,16 @@ def decompose_lengths(lengths: np.ndarray, s: Settings, rng: np.random.Generator
     ks: list[np.ndarray] = []
     extra = s.extra
     if s.overflow == "random":
-        rng = rng if rng is not None else np.random.default_rng(s.seed)
+        ids = np.arange(rem.size, dtype=np.int64) if doc_ids is None else np.asarray(doc_ids, dtype=np.int64)
         levels, p = random_odds(s.min_log2, s.max_log2)
+        cumulative = np.cumsum(p)
         limit = 1 << (s.max_log2 + 1)
         active = np.flatnonzero(rem - extra >= limit)
-        while active.size:  # one draw per still-too-long document per round
-            k = rng.choice(levels, size=active.size, p=p)
+        draw = 0
+        while active.size:  # one draw per still-too-long document per round: its draw-th of its own stream
+            u = document_uniforms(s.seed, ids[active], draw)
+            k = levels[np.minimum(np.searchsorted(cumulative, u, side="right"), levels.size - 1)]
+            draw += 1
             size = (np.int64(1) << k) + extra
             docs.append(active)
             offs.append(pos[active])
@@ -175,11 +204,12 @@ class ConcatChunker:
     Streams across batches with a carry buffer; also counts, per chunk, the document segments it holds, for
     average context length and cross-document attention."""
 
-    def __init__(self, length: int, ttype: pa.DataType):
+    def __init__(self, length: int, ttype: pa.DataType, first_id: int = 0):
         self.length, self.ttype = length, ttype
+        self.first_id = first_id
         self.carry = np.zeros(0, dtype=np.int64)
         self.carry_docs = np.zeros(0, dtype=np.int64)  # lengths of the document segments in the carry
-        self.next_id = 0
+        self.next_id = first_id
         self.schema = pa.schema([("seq_id", pa.int64()), ("documents", pa.int32()), ("tokens", pa.list_(ttype))])
         # causal (query, key) pairs inside one document over all chunks: sum of l(l-1)/2 over the (chunk,
         # document) segments, which is also the numerator of the average context length
@@ -217,6 +247,10 @@ class ConcatChunker:
         first = np.argmax(keep) if keep.any() else seg.size
         self.carry_docs = np.concatenate([[left[first]] if keep.any() else [], seg[first + 1:]]).astype(np.int64)
         return batch
+
+    @property
+    def sequences(self) -> int:
+        return self.next_id - self.first_id
 
     @property
     def dropped(self) -> int:

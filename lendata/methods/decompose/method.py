@@ -7,25 +7,37 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-from lendata.corpus import doc_batches, prefetch
+from lendata.corpus import plan_units
 from lendata.inputs import InputError
 from lendata.lengths import load_tokenizer
 from lendata.methods.base import Build, Method, ReportSection, Split
 from lendata.methods.decompose.buckets import Settings, token_type
-from lendata.methods.decompose.stream import DOCUMENTS_SCHEMA, decompose_corpus, summary
+from lendata.methods.decompose.stream import (
+    DOCUMENTS_SCHEMA,
+    decompose_units,
+    empty_stats,
+    finish_stats,
+    merge_stats,
+    summary,
+)
+from lendata.remote import is_url, shown
 from schemas.decompose import BaselineSchema, DocumentsSchema, PiecesSchema
 
 STDLIB = "@stdlib"  # the running Python's standard library sources: real text on every machine
 
 
-def corpus_path(s: Settings, build: Build) -> Path:
-    return Path(sysconfig.get_paths()["stdlib"]) if s.input == STDLIB else build.path(s.input)
+def corpus_location(s: Settings, build: Build) -> str:
+    """The corpus as a local path or an fsspec URL (s3://, hf://, gs://, ...)."""
+    if s.input == STDLIB:
+        return sysconfig.get_paths()["stdlib"]
+    return s.input if is_url(s.input) else str(build.path(s.input))
 
 
 class Decompose(Method):
     name = "decompose"
     settings = Settings
     inputs = ("input", "tokenizer")
+    sharded = True  # units of the corpus, on the local runner or Ray (lendata/methods/decompose/stream.py)
     card_tags = ("pretraining", "variable-sequence-length", "dataset-decomposition")
     main_split = "train"
 
@@ -45,14 +57,18 @@ class Decompose(Method):
             if eos_id is None:
                 raise InputError(f"the tokenizer has no token {s.eos_token!r} (set eos_token to one it has, or null)")
         ttype = token_type(int(s.vocab_size or tokenizer.get_vocab_size()))
-        path = corpus_path(s, build)
-        batches = doc_batches(path, tokenizer, eos_id, text_field=s.text_field, token_field=s.token_field,
-                              glob=s.glob, batch_docs=s.batch_docs)
-        with build.progress(None, "decompose: documents") as bar:
-            stats = decompose_corpus(prefetch(batches), build, s, ttype, on_batch=bar.advance)
+        location = corpus_location(s, build)
+        units = build.step("plan units", plan_units, location, s.glob, s.unit_bytes)
+        done = build.map(decompose_units, units, "decompose", build.output(), eos_id, str(ttype),
+                         total=sum(u.count for u in units))
+        stats = empty_stats(s)
+        for shard in done:
+            build.merge(shard.written)
+            merge_stats(stats, shard.stats)
         if stats["documents"] == 0:
-            raise InputError(f"{path}: no readable document (glob {s.glob!r})")
-        build.meta.update({"decomposition": stats, "summary": summary(stats, s)})
+            raise InputError(f"{shown(location)}: no readable document (glob {s.glob!r})")
+        finish_stats(stats)
+        build.meta.update({"decomposition": {**stats, "units": len(units)}, "summary": summary(stats, s)})
 
     def report(self, manifest: dict[str, Any], folder: Path) -> ReportSection | None:
         from lendata.methods.decompose.report import section

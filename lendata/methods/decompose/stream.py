@@ -1,18 +1,22 @@
-"""Decomposition of a whole corpus, streamed batch by batch into a staged version, and its statistics.
+"""Decomposition of a corpus, unit by unit, streamed batch by batch into a staged version, and its statistics.
 
-Memory holds one batch of documents and one open shard per bucket, whatever the corpus size.
+The corpus is cut into units (lendata.corpus.plan_units) from the input alone; each unit writes its own files
+(named after the unit) and returns only counts, so the version's files and content hash are the same for any
+number of shards, local or on Ray. Memory holds one batch of documents and one open shard per bucket.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from lendata.corpus import DocBatch
-from lendata.methods.base import Build
+from lendata.corpus import Unit, prefetch, unit_batches
+from lendata.methods.base import Progress
 from lendata.methods.decompose.buckets import (
     ConcatChunker,
     Pieces,
@@ -37,62 +41,115 @@ def check_pieces(pieces: Pieces, lengths: np.ndarray, s: Settings) -> None:
         raise AssertionError("a decomposed piece reaches outside its document")
 
 
-def decompose_corpus(
-    batches: Iterable[DocBatch],
-    build: Build,
-    s: Settings,
-    ttype: pa.DataType,
-    on_batch: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Stream `train` (hive-partitioned `bucket=K`), `documents` and `baseline` into the build, quarantine the
-    unreadable documents; return the statistics."""
-    rng = np.random.default_rng(s.seed)  # one stream for the corpus: the same seed and batch size, the same data
+@dataclass
+class UnitsDone:
+    """What a shard of units sends back to the driver: statistics and the files it wrote, never tokens."""
+
+    stats: dict[str, Any]
+    written: Any  # the shard's `Output.result()`, merged into the staged version by the build
+    seconds: float
+
+    def progress(self) -> tuple[int, int]:
+        """(documents, tokens) the shard read: the driver's progress bar counts these."""
+        return self.stats["documents"], self.stats["input_tokens"]
+
+    def accounting(self) -> dict[str, Any]:
+        return {"documents": self.stats["documents"], "tokens": self.stats["input_tokens"],
+                "seconds": round(self.seconds, 2)}
+
+
+def empty_stats(s: Settings) -> dict[str, Any]:
+    buckets = {str(k): {"sequences": 0, "tokens": 0} for k in range(s.min_log2, s.max_log2 + 1)}
+    stats: dict[str, Any] = {"documents": 0, "input_tokens": 0, "dropped_tokens": 0, "unreadable_documents": 0,
+                             "buckets": buckets}
+    if s.baseline_length:
+        stats["baseline"] = {"length": s.baseline_length, "sequences": 0, "tokens": 0, "dropped_tokens": 0,
+                             "context_sum": 0, "attention_pairs": 0}
+    return stats
+
+
+def merge_stats(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """Sum one unit's (or shard's) statistics into `total`: every figure is a count, so the sum does not depend
+    on how the corpus was cut."""
+    for key in ("documents", "input_tokens", "dropped_tokens", "unreadable_documents"):
+        total[key] += part[key]
+    for k, v in part["buckets"].items():
+        for f in ("sequences", "tokens"):
+            total["buckets"][k][f] += v[f]
+    if "baseline" in part:
+        for f in ("sequences", "tokens", "dropped_tokens", "context_sum", "attention_pairs"):
+            total["baseline"][f] += part["baseline"][f]
+    return total
+
+
+def finish_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's form: kept tokens and cross-document pairs derived from the sums."""
+    stats["kept_tokens"] = stats["input_tokens"] - stats["dropped_tokens"]
+    if "baseline" in stats:
+        b = stats["baseline"]
+        b["cross_document_pairs"] = b["attention_pairs"] - b["context_sum"]
+    return stats
+
+
+def decompose_unit(unit: Unit, tokenizer: Any, eos_id: int | None, s: Settings, ttype: pa.DataType, out: Any,
+                   on_batch: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Decompose one unit into `train` (hive-partitioned `bucket=K`), `documents` and `baseline` files named
+    after the unit; return its statistics. Everything here depends on the unit alone."""
+    name = f"u{unit.index:06d}"
+    stats = empty_stats(s)
     writers: dict[int, Any] = {}
-    docs = build.stream("documents", DOCUMENTS_SCHEMA, rows_per_shard=1 << 20)
-    chunker = ConcatChunker(s.baseline_length, ttype) if s.baseline_length else None
-    base = build.stream("baseline", chunker.schema, rows_per_shard=s.rows_per_shard) if chunker else None
-    seqs = {k: 0 for k in range(s.min_log2, s.max_log2 + 1)}
-    bad: list[dict[str, Any]] = []
-    n_docs = n_tokens = dropped = 0
-    for b in batches:
-        ids = np.arange(n_docs, n_docs + b.lengths.size, dtype=np.int64)
-        pieces = decompose_lengths(b.lengths, s, rng)
+    docs = out.stream("documents", DOCUMENTS_SCHEMA, None, 1 << 20, name)
+    # the baseline joins the unit's documents end to end; the unit's last partial chunk is dropped
+    chunker = ConcatChunker(s.baseline_length, ttype, first_id=unit.index << 32) if s.baseline_length else None
+    base = out.stream("baseline", chunker.schema, None, s.rows_per_shard, name) if chunker else None
+    for b in prefetch(unit_batches(unit, tokenizer, eos_id, s.text_field, s.token_field, s.batch_docs)):
+        ids = b.ids if b.ids is not None else np.arange(b.lengths.size, dtype=np.int64)
+        pieces = decompose_lengths(b.lengths, s, ids)
         check_pieces(pieces, b.lengths, s)
         flat = b.flat.astype(numpy_type(ttype), copy=False)  # once: buckets and baseline share it
         for k, view in gather(pa.array(flat, type=ttype), b.starts, ids, pieces, s):
-            rb = to_lists(view)
             if k not in writers:
-                writers[k] = build.stream("train", bucket_schema(ttype), f"bucket={k}", s.rows_per_shard)
-            seqs[k] += writers[k].write(rb).num_rows  # rows written: a row failing its schema is quarantined
+                writers[k] = out.stream("train", bucket_schema(ttype), f"bucket={k}", s.rows_per_shard, name)
+            written = writers[k].write(to_lists(view)).num_rows  # a row failing its schema is quarantined
+            stats["buckets"][str(k)]["sequences"] += written
+            stats["buckets"][str(k)]["tokens"] += written * s.size(k)
         per_doc = np.bincount(pieces.doc, minlength=b.lengths.size).astype(np.int32)
         docs.write(pa.RecordBatch.from_arrays(
             [pa.array(ids), pa.array(b.sources, pa.string()), pa.array(b.lengths), pa.array(b.lengths - pieces.dropped),
              pa.array(pieces.dropped), pa.array(per_doc)], schema=DOCUMENTS_SCHEMA))
         if chunker is not None and base is not None:
-            out = chunker.add(flat, b.lengths)
-            if out is not None:
-                base.write(out)
-        bad += b.bad
-        n_docs += b.lengths.size
-        n_tokens += int(b.lengths.sum())
-        dropped += int(pieces.dropped.sum())
+            chunk = chunker.add(flat, b.lengths)
+            if chunk is not None:
+                base.write(chunk)
+        out.quarantine(b.bad)
+        stats["unreadable_documents"] += len(b.bad)
+        stats["documents"] += int(b.lengths.size)
+        stats["input_tokens"] += int(b.lengths.sum())
+        stats["dropped_tokens"] += int(pieces.dropped.sum())
         if on_batch:
-            on_batch(b.lengths.size, int(b.lengths.sum()))
+            on_batch(int(b.lengths.size), int(b.lengths.sum()))
     for w in [*writers.values(), docs, *([base] if base else [])]:
         w.close()
-    build.quarantine(bad)
-    buckets = {str(k): {"sequences": n, "tokens": n * s.size(k)} for k, n in seqs.items()}
-    stats: dict[str, Any] = {
-        "documents": n_docs, "input_tokens": n_tokens, "kept_tokens": n_tokens - dropped,
-        "dropped_tokens": dropped, "buckets": buckets, "unreadable_documents": len(bad),
-    }
     if chunker is not None:
-        stats["baseline"] = {
-            "length": chunker.length, "sequences": chunker.next_id, "tokens": chunker.tokens,
-            "dropped_tokens": chunker.dropped, "context_sum": chunker.pairs_within,
-            "attention_pairs": chunker.pairs_total, "cross_document_pairs": chunker.pairs_total - chunker.pairs_within,
-        }
+        stats["baseline"].update(sequences=chunker.sequences, tokens=chunker.tokens, dropped_tokens=chunker.dropped,
+                                 context_sum=chunker.pairs_within, attention_pairs=chunker.pairs_total)
     return stats
+
+
+def decompose_units(s: Settings, units: list[Unit], offset: int, engines: Any, progress: Progress,
+                    out: Any, eos_id: int | None, ttype: str) -> UnitsDone:
+    """A shard's work (a `build.map` step): its units one after another, on whichever worker runs it."""
+    from lendata.lengths import load_tokenizer
+
+    started = time.monotonic()
+    tokenizer = None if s.token_field else load_tokenizer(s.tokenizer)
+    arrow_type = {"uint16": pa.uint16(), "uint32": pa.uint32()}[ttype]
+    stats = empty_stats(s)
+    with progress(sum(u.count for u in units), "documents") as bar:
+        for unit in units:
+            merge_stats(stats, decompose_unit(unit, tokenizer, eos_id, s, arrow_type, out,
+                                              on_batch=lambda docs, toks: bar.advance(docs, toks)))
+    return UnitsDone(stats, out.result(), time.monotonic() - started)
 
 
 def summary(stats: dict[str, Any], s: Settings) -> dict[str, Any]:

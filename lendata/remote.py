@@ -1,0 +1,84 @@
+"""Inputs anywhere fsspec reaches: local paths and globs, `s3://` (any S3-compatible endpoint), `hf://datasets/...`
+(the Hub's file system; `HF_ENDPOINT` honoured), `gs://`, `https://`.
+
+Files are opened as streams (byte ranges on object stores): nothing downloads a whole corpus first. Credentials
+come from the environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, HF_TOKEN, GOOGLE_APPLICATION_CREDENTIALS, ...),
+never from a recipe, so they cannot reach a manifest; a URL that carries them (`s3://KEY:SECRET@bucket`) is
+refused, and URLs are shown with any query string removed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from lendata.inputs import InputError
+
+GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+class RemoteError(InputError):
+    pass
+
+
+def is_url(value: str) -> bool:
+    return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value))
+
+
+def shown(location: str) -> str:
+    """A location as it may be printed or recorded: no query string, no user info."""
+    out = re.sub(r"\?.*$", "", location)
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", out)
+
+
+def filesystem(location: str) -> tuple[Any, str]:
+    """(fsspec file system, path within it) for a URL or a local path."""
+    import fsspec
+
+    if is_url(location):
+        scheme = location.split("://", 1)[0]
+        head = location.split("://", 1)[1].split("/", 1)[0]
+        if "@" in head and scheme not in ("hf",):
+            raise RemoteError(f"{shown(location)}: credentials in a URL would be recorded with the recipe; set them "
+                              "in the environment instead (AWS_ACCESS_KEY_ID, HF_TOKEN, ...)")
+        if scheme == "s3":
+            return _s3(location)
+        try:
+            return fsspec.core.url_to_fs(location)
+        except (ImportError, ValueError) as e:
+            raise RemoteError(f"{shown(location)}: {e}") from None
+    return fsspec.core.url_to_fs(location)
+
+
+def _s3(location: str) -> tuple[Any, str]:
+    """s3fs with the endpoint from AWS_ENDPOINT_URL (the AWS SDKs' own variable), for S3-compatible servers."""
+    import os
+
+    try:
+        import s3fs
+    except ImportError:
+        raise RemoteError("s3:// inputs need s3fs: pip install 'lendata[remote]'") from None
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {})
+    return fs, location.split("://", 1)[1]
+
+
+def expand(location: str, glob: str | None) -> tuple[Any, str, list[str], bool]:
+    """(file system, root, sorted files, whether the location is a folder) that `location` names: a file, a
+    folder (its files matching `glob`), or a glob pattern. Paths are the file system's own (no scheme)."""
+    fs, path = filesystem(location)
+    if GLOB_CHARS.search(path):
+        files = sorted(p for p in fs.glob(path) if fs.isfile(p))
+        if not files:
+            raise RemoteError(f"{shown(location)}: no file matches")
+        root = path[: GLOB_CHARS.search(path).start()].rsplit("/", 1)[0]  # type: ignore[union-attr]
+        return fs, root, files, True
+    if fs.isdir(path):
+        pattern = f"{path.rstrip('/')}/{glob or '**/*'}"
+        files = sorted(p for p in fs.glob(pattern) if fs.isfile(p))
+        if not files:
+            raise RemoteError(f"{shown(location)}: no file matches {glob!r}")
+        return fs, path.rstrip("/"), files, True
+    if not fs.exists(path):
+        raise RemoteError(f"input not found: {shown(location)}")
+    return fs, path.rsplit("/", 1)[0], [path], False

@@ -31,7 +31,8 @@ from lendata.recipes import Recipe
 # settings a Ray worker needs to join the build's Prefect server the way the driver does; secrets are not
 # forwarded (they would show in Ray's job metadata): set API keys in the environment of every node
 FORWARDED_ENV = ("PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_LOGGING_LEVEL",
-                 "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM")
+                 "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM", "LENDATA_HF_OFFLINE_DEFAULT",
+                 "HF_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
 
 
 def cache_file(driver_host: str) -> str:

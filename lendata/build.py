@@ -33,6 +33,7 @@ from lendata.methods.base import Split, quarantine_table
 from lendata.paths import work_dir
 from lendata.progress import GenerationProgress
 from lendata.recipes import Recipe
+from lendata.remote import default_offline
 
 
 class BuildFailed(RuntimeError):
@@ -72,7 +73,7 @@ def configure_prefect(store: Path, verbose: bool = False) -> None:
     # a plain path here is read as a block name and fails; the env setting is a path (ENVIRONMENT.md)
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(home / "results"))
     os.environ["PREFECT_LOGGING_LEVEL"] = "INFO" if verbose else os.environ.get("PREFECT_LOGGING_LEVEL", "CRITICAL")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    default_offline()
 
 
 # --- engines --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lendata.inputs import Bad, InputError, records
+from lendata.inputs import Bad, InputError
 
 
 @dataclass
@@ -47,70 +47,13 @@ BATCH_CHARS = 8_000_000
 
 
 def text_batches(
-    path: Path, text_field: str = "text", glob: str = "**/*.txt", batch_docs: int = 2048
+    path: Path | str, text_field: str = "text", glob: str | None = "**/*.txt", batch_docs: int = 2048
 ) -> Iterator[tuple[list[str], list[str], list[dict[str, Any]]]]:
-    """(sources, texts, bad) per batch of readable documents, in a stable order."""
-    sources: list[str] = []
-    texts: list[str] = []
-    bad: list[dict[str, Any]] = []
-    chars = 0
-
-    def flush():
-        nonlocal sources, texts, bad, chars
-        out = (sources, texts, bad)
-        sources, texts, bad, chars = [], [], [], 0
-        return out
-
-    def full(text: str) -> bool:
-        nonlocal chars
-        chars += len(text)
-        return len(texts) >= batch_docs or chars >= BATCH_CHARS
-
-    if path.is_dir():
-        files = sorted(p for p in path.glob(glob) if p.is_file())
-        if not files:
-            raise InputError(f"{path}: no file matches {glob!r}")
-        for f in files:
-            try:
-                texts.append(f.read_text(encoding="utf-8"))
-                sources.append(str(f.relative_to(path)))
-            except UnicodeDecodeError as e:
-                bad.append(_bad(str(f), f"not valid UTF-8 (byte {e.start})"))
-                continue
-            if full(texts[-1]):
-                yield flush()
-    elif path.suffix == ".parquet":
-        pf = pq.ParquetFile(path)
-        if text_field not in pf.schema_arrow.names:
-            raise InputError(f"{path}: no column {text_field!r}; columns: {', '.join(pf.schema_arrow.names)}")
-        row = 0
-        for batch in pf.iter_batches(batch_size=batch_docs, columns=[text_field]):
-            for value in batch.column(0).to_pylist():
-                row += 1
-                if isinstance(value, str):
-                    texts.append(value)
-                    sources.append(f"{path.name}:{row}")
-                else:
-                    bad.append(_bad(f"{path}:{row}", f"{text_field!r} is not text"))
-            yield flush()
-    elif path.suffix in {".jsonl", ".json"}:
-        for lineno, rec, problem, raw in records(path):
-            value = rec.get(text_field) if rec is not None else None
-            if rec is None or not isinstance(value, str):
-                why = problem or (f"missing field {text_field!r}" if text_field not in rec else
-                                  f"{text_field!r} is not text")
-                bad.append(_bad(f"{path}:{lineno}", why, raw or json.dumps(rec, default=str)))
-                continue
-            texts.append(value)
-            sources.append(f"{path.name}:{lineno}")
-            if full(value):
-                yield flush()
-    elif not path.exists():
-        raise InputError(f"input not found: {path}")
-    else:
-        raise InputError(f"{path}: unsupported corpus {path.suffix!r}; use a directory, .jsonl or .parquet")
-    if texts or bad:
-        yield flush()
+    """(sources, texts, bad) per batch of readable documents, in a stable order: the units of `plan_units`
+    read one after another (a local path or any fsspec URL)."""
+    for unit in plan_units(str(path), glob, 1 << 62):
+        for _, sources, texts, bad in unit_texts(unit, text_field, batch_docs):
+            yield sources, texts, bad
 
 
 def tokenize(texts: list[str], tokenizer: Any, eos_id: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -175,21 +118,17 @@ def prefetch(batches: Iterator[DocBatch], depth: int = 2) -> Iterator[DocBatch]:
 
 
 def doc_batches(
-    path: Path,
+    path: Path | str,
     tokenizer: Any,
     eos_id: int | None,
     text_field: str = "text",
     token_field: str | None = None,
-    glob: str = "**/*.txt",
+    glob: str | None = "**/*.txt",
     batch_docs: int = 2048,
 ) -> Iterator[DocBatch]:
-    """Tokenised batches of a corpus, whatever its form."""
-    if token_field:
-        yield from token_batches(pq.ParquetFile(path), str(path), token_field, eos_id, batch_docs)
-        return
-    for sources, texts, bad in text_batches(path, text_field, glob, batch_docs):
-        flat, lengths = tokenize(texts, tokenizer, eos_id)
-        yield DocBatch(sources, flat, lengths, bad)
+    """Tokenised batches of a whole corpus, whatever its form, unit after unit."""
+    for unit in plan_units(str(path), glob, 1 << 62):
+        yield from unit_batches(unit, tokenizer, eos_id, text_field, token_field, batch_docs)
 
 
 def cached_documents(name: str, origin: str, produce: Callable[[], Iterator[tuple[str, str]]]

@@ -111,13 +111,19 @@ def parse_line(raw: bytes, first: bool = False) -> tuple[dict[str, Any] | None, 
     return rec, None, text
 
 
-def records(path: Path):
-    """(line number, dict | None, problem, raw) for each non-blank record."""
-    if path.suffix == ".parquet":
+def records(path: Path | str):
+    """(line number, dict | None, problem, raw) for each non-blank record of a local file or a URL."""
+    from lendata.remote import filesystem, open_location, shown
+
+    if str(path).endswith(".parquet"):
         try:
-            table = pq.read_table(path)
+            fs, inner = filesystem(str(path))
+            with fs.open(inner, "rb") as f:
+                table = pq.read_table(f)
+        except InputError:
+            raise
         except Exception as e:
-            raise InputError(f"{path}: not a readable Parquet file: {e}") from e
+            raise InputError(f"{shown(str(path))}: not a readable Parquet file: {e}") from e
         for start in range(0, table.num_rows, 10_000):
             chunk = table.slice(start, 10_000)
             try:
@@ -137,7 +143,8 @@ def records(path: Path):
                 else:
                     yield i, rec, None, ""
         return
-    with open(path, "rb") as f:
+    stream, _ = open_location(path)
+    with stream as f:
         for lineno, raw, size, head in _lines(f):
             if raw is None:
                 yield (lineno, None, f"line is {size} bytes, over the {MAX_LINE_BYTES}-byte limit",
@@ -147,6 +154,22 @@ def records(path: Path):
             if rec is None and problem is None:
                 continue
             yield lineno, rec, problem, text
+
+
+class RemotePath(str):
+    """A URL input with the two parts of Path this module reads: its file name and suffix."""
+
+    @property
+    def name(self) -> str:
+        return self.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def suffix(self) -> str:
+        return "." + self.name.rpartition(".")[2] if "." in self.name else ""
+
+    @property
+    def stem(self) -> str:
+        return self.name.rpartition(".")[0] or self.name
 
 
 MAX_TARGET = 1_000_000  # words: far past any length a model writes, and inside every int32 column
@@ -172,12 +195,18 @@ def read_instructions(
     n: int | None = None,
     keep_fields: bool = True,
 ) -> Loaded:
-    """Rows with `instruction`, `target` (int or None), `source` ("file:line") and the other fields."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"input file not found: {path}")
+    """Rows with `instruction`, `target` (int or None), `source` ("file:line") and the other fields. `path`: a
+    local file or a URL (lendata.remote)."""
+    from lendata.remote import is_url, shown
+
+    if is_url(str(path)):
+        path = RemotePath(str(path))
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"input file not found: {path}")
     if path.suffix not in {".jsonl", ".json", ".parquet"}:
-        raise InputError(f"{path}: unsupported input format {path.suffix!r}; use .jsonl or .parquet")
+        raise InputError(f"{shown(str(path))}: unsupported input format {path.suffix!r}; use .jsonl or .parquet")
     out = Loaded()
     if n is not None and n < 1:
         raise InputError(f"n is {n}: it must be at least 1 (or null for every row)")

@@ -46,7 +46,9 @@ def gguf_tokenizer_path(gguf: Path) -> Path:
     out = user_cache() / "tokenizers" / f"{gguf.stem}-{_file_key(gguf)}.json"
     if out.is_file():
         return out
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from lendata.remote import default_offline
+
+    default_offline()
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -63,7 +65,9 @@ def bundled_tokenizer_path() -> Path:
 
 def export_hf(out: Path, gguf: Path | None = None) -> Path:
     """Dequantize a GGUF (default: the bundled one) into a safetensors checkpoint vLLM and transformers load."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from lendata.remote import default_offline
+
+    default_offline()
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     gguf = gguf or bundled_gguf_path()

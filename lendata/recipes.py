@@ -97,7 +97,13 @@ class Recipe:
         return {**dataclasses.asdict(self.run), **dataclasses.asdict(self.settings)}
 
     def path(self, value: str) -> Path:
-        """Input paths in a recipe are relative to the recipe file; on the command line, to the cwd."""
+        """Input paths in a recipe are relative to the recipe file; on the command line, to the cwd. A URL
+        (s3://, hf://, gs://, ...: lendata.remote) is returned as it is, as a `RemotePath`."""
+        from lendata.inputs import RemotePath
+        from lendata.remote import is_url
+
+        if is_url(value):
+            return RemotePath(value)  # type: ignore[return-value]
         p = Path(value).expanduser()
         if p.is_absolute() or p.exists():
             return p.resolve()

@@ -9,7 +9,9 @@ refused, and URLs are shown with any query string removed.
 
 from __future__ import annotations
 
+import io
 import re
+from pathlib import Path
 from typing import Any
 
 from lendata.inputs import InputError
@@ -43,6 +45,8 @@ def filesystem(location: str) -> tuple[Any, str]:
                               "in the environment instead (AWS_ACCESS_KEY_ID, HF_TOKEN, ...)")
         if scheme == "s3":
             return _s3(location)
+        if scheme == "hf":
+            return _hf(location)
         try:
             return fsspec.core.url_to_fs(location)
         except (ImportError, ValueError) as e:
@@ -61,6 +65,34 @@ def _s3(location: str) -> tuple[Any, str]:
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint} if endpoint else {})
     return fs, location.split("://", 1)[1]
+
+
+def _hf(location: str) -> tuple[Any, str]:
+    """The Hub's file system at HF_ENDPOINT (read when called, not when huggingface_hub was imported)."""
+    import os
+
+    from huggingface_hub import HfFileSystem, constants
+
+    if constants.HF_HUB_OFFLINE:
+        if os.environ.get(OFFLINE_BY_LENDATA) != "1":
+            raise RemoteError(f"{shown(location)}: HF_HUB_OFFLINE is set; unset it to read from the Hub")
+        constants.HF_HUB_OFFLINE = False  # lendata's own default for model loading, not the user's wish
+    fs = HfFileSystem(endpoint=os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+    return fs, location.split("://", 1)[1]
+
+
+# set when lendata (not the user) turned HF_HUB_OFFLINE on (`default_offline`)
+OFFLINE_BY_LENDATA = "LENDATA_HF_OFFLINE_DEFAULT"
+
+
+def default_offline() -> None:
+    """HF_HUB_OFFLINE=1 unless the user chose: models load from the local cache without asking the Hub
+    (ENVIRONMENT.md: tokenizer load 7 s -> 4 s). Marked as lendata's, so hf:// inputs may still read the Hub."""
+    import os
+
+    if "HF_HUB_OFFLINE" not in os.environ:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ[OFFLINE_BY_LENDATA] = "1"
 
 
 def expand(location: str, glob: str | None) -> tuple[Any, str, list[str], bool]:
@@ -82,3 +114,16 @@ def expand(location: str, glob: str | None) -> tuple[Any, str, list[str], bool]:
     if not fs.exists(path):
         raise RemoteError(f"input not found: {shown(location)}")
     return fs, path.rsplit("/", 1)[0], [path], False
+
+
+def open_binary(fs: Any, path: str) -> io.BufferedReader:
+    """A buffered binary stream of a file (`readline(size)` bounded, `seek`), reading ranges on demand."""
+    return io.BufferedReader(fs.open(path, "rb", block_size=8 << 20), buffer_size=1 << 20)
+
+
+def open_location(location: str | Path) -> tuple[io.BufferedReader, str]:
+    """(stream, file name) of one input file given as a local path or a URL."""
+    fs, path = filesystem(str(location))
+    if not fs.isfile(path):
+        raise InputError(f"input file not found: {shown(str(location))}")
+    return open_binary(fs, path), path.rsplit("/", 1)[-1]

@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 
 @dataclass
@@ -53,6 +54,7 @@ class FakeHub:
         self.token = token
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.bytes_served = 0  # file bytes sent: a streamed read sends what it reads, not whole files
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -75,8 +77,34 @@ class FakeHub:
                 hub.requests.append((method, self.path, dict(self.headers)))
                 if self.headers.get("Authorization") != f"Bearer {hub.token}":
                     return self._send(401, {"error": "Invalid credentials in Authorization header"})
-                status, reply = hub.route(method, self.path.split("?")[0], body, self.base)
+                path, _, query = self.path.partition("?")
+                if method in ("GET", "HEAD") and path.startswith("/datasets/"):
+                    return self._file(method, path)
+                status, reply = hub.route(method, path, body, self.base, query)
                 self._send(status, reply)
+
+            def _file(self, method: str, path: str) -> None:
+                """A file download (`/datasets/ORG/NAME/resolve/REV/PATH`), honouring a byte Range."""
+                m = re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", unquote(path))
+                repo = hub.repos.get(m.group(1)) if m else None
+                data = repo.tree_at(m.group(2)).get(m.group(3)) if repo and repo.commits else None
+                if data is None:
+                    return self._send(404, {"error": "Entry not found"})
+                start, end = 0, len(data) - 1
+                rng = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
+                if rng:
+                    start, end = int(rng.group(1)), min(int(rng.group(2) or end), end)
+                part = data[start:end + 1]
+                hub.bytes_served += len(part) if method == "GET" else 0
+                self.send_response(206 if rng else 200)
+                self.send_header("Content-Length", str(len(part)))
+                self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
+                self.send_header("X-Repo-Commit", repo.head)
+                if rng:
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                self.end_headers()
+                if method == "GET":
+                    self.wfile.write(part)
 
             @property
             def base(self) -> str:
@@ -87,6 +115,9 @@ class FakeHub:
 
             def do_POST(self) -> None:  # noqa: N802
                 self._handle("POST")
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self._handle("HEAD")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -104,7 +135,7 @@ class FakeHub:
         repo = self.repos.setdefault(repo_id, Repo(private=private))
         return repo.add_commit("seeded by the test", files, [])
 
-    def route(self, method: str, path: str, body: bytes, base: str) -> tuple[int, Any]:
+    def route(self, method: str, path: str, body: bytes, base: str, query: str = "") -> tuple[int, Any]:
         if method == "GET" and path == "/api/whoami-v2":
             return 200, {"type": "user", "name": "tester", "orgs": [], "auth": {"type": "access_token"}}
         if method == "POST" and path == "/api/repos/create":
@@ -116,8 +147,9 @@ class FakeHub:
             return 200, {"url": f"{base}/datasets/{repo_id}"}
         if method == "POST" and path == "/api/validate-yaml":
             return 200, {"errors": [], "warnings": []}
-        m = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)(?:/(refs|preupload|commit|tag|tree|revision)(?:/(.+))?)?",
-                         path)
+        m = re.fullmatch(
+            r"/api/datasets/([^/]+/[^/]+)(?:/(refs|preupload|commit|tag|tree|revision|paths-info)(?:/(.+))?)?",
+            unquote(path))
         if not m or m.group(1) not in self.repos:
             return 404, {"error": f"Repository not found: {path}"}
         repo_id, repo, action = m.group(1), self.repos[m.group(1)], m.group(2)
@@ -125,8 +157,8 @@ class FakeHub:
             head = repo.head if repo.commits else None
             return 200, {"id": repo_id, "private": repo.private, "sha": head,
                          "siblings": [{"rfilename": p} for p in sorted(repo.files)]}
-        if action == "tree":
-            revision = (m.group(3) or "main").split("/", 1)[0]
+        if action in ("tree", "paths-info"):
+            revision, _, under = (m.group(3) or "main").partition("/")
             try:
                 tree = repo.tree_at(revision) if repo.commits else {}
             except StopIteration:
@@ -134,7 +166,17 @@ class FakeHub:
             entries = [{"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
                        for p, b in sorted(tree.items())]
             folders = sorted({"/".join(p.split("/")[:i]) for p in tree for i in range(1, p.count("/") + 1)})
-            return 200, [{"type": "directory", "path": f, "oid": "0" * 40} for f in folders] + entries
+            entries = [{"type": "directory", "path": f, "oid": "0" * 40} for f in folders] + entries
+            if action == "paths-info":  # the entries of the paths asked for (a form post)
+                wanted = set(parse_qs(body.decode()).get("paths", []))
+                return 200, [e for e in entries if e["path"] in wanted]
+            if under:  # a folder's children; all its descendants with recursive=true
+                recursive = parse_qs(query).get("recursive", ["false"])[0].lower() == "true"
+                entries = [e for e in entries if e["path"].startswith(under.rstrip("/") + "/") and (
+                    recursive or "/" not in e["path"][len(under.rstrip("/")) + 1:])]
+            elif parse_qs(query).get("recursive", ["true"])[0].lower() == "false":
+                entries = [e for e in entries if "/" not in e["path"]]
+            return 200, entries
         if action == "refs":
             tags = [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": c} for t, c in repo.tags.items()]
             return 200, {"branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": repo.head}],

@@ -118,43 +118,116 @@ def test_units_come_from_the_input_alone(corpus):
     assert plan_units(str(corpus["jsonl"]), "*.jsonl", 20_000) == jsonl  # the same input, the same units
 
 
-def test_a_corpus_on_an_s3_server_gives_the_rows_of_the_local_files(tmp_path, corpus, monkeypatch):
-    """A real S3-compatible server (moto) on 127.0.0.1: JSONL split over two objects and a Parquet file read by
-    row groups through range requests; the secret key never reaches the manifest."""
+SECRET = "s3cret-key-that-must-not-leak"
+
+
+@pytest.fixture(scope="module")
+def s3(corpus):
+    """A real S3-compatible server (moto's server mode) on 127.0.0.1 holding the corpus, and the environment
+    that points the AWS SDKs at it; yields a boto3 client."""
     boto3 = pytest.importorskip("boto3")
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
-        host, port = server.get_host_and_port()
-        secret = "s3cret-key-that-must-not-leak"
-        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1",
-               "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
-        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
-        s3.create_bucket(Bucket="corpora")
+        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+        client.create_bucket(Bucket="corpora")
         for f in sorted(corpus["jsonl"].iterdir()):
-            s3.upload_file(str(f), "corpora", f"email/{f.name}")
-        s3.upload_file(str(corpus["parquet"]), "corpora", "email.parquet")
-
-        local = build(tmp_path / "local", input=str(corpus["jsonl"]), glob="*.jsonl", unit_bytes=20_000)
-        remote = build(tmp_path / "s3", input="s3://corpora/email/*.jsonl", unit_bytes=20_000)
-        assert rows(remote) == rows(local) and rows(remote, "baseline") == rows(local, "baseline")
-        pq_remote = build(tmp_path / "s3pq", input="s3://corpora/email.parquet", unit_bytes=1)
-        assert rows(pq_remote) == rows(local)
-        for report in (remote, pq_remote):
-            text = (Path(report.path) / "manifest.json").read_text()
-            assert secret not in text and "s3://corpora/" in text
-        with pytest.raises(InputError, match="no file matches"):
-            build(tmp_path / "none", input="s3://corpora/nothing/*.jsonl")
+            client.upload_file(str(f), "corpora", f"email/{f.name}")
+        client.upload_file(str(corpus["parquet"]), "corpora", "email.parquet")
+        yield client
     finally:
         server.stop()
-        for k in ("AWS_ENDPOINT_URL",):
-            os.environ.pop(k, None)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_a_corpus_on_an_s3_server_gives_the_rows_of_the_local_files(tmp_path, corpus, s3):
+    """JSONL split over two objects, and a Parquet file read by row groups through range requests; the secret
+    key never reaches the manifest."""
+    local = build(tmp_path / "local", input=str(corpus["jsonl"]), glob="*.jsonl", unit_bytes=20_000)
+    remote = build(tmp_path / "s3", input="s3://corpora/email/*.jsonl", unit_bytes=20_000)
+    assert rows(remote) == rows(local) and rows(remote, "baseline") == rows(local, "baseline")
+    pq_remote = build(tmp_path / "s3pq", input="s3://corpora/email.parquet", unit_bytes=1)
+    assert rows(pq_remote) == rows(local)
+    for report in (remote, pq_remote):
+        text = (Path(report.path) / "manifest.json").read_text()
+        assert SECRET not in text and "s3://corpora/" in text
+    with pytest.raises(InputError, match="no file matches"):
+        build(tmp_path / "none", input="s3://corpora/nothing/*.jsonl")
+
+
+def test_instructions_and_qa_items_read_from_s3(s3, tmp_path):
+    """Every recipe's `input` takes a URL: instruction files (direct, agentwrite, self_lengthen...) and LV-Eval's
+    QA items are read from the object store as from a local file, bad lines quarantined with file and line."""
+    from lendata.inputs import RemotePath, read_instructions
+    from lendata.methods.lveval.items import read_items
+
+    lines = [json.dumps({"instruction": "Write about rivers.", "length": 300}), "{not json",
+             json.dumps({"instruction": "Write about tides."})]
+    s3.put_object(Bucket="corpora", Key="prompts/p.jsonl", Body="\n".join(lines).encode())
+    loaded = read_instructions(RemotePath("s3://corpora/prompts/p.jsonl"), target_field="length")
+    assert [(r["instruction"], r["target"], r["source"]) for r in loaded.rows] == [
+        ("Write about rivers.", 300, "p.jsonl:1"), ("Write about tides.", None, "p.jsonl:3")]
+    assert [(b.source, b.reason.split(":")[0]) for b in loaded.bad] == [("s3://corpora/prompts/p.jsonl:2",
+                                                                         "invalid JSON")]
+    qa = {"question": "Who built the mill?", "answers": ["Ada"], "documents": ["The mill was built by Ada."]}
+    s3.put_object(Bucket="corpora", Key="qa/items.jsonl", Body=json.dumps(qa).encode() + b"\n")
+    items = read_items(RemotePath("s3://corpora/qa/items.jsonl"))
+    assert [(i.question, i.source, i.id) for i in items.rows] == [("Who built the mill?", "items.jsonl:1", "items-1")]
+    with pytest.raises(InputError, match="not found"):
+        read_instructions(RemotePath("s3://corpora/prompts/missing.jsonl"))
 
 
 def test_credentials_in_a_url_are_refused(tmp_path):
     with pytest.raises(InputError, match="credentials in a URL"):
         build(tmp_path, input="s3://AKIA:secret@corpora/x.jsonl")
+
+
+def test_a_corpus_on_the_hub_gives_the_rows_of_the_local_files(tmp_path, corpus, monkeypatch):
+    """hf://datasets/... through huggingface_hub's file system against the loopback Hub (HF_ENDPOINT): JSONL over
+    two files and a Parquet file read by row groups with range requests, never whole."""
+    import huggingface_hub.constants
+
+    from tests.hub_server import FakeHub
+
+    with FakeHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", hub.token)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the suite runs offline
+        files = {f"email/{f.name}": f.read_bytes() for f in sorted(corpus["jsonl"].iterdir())}
+        files["email.parquet"] = corpus["parquet"].read_bytes()
+        files["README.md"] = b"a corpus\n"
+        hub.seed_files("lendata/corpus", files)
+
+        local = build(tmp_path / "local", input=str(corpus["jsonl"]), glob="*.jsonl", unit_bytes=20_000)
+        remote = build(tmp_path / "hf", input="hf://datasets/lendata/corpus/email", glob="*.jsonl",
+                       unit_bytes=20_000)
+        assert rows(remote) == rows(local) and rows(remote, "baseline") == rows(local, "baseline")
+        docs = st.open_version(tmp_path / "hf", "decompose").read("documents").to_pylist()
+        assert docs[0]["source"] == "a.jsonl:1"
+        served = hub.bytes_served
+        # the Parquet file read unit by unit: a unit of one row group fetches that group's byte range
+        one = build(tmp_path / "hfpq", input="hf://datasets/lendata/corpus/email.parquet", unit_bytes=1)
+        assert rows(one) == rows(local)
+        assert hub.bytes_served - served > 0
+        token = hub.token
+    assert all(token not in p.read_text() for p in (tmp_path / "hf").rglob("manifest.json"))
+
+
+def test_the_hub_refuses_when_the_user_set_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.delenv("LENDATA_HF_OFFLINE_DEFAULT", raising=False)
+    with pytest.raises(InputError, match="HF_HUB_OFFLINE is set"):
+        build(tmp_path, input="hf://datasets/lendata/corpus/x.jsonl")

@@ -161,7 +161,9 @@ def training_log(adapter: str | Path) -> dict[str, Any] | None:
 
 def _train(base: Path, rows: Sequence[dict[str, Any]], out: Path, s: LoraSettings, init: Path | None,
            on_step: Callable[[int, int], None] | None) -> dict[str, Any]:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from lendata.remote import default_offline
+
+    default_offline()
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import (

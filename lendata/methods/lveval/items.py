@@ -14,7 +14,6 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from lendata.engines.base import Engine, Request, Result, estimate_prompt_tokens
@@ -129,9 +128,10 @@ def read_items(path, n: int | None = None) -> Loaded:
             out.bad.append(Bad(where, why, raw))
             continue
         lang = rec.get("language") or language_of(question + " " + docs[0][:2000])
-        out.rows.append(Item(id=str(rec.get("id") or f"{path.stem}-{lineno}"), question=question, answers=answers,
-                             keywords=keywords, documents=docs, language=lang,
-                             source=str(rec.get("source") or f"{Path(path).name}:{lineno}"), replacements=dict(repl)))
+        name = str(path).split("?")[0].rstrip("/").rsplit("/", 1)[-1]  # a local path or a URL
+        out.rows.append(Item(id=str(rec.get("id") or f"{name.rpartition('.')[0] or name}-{lineno}"),
+                             question=question, answers=answers, keywords=keywords, documents=docs, language=lang,
+                             source=str(rec.get("source") or f"{name}:{lineno}"), replacements=dict(repl)))
         if n and len(out.rows) >= n:
             break
     return out

@@ -172,7 +172,7 @@ def python_docs() -> Iterator[tuple[str, str]]:
             yield str(path.relative_to(root)), SEP.join(docs)
 
 
-def _corpus_docs(path: Path, text_field: str, glob: str) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+def _corpus_docs(path: str, text_field: str, glob: str) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
     from lendata.corpus import text_batches
 
     for sources, texts, bad in text_batches(path, text_field=text_field, glob=glob, batch_docs=512):
@@ -202,10 +202,11 @@ def read_pool(source: str | Path, unit: Unit, cap: int, text_field: str = "text"
     if str(source) == PYTHON_DOCS:
         docs: Iterator[tuple[str, str, list[dict[str, Any]]]] = ((s, t, []) for s, t in cached_python_docs())
     else:
-        path = Path(source)
-        if not path.exists():
-            raise InputError(f"distractor corpus not found: {path}")
-        docs = _corpus_docs(path, text_field, glob)
+        from lendata.remote import is_url
+
+        if not is_url(str(source)) and not Path(source).exists():
+            raise InputError(f"distractor corpus not found: {source}")
+        docs = _corpus_docs(str(source), text_field, glob)
     pool = Pool()
     # (-key, arrival, source, text, size, text_hash): the largest key on top
     heap: list[tuple[int, int, str, str, int, str]] = []

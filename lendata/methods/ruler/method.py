@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -34,7 +35,8 @@ class Settings:
 
 def _rows(s: Settings, build: Build, bad: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
     path = build.path(s.input)
-    sources = [(path.name, [path])] if path.exists() else [build.version_files(s.input, "train")]
+    remote = not isinstance(path, Path)  # a URL (RemotePath): a file, never a version of the store
+    sources = [(path.name, [path])] if remote or path.exists() else [build.version_files(s.input, "train")]
     for label, files in sources:
         for f in files:
             for lineno, rec, problem, raw in records(f):

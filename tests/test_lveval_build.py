@@ -124,6 +124,7 @@ MEMORY = textwrap.dedent("""
     from lendata import recipes
     from lendata.build import BuildRun
     from lendata.methods.lveval import items as lv
+    from lendata.methods.lveval.context import item_documents
     from lendata.methods.lveval.levels import write_levels
     from lendata.methods.lveval.pool import Unit, read_pool
 
@@ -134,7 +135,10 @@ MEMORY = textwrap.dedent("""
     def run(level, dataset):
         build = BuildRun(recipes.load("lveval", {"levels": [level], "dataset": dataset}), out, progress=False)
         try:
-            stats = write_levels(items, {}, {}, pool, Unit(), lv.Settings(levels=(level,)), dataset, build)
+            shard = build.output()
+            stats = write_levels(items, {}, {}, pool, Unit(), lv.Settings(levels=(level,)), dataset, shard,
+                                 item_documents(items, Unit()), "b000000")
+            build.merge(shard.result())
             build.publish(False, 0.0)
         finally:
             build.close()
@@ -202,3 +206,17 @@ def test_unreadable_distractor_documents_are_recorded_not_counted_against_the_it
     unreadable = [r for r in v.read("rejected").to_pylist() if r["stage"] == "distractors"]
     assert len(unreadable) == 40 and all("corpus.jsonl:" in r["source"] for r in unreadable)
     assert v.manifest["distractor_pool"]["unreadable"] == 40 and v.rows("quarantine") == 0
+
+
+@pytest.mark.slow
+def test_shards_give_the_same_version_as_one(tmp_path):
+    """Three items in blocks of one, built in 1 and in 3 shards with the embedded engine's confusing facts: the
+    same files (the second build is `unchanged`), and each shard's items and records in the manifest."""
+    one = build(tmp_path, "block_items=1")
+    three = build(tmp_path, "block_items=1", "shards=3")
+    assert three["unchanged"] and three["version"] == one["version"]
+    other = build(tmp_path / "three", "block_items=1", "shards=3")
+    manifest = json.loads((st.open_version(tmp_path / "three", "lveval").path / "manifest.json").read_text())
+    assert manifest["blocks"] == 3 and [s["items"] for s in manifest["shards"]] == [1, 1, 1]
+    assert sum(s["records"] for s in manifest["shards"]) == other["rows"] == 9
+    assert manifest["confusing_facts"] > 0  # the engine was called in every shard's block

@@ -275,6 +275,22 @@ def test_a_decompose_driver_killed_before_publishing_reruns_on_ray_to_the_same_r
     assert gone(marker) == []
 
 
+@pytest.mark.slow
+def test_lveval_on_ray_equals_the_local_runner(tmp_path, prefect_server, ray_cluster):
+    """Blocks of QA items on two Ray workers, each with its own embedded engine for the confusing facts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    seeds = Path(__file__).resolve().parent.parent / "pipelines" / "data" / "lveval_seeds.jsonl"
+    sets = ("levels=[16k]", "n=2", "block_items=1", "facts_per_item=1", "fact_attempts=1")
+    local, local_manifest, _ = build(tmp_path / "local", seeds, *sets, "shards=1", env=env, recipe="lveval")
+    ray, ray_manifest, driver = build(tmp_path / "ray", seeds, *sets, "shards=2", "runner=ray",
+                                      f"ray.address={ray_cluster}", env={**env, "PREFECT_API_URL": prefect_server},
+                                      recipe="lveval")
+    assert ray_manifest["content_hash"] == local_manifest["content_hash"] and ray["rows"] == local["rows"] == 2
+    shards = ray_manifest["shards"]
+    assert [s["items"] for s in shards] == [1, 1]
+    assert all(s["ray_node"] and s["pid"] != driver and s["engine_calls"] >= 1 for s in shards)
+
+
 def test_cut_makes_contiguous_near_equal_shards():
     assert cut(list(range(7)), 3) == [(0, [0, 1]), (2, [2, 3, 4]), (5, [5, 6])]
     assert cut([1, 2], 5) == [(0, [1]), (1, [2])]
@@ -302,6 +318,6 @@ def test_bad_run_settings_are_refused_before_anything_runs(tmp_path, sets, messa
     assert not (tmp_path / "direct").exists()
 
 
-def test_flows_without_shards_say_so_for_runner_ray(tmp_path):  # lveval, so far
-    res = CliRunner().invoke(app, ["build", "lveval", "--store", str(tmp_path), "--set", "runner=ray"])
+def test_flows_without_shards_say_so_for_runner_ray(tmp_path):
+    res = CliRunner().invoke(app, ["build", "ruler", "--store", str(tmp_path), "--set", "runner=ray"])
     assert res.exit_code == 1 and "runs on the local runner in one shard only" in res.stderr

@@ -46,6 +46,7 @@ class Settings:
     top_p: float = 0.95  # nucleus sampling
     seed: int = 42  # depths, distractor order and engine calls are seeded from this
     pool_factor: float = 2.0  # distractor units held in memory, as a multiple of the longest level
+    block_items: int = 16  # QA items per block: shards take whole blocks, each writes its own files
     # inputs
     input: str = ""  # QA items: question, answers, answer_keywords, documents[, replacements, language]
     n: int | None = None  # use only the first n items
@@ -61,6 +62,8 @@ class Settings:
             raise ValueError(f"depth must be uniform, fixed or grid, got {self.depth!r}")
         if self.depth != "uniform" and (not self.depths or not all(0.0 <= d <= 1.0 for d in self.depths)):
             raise ValueError(f"depths must be fractions in [0, 1], got {list(self.depths)}")
+        if self.block_items < 1:
+            raise ValueError(f"block_items must be at least 1, got {self.block_items}")
         if self.kpr not in {"given", "engine", "off"}:
             raise ValueError(f"kpr must be given, engine or off, got {self.kpr!r}")
         for level in self.levels:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from lendata.methods.base import Build, Writer
-from lendata.methods.lveval.context import EvidenceTooLong, depth_plan, item_documents, record
+from lendata.methods.base import Writer
+from lendata.methods.lveval.context import EvidenceTooLong, depth_plan, record
 from lendata.methods.lveval.items import Item, Settings
 from lendata.methods.lveval.pool import Pool, Unit, level_name, parse_level
 
@@ -53,16 +53,17 @@ def _flush(buf: list[dict[str, Any]], writer: Writer, lengths: list[int]) -> Non
 
 
 def write_levels(items: list[Item], facts: dict[str, list[str]], tables: dict[str, dict[str, str]], pool: Pool,
-                 unit: Unit, s: Settings, dataset: str, build: Build,
+                 unit: Unit, s: Settings, dataset: str, out: Any, mixed: Pool, files: str,
                  on_record: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Stream every level into its split of the build; the statistics per level. Records that cannot be
-    built are quarantined as they come (records failing the level schema by the build)."""
+    """Stream every level of these items into its split through `out` (a shard's `build.output()`), in files
+    named after `files`; the statistics per level. `mixed`: every item's documents (of all shards), mixed into
+    the other items' contexts. Records that cannot be built are quarantined as they come (records failing the
+    level schema by the output's check)."""
     stats: dict[str, Any] = {}
-    mixed = item_documents(items, unit)  # every item's documents, mixed into the other items' contexts
     for level in sorted({parse_level(x) for x in s.levels}):
         name = level_name(level)
         per_batch = max(1, BATCH_UNITS // level)
-        writer = build.stream(name, RECORD_SCHEMA, rows_per_shard=max(1, SHARD_UNITS // level))
+        writer = out.stream(name, RECORD_SCHEMA, None, max(1, SHARD_UNITS // level), files)
         lengths: list[int] = []
         buf: list[dict[str, Any]] = []
 
@@ -72,12 +73,12 @@ def write_levels(items: list[Item], facts: dict[str, list[str]], tables: dict[st
                     rec = record(item, facts.get(item.id, []), tables.get(item.id, {}), pool, unit, level, tag,
                                  targets, s, dataset, mixed)
                 except EvidenceTooLong as e:
-                    build.quarantine([{"id": f"{item.id}-{name}-{tag}", "stage": "assemble", "reason": str(e),
+                    out.quarantine([{"id": f"{item.id}-{name}-{tag}", "stage": "assemble", "reason": str(e),
                                        "source": item.source, "record": ""}])
                     continue
                 missing = answers_missing(rec)
                 if missing:  # a replacement broke an answer: never ship an unanswerable record
-                    build.quarantine([{"id": rec["id"], "stage": "assemble", "source": item.source, "record": "",
+                    out.quarantine([{"id": rec["id"], "stage": "assemble", "source": item.source, "record": "",
                                        "reason": f"answer {missing[0]!r} is not in the context"}])
                 else:
                     buf.append(rec)
@@ -90,5 +91,26 @@ def write_levels(items: list[Item], facts: dict[str, list[str]], tables: dict[st
         writer.close()
         stats[name] = {"rows": len(lengths), "level_length": level, "unit": unit.name,
                        "min_length": min(lengths, default=0), "max_length": max(lengths, default=0),
-                       "mean_length": round(sum(lengths) / len(lengths), 1) if lengths else 0}
+                       "total_length": sum(lengths)}
     return stats
+
+
+def merge_level_stats(parts: list[dict[str, Any]], final: bool = True) -> dict[str, Any]:
+    """The per-level statistics of several blocks of items as one; `final`: with the mean length (from the
+    summed lengths, which it then drops) instead of the sum, for the manifest."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for name, st in part.items():
+            if name not in out:
+                out[name] = dict(st)
+                continue
+            o = out[name]
+            if st["rows"]:
+                o["min_length"] = min(o["min_length"], st["min_length"]) if o["rows"] else st["min_length"]
+                o["max_length"] = max(o["max_length"], st["max_length"])
+            o["rows"] += st["rows"]
+            o["total_length"] += st["total_length"]
+    if final:
+        for o in out.values():
+            o["mean_length"] = round(o.pop("total_length") / o["rows"], 1) if o["rows"] else 0
+    return out

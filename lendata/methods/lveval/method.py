@@ -3,16 +3,18 @@ streamed into its own split."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lendata.inputs import InputError
-from lendata.methods.base import QUARANTINE_SCHEMA, Build, Method, Split, quarantine_table
+from lendata.methods.base import QUARANTINE_SCHEMA, Build, Method, Progress, Split, quarantine_table
 from lendata.methods.lveval import items as lv
-from lendata.methods.lveval.context import depth_plan
-from lendata.methods.lveval.levels import RECORD_SCHEMA, write_levels
+from lendata.methods.lveval.context import depth_plan, item_documents
+from lendata.methods.lveval.levels import RECORD_SCHEMA, merge_level_stats, write_levels
 from lendata.methods.lveval.pool import PYTHON_DOCS, level_name, make_unit, parse_level, read_pool
 from lendata.methods.shared.lveval_metric import score_records
+from lendata.remote import shown
 from schemas.lveval import LevelSchema
 
 
@@ -20,21 +22,55 @@ def _source(value: str, build: Build) -> Path | str:
     return value if value == PYTHON_DOCS else build.path(value)
 
 
-def confusing_facts(items: list[lv.Item], engine: Any, s: lv.Settings, build: Build) -> lv.FactsOutcome:
-    with build.progress(len(items) * s.fact_attempts, "confusing facts (calls, at most)") as bar:
-        return lv.confusing_facts(items, engine, s, on_result=bar.update)
+@dataclass
+class BlocksDone:
+    """What a shard of item blocks sends back: level statistics, rejected candidates, counts, its files."""
+
+    levels: dict[str, Any]
+    rejected: list[dict[str, Any]]
+    facts: int
+    replacement_entries: int
+    records: int
+    items: int
+    written: Any
+
+    def progress(self) -> tuple[int, int]:
+        return self.records, 0
+
+    def accounting(self) -> dict[str, Any]:
+        return {"items": self.items, "records": self.records}
 
 
-def replacement_tables(items: list[lv.Item], s: lv.Settings, engine: Any, build: Build) -> Any:
-    if s.kpr != "engine":
-        return lv.replacement_tables(items, s, engine)
-    with build.progress(len(items), "replacement tables") as bar:
-        return lv.replacement_tables(items, s, engine, on_result=bar.update)
+def build_blocks(s: lv.Settings, blocks: list[tuple[int, list[lv.Item]]], offset: int, engines: Any,
+                 progress: Progress, out: Any, pool: Any, mixed: Any, language: str, dataset: str) -> BlocksDone:
+    """A shard's work (a `build.map` step): for each block of items, its confusing facts and replacement tables
+    (engine calls, each seeded by its item), then its records of every level, written in files named after
+    the block. A record depends on its item, the pool and `mixed` alone, so the rows do not depend on how
+    the blocks were shared out."""
+    unit = make_unit(s.unit, language, s.tokenizer)
+    engine = engines.get() if (s.facts_per_item > 0 or s.kpr == "engine") else None
+    items = [it for _, block in blocks for it in block]
+    levels = len({parse_level(x) for x in s.levels})
+    total = sum(len(depth_plan(s, len(it.documents))) for it in items) * levels
+    calls = len(items) * (s.fact_attempts if s.facts_per_item > 0 else 0) + (len(items) if s.kpr == "engine" else 0)
+    with progress(calls or None, "confusing facts and replacement tables (calls, at most)") as bar:
+        found = (lv.confusing_facts(items, engine, s, on_result=bar.update) if engine and s.facts_per_item > 0
+                 else lv.FactsOutcome({}, []))
+        tables, kpr_rejected = lv.replacement_tables(items, s, engine, on_result=bar.update)
+    parts = []
+    with progress(total, "contexts") as bar:
+        for index, block in blocks:
+            parts.append(write_levels(block, found.facts, tables, pool, unit, s, dataset, out, mixed,
+                                      f"b{index:06d}", lambda _name: bar.advance(1, 0)))
+    return BlocksDone(merge_level_stats(parts, final=False), found.rejected + kpr_rejected,
+                      sum(len(v) for v in found.facts.values()), sum(len(v) for v in tables.values()),
+                      sum(p["rows"] for part in parts for p in part.values()), len(items), out.result())
 
 
 class LVEval(Method):
     name = "lveval"
     settings = lv.Settings
+    sharded = True  # blocks of items, each with its own engine calls and files (build_blocks)
     card_tasks = ("question-answering",)
     inputs = ("input", "distractors", "tokenizer")
     card_tags = ("long-context", "lv-eval")
@@ -66,23 +102,26 @@ class LVEval(Method):
         # the pool reads the whole corpus: its unreadable documents are the corpus's, kept in `rejected` with
         # their file and line, not bad records of this build (they would count against max_quarantine_share)
         unreadable = [{**b, "stage": "distractors"} for b in pool.bad]
-        engine = build.engines.get() if (s.facts_per_item > 0 or s.kpr == "engine") else None
-        found = (build.step("confusing-fact insertion", confusing_facts, items, engine, s, build) if engine
-                 else lv.FactsOutcome({}, []))
-        tables, kpr_rejected = build.step("keyword and phrase replacement", replacement_tables, items, s, engine,
-                                          build)
-        build.add("rejected", quarantine_table(found.rejected + kpr_rejected + unreadable))
-        total = sum(len(depth_plan(s, len(it.documents))) for it in items) * len(s.levels)
-        with build.progress(total, "contexts") as bar:
-            stats = build.step("assemble levels", write_levels, items, found.facts, tables, pool, unit, s,
-                               build.dataset, build, lambda _name: bar.advance(1, 0))
+        mixed = item_documents(items, unit)  # every item's documents, mixed into the other items' contexts
+        # blocks of items are the unit of work and of files: shards take whole blocks, so files are the same
+        # for any number of shards
+        blocks = [(i, items[a:a + s.block_items]) for i, a in enumerate(range(0, len(items), s.block_items))]
+        done = build.map(build_blocks, blocks, "lveval", build.output(), pool, mixed, languages[0], build.dataset)
+        for shard in done:
+            build.merge(shard.written)
+        # in item order, CFI before KPR: within a shard, engine rounds interleave the items
+        place = {it.id: i for i, it in enumerate(items)}
+        rejected = sorted((r for shard in done for r in shard.rejected),
+                          key=lambda r: (place.get(r["id"], len(place)), r["stage"] != "cfi"))
+        build.add("rejected", quarantine_table(rejected + unreadable))
         build.meta.update({
             "unit": unit.name,
-            "distractor_pool": {"source": str(s.distractors), "documents": len(pool.texts), "units": pool.total,
-                                "unreadable": len(unreadable)},
-            "confusing_facts": sum(len(v) for v in found.facts.values()),
-            "replacement_entries": sum(len(v) for v in tables.values()),
-            "levels": stats,
+            "distractor_pool": {"source": shown(str(s.distractors)), "documents": len(pool.texts),
+                                "units": pool.total, "unreadable": len(unreadable)},
+            "confusing_facts": sum(shard.facts for shard in done),
+            "replacement_entries": sum(shard.replacement_entries for shard in done),
+            "levels": merge_level_stats([shard.levels for shard in done]),
+            "blocks": len(blocks),
         })
 
 

@@ -311,13 +311,20 @@ def unit_texts(unit: Unit, text_field: str, batch_docs: int
             if add(unit.first_doc + i, rel, text):
                 yield flush()
     elif unit.kind == "jsonl":
-        from lendata.inputs import parse_line
+        from itertools import islice
+
+        from lendata.inputs import MAX_LINE_BYTES, lines, parse_line
+        from lendata.remote import open_binary
 
         name = unit.paths[0].rsplit("/", 1)[-1]
-        with fs.open(unit.paths[0], "rb", block_size=8 << 20) as f:
+        with open_binary(fs, unit.paths[0]) as f:
             f.seek(unit.start)
-            for i in range(unit.count):
-                raw = f.readline()
+            for i, (_, raw, size, head) in enumerate(islice(lines(f), unit.count)):
+                if raw is None:  # over MAX_LINE_BYTES: skipped in chunks, never held whole
+                    bad.append(_bad(f"{name}:{unit.file_row + i + 1}",
+                                    f"line is {size} bytes, over the {MAX_LINE_BYTES}-byte limit",
+                                    head.decode("utf-8", "replace")))
+                    continue
                 rec, problem, text = parse_line(raw, first=unit.start == 0 and i == 0)
                 if rec is None and problem is None:
                     continue  # a blank line: no document, and its id stays unused

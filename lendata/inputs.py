@@ -63,7 +63,7 @@ def unencodable(value: Any) -> str | None:
     return None
 
 
-def _lines(f: BinaryIO):
+def lines(f: BinaryIO):
     """(line number, bytes) for each line, each at most MAX_LINE_BYTES long: a longer line is skipped in
     chunks (never held whole) and given as (line number, None, its size)."""
     lineno = 0
@@ -145,7 +145,7 @@ def records(path: Path | str):
         return
     stream, _ = open_location(path)
     with stream as f:
-        for lineno, raw, size, head in _lines(f):
+        for lineno, raw, size, head in lines(f):
             if raw is None:
                 yield (lineno, None, f"line is {size} bytes, over the {MAX_LINE_BYTES}-byte limit",
                        head.decode("utf-8", "replace"))

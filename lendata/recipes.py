@@ -388,6 +388,14 @@ def load(name_or_path: str, sets: dict[str, Any] | None = None) -> Recipe:
     method_values = {k: v for k, v in tree.items() if k in method_keys}
     run = _validate(RunSettings, run_values, f"{path}")
     settings = _validate(method.settings, method_values, f"{path} ({method.name} settings)")
+    from lendata.remote import RemoteError, check_url
+
+    for key in method.inputs:  # before anything records the recipe (Prefect's run parameters, the manifest)
+        value = getattr(settings, key, None)
+        try:
+            check_url(str(value)) if isinstance(value, str) else None
+        except RemoteError as e:
+            raise RecipeError(f"{key}: {e}") from None
     return Recipe(name=path.stem, file=path, run=run, settings=settings)
 
 

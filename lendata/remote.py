@@ -29,8 +29,23 @@ def is_url(value: str) -> bool:
 
 def shown(location: str) -> str:
     """A location as it may be printed or recorded: no query string, no user info."""
-    out = re.sub(r"\?.*$", "", location)
+    out = re.sub(r"[?#].*$", "", location)
     return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", out)
+
+
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zstd", ".lz4", ".zip", ".7z", ".tar")
+
+
+def check_url(location: str) -> None:
+    """Refuse a URL that carries credentials (user info, or a query string such as a presigned signature): the
+    recipe, and so the URL, is recorded in the manifest and in Prefect's run parameters."""
+    if not is_url(location):
+        return
+    head = location.split("://", 1)[1].split("/", 1)[0]
+    if "@" in head or "?" in location or "#" in location:
+        raise RemoteError(f"{shown(location)}: a URL with user info or a query string would be recorded with the "
+                          "recipe (manifest, Prefect); set credentials in the environment instead "
+                          "(AWS_ACCESS_KEY_ID, HF_TOKEN, GOOGLE_APPLICATION_CREDENTIALS, ...)")
 
 
 def filesystem(location: str) -> tuple[Any, str]:
@@ -38,11 +53,8 @@ def filesystem(location: str) -> tuple[Any, str]:
     import fsspec
 
     if is_url(location):
+        check_url(location)
         scheme = location.split("://", 1)[0]
-        head = location.split("://", 1)[1].split("/", 1)[0]
-        if "@" in head and scheme not in ("hf",):
-            raise RemoteError(f"{shown(location)}: credentials in a URL would be recorded with the recipe; set them "
-                              "in the environment instead (AWS_ACCESS_KEY_ID, HF_TOKEN, ...)")
         if scheme == "s3":
             return _s3(location)
         if scheme == "hf":
@@ -51,7 +63,9 @@ def filesystem(location: str) -> tuple[Any, str]:
             return fsspec.core.url_to_fs(location)
         except (ImportError, ValueError) as e:
             raise RemoteError(f"{shown(location)}: {e}") from None
-    return fsspec.core.url_to_fs(location)
+    from fsspec.implementations.local import LocalFileSystem
+
+    return LocalFileSystem(), str(Path(location).expanduser().absolute())
 
 
 def _s3(location: str) -> tuple[Any, str]:
@@ -99,21 +113,34 @@ def expand(location: str, glob: str | None) -> tuple[Any, str, list[str], bool]:
     """(file system, root, sorted files, whether the location is a folder) that `location` names: a file, a
     folder (its files matching `glob`), or a glob pattern. Paths are the file system's own (no scheme)."""
     fs, path = filesystem(location)
-    if GLOB_CHARS.search(path):
+    if GLOB_CHARS.search(path) and not fs.exists(path):  # a real name with [ ] * ? is a name, not a pattern
         files = sorted(p for p in fs.glob(path) if fs.isfile(p))
         if not files:
             raise RemoteError(f"{shown(location)}: no file matches")
+        refuse_compressed(files, location)
         root = path[: GLOB_CHARS.search(path).start()].rsplit("/", 1)[0]  # type: ignore[union-attr]
         return fs, root, files, True
     if fs.isdir(path):
-        pattern = f"{path.rstrip('/')}/{glob or '**/*'}"
+        import glob as globbing
+
+        pattern = f"{globbing.escape(path.rstrip('/'))}/{glob or '**/*'}"  # the folder's name is not a pattern
         files = sorted(p for p in fs.glob(pattern) if fs.isfile(p))
         if not files:
             raise RemoteError(f"{shown(location)}: no file matches {glob!r}")
+        refuse_compressed(files, location)
         return fs, path.rstrip("/"), files, True
     if not fs.exists(path):
         raise RemoteError(f"input not found: {shown(location)}")
+    refuse_compressed([path], location)
     return fs, path.rsplit("/", 1)[0], [path], False
+
+
+def refuse_compressed(files: list[str], location: str) -> None:
+    """Compressed files cannot be cut into byte ranges: say so instead of reading them as text."""
+    packed = [f for f in files if f.lower().endswith(COMPRESSED)]
+    if packed:
+        raise RemoteError(f"{shown(location)}: {packed[0].rsplit('/', 1)[-1]} is compressed; decompress it, or "
+                          "convert the corpus to Parquet (compressed inside, read by row groups)")
 
 
 def open_binary(fs: Any, path: str) -> io.BufferedReader:

@@ -377,6 +377,11 @@ class Stage:
             clash = [f["path"] for f in info["files"] if f["path"] in paths]
             if clash:
                 raise ValueError(f"two shards wrote {clash[0]}")
+            for f in info["files"]:  # a worker on another machine without the store wrote to its own disk
+                on_disk = self.path / f["path"]
+                if not on_disk.is_file() or on_disk.stat().st_size != f["bytes"]:
+                    raise StoreError(f"a shard wrote {f['path']}, but the driver does not see it under {self.path}: "
+                                     "put the store on a file system every worker mounts at the same path")
             mine["files"].extend(info["files"])
             mine["rows"] += info["rows"]
         self.schemas.update(schemas)
@@ -432,6 +437,8 @@ class Stage:
             "schema": self.schemas,
             **(meta or {}),
         }
+        for stray in stage.rglob(".shard-*.tmp"):  # a shard attempt that died (a worker killed, a retried task)
+            stray.unlink()
         mpath = stage / MANIFEST
         mpath.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
         fsync_file(mpath)

@@ -12,6 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from flows import run_recipe
 from lendata import recipes
@@ -188,9 +190,49 @@ def test_instructions_and_qa_items_read_from_s3(s3, tmp_path):
         read_instructions(RemotePath("s3://corpora/prompts/missing.jsonl"))
 
 
-def test_credentials_in_a_url_are_refused(tmp_path):
-    with pytest.raises(InputError, match="credentials in a URL"):
-        build(tmp_path, input="s3://AKIA:secret@corpora/x.jsonl")
+@pytest.mark.parametrize("url", ["s3://AKIA:s3cr3t@corpora/x.jsonl", "hf://hf_s3cr3t@datasets/o/n/x.jsonl",
+                                 "https://host/x.jsonl?X-Amz-Signature=s3cr3t", "gs://b/x.jsonl#s3cr3t"])
+@pytest.mark.parametrize("recipe", ["decompose", "direct", "lveval"])
+def test_credentials_in_a_url_are_refused_before_anything_records_them(tmp_path, url, recipe):
+    """The recipe is recorded (Prefect's run parameters, the manifest): a URL carrying user info or a query is
+    refused when the recipe is loaded, with the URL shown without them."""
+    from typer.testing import CliRunner
+
+    from lendata.cli import app
+
+    res = CliRunner().invoke(app, ["build", recipe, "--store", str(tmp_path), "--set", f"input={url}"])
+    assert res.exit_code == 2 and "user info or a query string" in res.output
+    assert "s3cr3t" not in res.output and not (tmp_path / recipe).exists()
+
+
+def test_local_names_with_glob_characters_or_colons_are_names(tmp_path):
+    folder = tmp_path / "corpus[v2]::x"
+    folder.mkdir()
+    (folder / "a.txt").write_text("one two three " * 200)
+    (tmp_path / "corpus2::x").mkdir()  # what the brackets would match as a pattern
+    (tmp_path / "corpus2::x" / "b.txt").write_text("other")
+    units = plan_units(str(folder), "*.txt", 1 << 20)
+    assert [u.paths for u in units] == [(str(folder / "a.txt"),)]
+    (tmp_path / "c.jsonl.gz").write_bytes(b"x")
+    with pytest.raises(InputError, match="is compressed"):
+        plan_units(str(tmp_path / "c.jsonl.gz"), None, 1 << 20)
+
+
+def test_an_over_long_jsonl_line_is_quarantined_without_being_held(tmp_path, monkeypatch):
+    from lendata import inputs
+    from lendata.corpus import unit_texts
+
+    monkeypatch.setattr(inputs, "MAX_LINE_BYTES", 64)
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join([json.dumps({"text": "short"}), json.dumps({"text": "x" * 500}),
+                               json.dumps({"text": "after"})]) + "\n")
+    got, bad = [], []
+    for u in plan_units(str(path), None, 1 << 20):
+        for ids, sources, texts, b in unit_texts(u, "text", 8):
+            got += list(zip(ids.tolist(), texts, strict=True))
+            bad += [(x["source"], x["reason"]) for x in b]
+    assert got == [(0, "short"), (2, "after")]
+    assert bad == [("c.jsonl:2", "line is 513 bytes, over the 64-byte limit")]
 
 
 def test_a_corpus_on_the_hub_gives_the_rows_of_the_local_files(tmp_path, corpus, monkeypatch):
@@ -231,3 +273,56 @@ def test_the_hub_refuses_when_the_user_set_offline(tmp_path, monkeypatch):
     monkeypatch.delenv("LENDATA_HF_OFFLINE_DEFAULT", raising=False)
     with pytest.raises(InputError, match="HF_HUB_OFFLINE is set"):
         build(tmp_path, input="hf://datasets/lendata/corpus/x.jsonl")
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=hs.lists(hs.one_of(hs.text(alphabet="ab \u00e9\u4e2d", max_size=30).map(lambda t: json.dumps({"text": t})),
+                               hs.sampled_from(["", "   ", "{bad", "[1]", json.dumps({"other": 1})])),
+                      min_size=0, max_size=25),
+       crlf=hs.booleans(), trailing_newline=hs.booleans(), unit_bytes=hs.integers(1, 200))
+def test_jsonl_units_read_every_line_once_with_its_number(tmp_path_factory, lines, crlf, trailing_newline,
+                                                          unit_bytes):
+    """However a JSONL file is cut into units (a boundary on a line end, mid-line, blank lines, CRLF, no final
+    newline), every line is read once, with its own line number as source and its index as doc id."""
+    from lendata.corpus import unit_texts
+
+    path = tmp_path_factory.mktemp("units") / "c.jsonl"
+    end = "\r\n" if crlf else "\n"
+    path.write_bytes((end.join(lines) + (end if trailing_newline and lines else "")).encode())
+    units = plan_units(str(path), None, unit_bytes)
+    got, bad = [], []
+    for u in units:
+        for ids, sources, texts, b in unit_texts(u, "text", 4):
+            got += list(zip(ids.tolist(), sources, texts, strict=True))
+            bad += [x["source"] for x in b]
+    expected, expected_bad = [], []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        rec = json.loads(line) if line.startswith(("{\"", "[")) else None
+        if isinstance(rec, dict) and isinstance(rec.get("text"), str):
+            expected.append((i, f"c.jsonl:{i + 1}", rec["text"]))
+        else:
+            expected_bad.append(f"c.jsonl:{i + 1}")
+    assert got == expected and bad == expected_bad
+
+
+def test_a_shard_whose_files_the_driver_cannot_see_fails_the_build_and_strays_are_not_published(tmp_path):
+    """A worker on a machine without the shared store writes to its own disk: the driver refuses its file list
+    instead of publishing a version without those files; a dead attempt's temporary file is not published."""
+    with st.Stage(tmp_path / "store", "ds") as stage:
+        elsewhere = st.DetachedStage(tmp_path / "worker-disk" / stage.path.name)
+        w = elsewhere.writer("train", pa.schema([("x", pa.int64())]), None, 10, "u000000")
+        w.write(pa.table({"x": [1, 2]}))
+        w.close()
+        with pytest.raises(st.StoreError, match="every worker mounts at the same path"):
+            stage.adopt(elsewhere.splits, elsewhere.schemas)
+        here = st.DetachedStage(stage.path)
+        w = here.writer("train", pa.schema([("x", pa.int64())]), None, 10, "u000000")
+        w.write(pa.table({"x": [1, 2]}))
+        w.close()
+        stage.adopt(here.splits, here.schemas)
+        (stage.path / "train" / ".shard-deadbeef.tmp").write_bytes(b"half a shard")
+        version = stage.publish()
+    assert sorted(p.name for p in (version.path / "train").iterdir()) == ["part-u000000-00000.parquet"]
+    assert version.read("train").column("x").to_pylist() == [1, 2]

@@ -215,8 +215,9 @@ def test_shards_give_the_same_version_as_one(tmp_path):
     one = build(tmp_path, "block_items=1")
     three = build(tmp_path, "block_items=1", "shards=3")
     assert three["unchanged"] and three["version"] == one["version"]
-    other = build(tmp_path / "three", "block_items=1", "shards=3")
+    other = build(tmp_path / "three", "block_items=1", "shards=3")  # a fresh store: every engine call made again
     manifest = json.loads((st.open_version(tmp_path / "three", "lveval").path / "manifest.json").read_text())
+    assert manifest["content_hash"] == st.open_version(tmp_path, "lveval").manifest["content_hash"]
     assert manifest["blocks"] == 3 and [s["items"] for s in manifest["shards"]] == [1, 1, 1]
     assert sum(s["records"] for s in manifest["shards"]) == other["rows"] == 9
     assert manifest["confusing_facts"] > 0  # the engine was called in every shard's block

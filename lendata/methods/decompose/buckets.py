@@ -10,6 +10,11 @@ the rest (l mod 2^min) is dropped. Lengths above 2^max follow one of two overflo
 
 With `plus_one` each piece holds 2^k + 1 tokens (inputs and shifted targets), as in the reference.
 
+Deliberate deviation: the reference draws k for every document from one random stream, so a document's pieces
+depend on the documents read before it. Here each document draws from its own counter-based stream of
+(seed, doc_id, draw) (splitmix64), so the pieces do not depend on the batch, unit, shard or runner; the
+distribution p(k) is the reference's (tests/test_decompose.py checks both).
+
 Everything here is arithmetic on arrays of document lengths: the pieces of a whole record batch of documents
 are computed together (one numpy pass per bucket, and per draw round for `random`), and their tokens are
 gathered from the batch's flat token buffer by one fancy index per bucket. Nothing is per-document Python.

@@ -59,7 +59,8 @@ class Decompose(Method):
         ttype = token_type(int(s.vocab_size or tokenizer.get_vocab_size()))
         location = corpus_location(s, build)
         units = build.step("plan units", plan_units, location, s.glob, s.unit_bytes)
-        done = build.map(decompose_units, units, "decompose", build.output(), eos_id, str(ttype),
+        tokenizer_file = str(build.path(s.tokenizer)) if s.tokenizer else None
+        done = build.map(decompose_units, units, "decompose", build.output(), eos_id, str(ttype), tokenizer_file,
                          total=sum(u.count for u in units))
         stats = empty_stats(s)
         for shard in done:

@@ -3,6 +3,10 @@
 The corpus is cut into units (lendata.corpus.plan_units) from the input alone; each unit writes its own files
 (named after the unit) and returns only counts, so the version's files and content hash are the same for any
 number of shards, local or on Ray. Memory holds one batch of documents and one open shard per bucket.
+
+Deliberate deviation: the concat-and-chunk baseline joins the documents of one unit, not of the whole corpus
+(its last partial chunk, under `baseline_length` tokens, is dropped per unit); `seq_id` is unit << 32 + the
+chunk's number in the unit.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class UnitsDone:
     stats: dict[str, Any]
     written: Any  # the shard's `Output.result()`, merged into the staged version by the build
     seconds: float
+    peak_rss_mb: int = 0  # of the process that ran the shard (on the local runner: the driver, so far)
 
     def progress(self) -> tuple[int, int]:
         """(documents, tokens) the shard read: the driver's progress bar counts these."""
@@ -55,7 +60,7 @@ class UnitsDone:
 
     def accounting(self) -> dict[str, Any]:
         return {"documents": self.stats["documents"], "tokens": self.stats["input_tokens"],
-                "seconds": round(self.seconds, 2)}
+                "work_seconds": round(self.seconds, 2), "peak_rss_mb": self.peak_rss_mb}
 
 
 def empty_stats(s: Settings) -> dict[str, Any]:
@@ -137,19 +142,28 @@ def decompose_unit(unit: Unit, tokenizer: Any, eos_id: int | None, s: Settings, 
 
 
 def decompose_units(s: Settings, units: list[Unit], offset: int, engines: Any, progress: Progress,
-                    out: Any, eos_id: int | None, ttype: str) -> UnitsDone:
-    """A shard's work (a `build.map` step): its units one after another, on whichever worker runs it."""
+                    out: Any, eos_id: int | None, ttype: str, tokenizer_file: str | None) -> UnitsDone:
+    """A shard's work (a `build.map` step): its units one after another, on whichever worker runs it.
+    `tokenizer_file`: the recipe's tokenizer, resolved by the driver (a worker's working folder is not the
+    recipe's)."""
     from lendata.lengths import load_tokenizer
 
     started = time.monotonic()
-    tokenizer = None if s.token_field else load_tokenizer(s.tokenizer)
+    tokenizer = None if s.token_field else load_tokenizer(tokenizer_file)
     arrow_type = {"uint16": pa.uint16(), "uint32": pa.uint32()}[ttype]
     stats = empty_stats(s)
     with progress(sum(u.count for u in units), "documents") as bar:
         for unit in units:
             merge_stats(stats, decompose_unit(unit, tokenizer, eos_id, s, arrow_type, out,
                                               on_batch=lambda docs, toks: bar.advance(docs, toks)))
-    return UnitsDone(stats, out.result(), time.monotonic() - started)
+    return UnitsDone(stats, out.result(), time.monotonic() - started, peak_rss_mb())
+
+
+def peak_rss_mb() -> int:
+    """This process's peak resident memory (ru_maxrss, kB on Linux)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def summary(stats: dict[str, Any], s: Settings) -> dict[str, Any]:

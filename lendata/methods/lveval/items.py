@@ -103,6 +103,7 @@ def read_items(path, n: int | None = None) -> Loaded:
     from lendata.methods.shared.budget import language_of
 
     out = Loaded()
+    seen_ids: dict[str, int] = {}
     for lineno, rec, problem, raw in records(path):
         where = f"{path}:{lineno}"  # for messages; the records keep only the file's name
         if rec is None:
@@ -132,7 +133,12 @@ def read_items(path, n: int | None = None) -> Loaded:
             continue
         lang = rec.get("language") or language_of(question + " " + docs[0][:2000])
         name = str(path).split("?")[0].rstrip("/").rsplit("/", 1)[-1]  # a local path or a URL
-        out.rows.append(Item(id=str(rec.get("id") or f"{name.rpartition('.')[0] or name}-{lineno}"),
+        item_id = str(rec.get("id") or f"{name.rpartition('.')[0] or name}-{lineno}")
+        if item_id in seen_ids:  # facts, tables and records are keyed by id: two items cannot share one
+            out.bad.append(Bad(where, f"duplicate id {item_id!r} (first at line {seen_ids[item_id]})", raw))
+            continue
+        seen_ids[item_id] = lineno
+        out.rows.append(Item(id=item_id,
                              question=question, answers=answers, keywords=keywords, documents=docs, language=lang,
                              source=str(rec.get("source") or f"{name}:{lineno}"), replacements=dict(repl)))
         if n and len(out.rows) >= n:

@@ -106,7 +106,9 @@ class LVEval(Method):
         # blocks of items are the unit of work and of files: shards take whole blocks, so files are the same
         # for any number of shards
         blocks = [(i, items[a:a + s.block_items]) for i, a in enumerate(range(0, len(items), s.block_items))]
-        done = build.map(build_blocks, blocks, "lveval", build.output(), pool, mixed, languages[0], build.dataset)
+        records = sum(len(depth_plan(s, len(it.documents))) for it in items) * len({parse_level(x) for x in s.levels})
+        done = build.map(build_blocks, blocks, "lveval", build.output(), pool, mixed, languages[0], build.dataset,
+                         total=records)
         for shard in done:
             build.merge(shard.written)
         # in item order, CFI before KPR: within a shard, engine rounds interleave the items

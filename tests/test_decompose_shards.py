@@ -228,7 +228,7 @@ def test_an_over_long_jsonl_line_is_quarantined_without_being_held(tmp_path, mon
                                json.dumps({"text": "after"})]) + "\n")
     got, bad = [], []
     for u in plan_units(str(path), None, 1 << 20):
-        for ids, sources, texts, b in unit_texts(u, "text", 8):
+        for ids, _sources, texts, b in unit_texts(u, "text", 8):
             got += list(zip(ids.tolist(), texts, strict=True))
             bad += [(x["source"], x["reason"]) for x in b]
     assert got == [(0, "short"), (2, "after")]

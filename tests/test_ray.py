@@ -268,7 +268,9 @@ def test_a_decompose_driver_killed_before_publishing_reruns_on_ray_to_the_same_r
     assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
     assert list((tmp_path / "ray" / "decompose").glob(".staging-*"))  # the killed build's staged shards
     assert st.list_versions(tmp_path / "ray", "decompose") == []
-    assert gone(marker) == []
+    # the driver died alone (not its process group): its Ray cluster's reaper and the Prefect server notice
+    # and exit on their own, which takes longer under load than a group kill
+    assert gone(marker, timeout=180) == []
     ray, ray_manifest, _ = build_decompose(tmp_path / "ray", *ray_sets, env=env)
     assert ray_manifest["content_hash"] == local_manifest["content_hash"] and ray["rows"] == local["rows"]
     assert not list((tmp_path / "ray" / "decompose").glob(".staging-*"))

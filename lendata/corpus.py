@@ -216,7 +216,7 @@ def plan_units(location: str, glob: str | None, unit_bytes: int) -> list[Unit]:
             continue
         flush_text()
         if kind == "parquet":
-            meta = _parquet_meta(fs, f, location)
+            meta = _parquet_meta(fs, f)
             file_first = doc
             group, groups = 0, meta.num_row_groups
             while group < groups:
@@ -238,7 +238,7 @@ def plan_units(location: str, glob: str | None, unit_bytes: int) -> list[Unit]:
     return units
 
 
-def _parquet_meta(fs: Any, path: str, location: str) -> Any:
+def _parquet_meta(fs: Any, path: str) -> Any:
     try:
         with fs.open(path, "rb") as f:
             return pq.ParquetFile(f).metadata

@@ -108,7 +108,8 @@ def decompose_unit(unit: Unit, tokenizer: Any, eos_id: int | None, s: Settings, 
     chunker = ConcatChunker(s.baseline_length, ttype, first_id=unit.index << 32) if s.baseline_length else None
     base = out.stream("baseline", chunker.schema, None, s.rows_per_shard, name) if chunker else None
     for b in prefetch(unit_batches(unit, tokenizer, eos_id, s.text_field, s.token_field, s.batch_docs)):
-        ids = b.ids if b.ids is not None else np.arange(b.lengths.size, dtype=np.int64)
+        ids = b.ids  # unit_batches gives every batch its corpus-wide ids
+        assert ids is not None
         pieces = decompose_lengths(b.lengths, s, ids)
         check_pieces(pieces, b.lengths, s)
         flat = b.flat.astype(numpy_type(ttype), copy=False)  # once: buckets and baseline share it

@@ -41,6 +41,11 @@ class BlocksDone:
         return {"items": self.items, "records": self.records}
 
 
+def record_count(items: list[lv.Item], s: lv.Settings) -> int:
+    """Records the items give: one per (item, depth of its plan, level)."""
+    return sum(len(depth_plan(s, len(it.documents))) for it in items) * len({parse_level(x) for x in s.levels})
+
+
 def build_blocks(s: lv.Settings, blocks: list[tuple[int, list[lv.Item]]], offset: int, engines: Any,
                  progress: Progress, out: Any, pool: Any, mixed: Any, language: str, dataset: str) -> BlocksDone:
     """A shard's work (a `build.map` step): for each block of items, its confusing facts and replacement tables
@@ -50,8 +55,7 @@ def build_blocks(s: lv.Settings, blocks: list[tuple[int, list[lv.Item]]], offset
     unit = make_unit(s.unit, language, s.tokenizer)
     engine = engines.get() if (s.facts_per_item > 0 or s.kpr == "engine") else None
     items = [it for _, block in blocks for it in block]
-    levels = len({parse_level(x) for x in s.levels})
-    total = sum(len(depth_plan(s, len(it.documents))) for it in items) * levels
+    total = record_count(items, s)
     calls = len(items) * (s.fact_attempts if s.facts_per_item > 0 else 0) + (len(items) if s.kpr == "engine" else 0)
     with progress(calls or None, "confusing facts and replacement tables (calls, at most)") as bar:
         found = (lv.confusing_facts(items, engine, s, on_result=bar.update) if engine and s.facts_per_item > 0
@@ -106,7 +110,7 @@ class LVEval(Method):
         # blocks of items are the unit of work and of files: shards take whole blocks, so files are the same
         # for any number of shards
         blocks = [(i, items[a:a + s.block_items]) for i, a in enumerate(range(0, len(items), s.block_items))]
-        records = sum(len(depth_plan(s, len(it.documents))) for it in items) * len({parse_level(x) for x in s.levels})
+        records = record_count(items, s)
         done = build.map(build_blocks, blocks, "lveval", build.output(), pool, mixed, languages[0], build.dataset,
                          total=records)
         for shard in done:

@@ -8,7 +8,8 @@ Prints one JSON line with, against the 1x build of the same run:
 - the driver's peak RSS at 2x and 4x                              goal: <= 1.1x
 - the 1x corpus on a local 2-CPU Ray cluster in 2 shards vs the local runner (Ray and Prefect overhead as a
   ratio), and each Ray worker's peak RSS (from the manifest's `shards`)
-- per-token figures for the README's 100B-token table: tokens/s of one worker, output bytes per token
+- per-token figures for the README's 100B-token table: tokens/s of this machine (marginal: without the
+  start-up), input and output bytes per token
 
     .venv/bin/python bench/decompose_scale.py [--scales 1 2 4] [--skip-ray] [--glob '**/*.py']
 """
@@ -88,6 +89,7 @@ def main() -> None:
             d = run["manifest"]["decomposition"]
             runs[scale] = {"seconds": run["seconds"], "tokens": d["input_tokens"], "documents": d["documents"],
                            "units": d["units"], "peak_rss_mb": peak_of(run["manifest"]),
+                           "input_bytes": sum(p.stat().st_size for p in corpus.glob(args.glob) if p.is_file()),
                            "bytes": sum(f["bytes"] for sp in run["manifest"]["splits"].values()
                                         for f in sp["files"])}
             print(json.dumps({"scale": scale, **runs[scale]}), file=sys.stderr, flush=True)
@@ -95,7 +97,13 @@ def main() -> None:
         result["scales"] = {str(k): {**v, "time_ratio": round(v["seconds"] / base["seconds"], 3),
                                      "rss_ratio": round(v["peak_rss_mb"] / base["peak_rss_mb"], 3)}
                             for k, v in runs.items()}
+        top_run = runs[max(args.scales)]
+        # the marginal rate (largest scale minus smallest) leaves out the fixed start-up every build pays
+        marginal = ((top_run["tokens"] - base["tokens"]) / (top_run["seconds"] - base["seconds"])
+                    if len(runs) > 1 else None)
         result["per_token"] = {"tokens_per_s_local": round(base["tokens"] / base["seconds"]),
+                               "marginal_tokens_per_s": round(marginal) if marginal else None,
+                               "input_bytes_per_token": round(base["input_bytes"] / base["tokens"], 3),
                                "output_bytes_per_token": round(base["bytes"] / base["tokens"], 3)}
         if not args.skip_ray:
             corpus = root / "corpora" / f"x{args.scales[0]}"

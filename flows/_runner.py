@@ -24,6 +24,7 @@ from prefect.cache_policies import NONE
 
 from lendata.build import BuildRun, LocalRunner, cut, engine_pool, shard_accounting
 from lendata.engines.pool import Usage
+from lendata.memory import worker_env
 from lendata.methods.base import no_progress
 from lendata.progress import GenerationProgress
 from lendata.recipes import Recipe
@@ -50,12 +51,13 @@ def _ray_node() -> str | None:
 
 @task(cache_policy=NONE, name="shard")
 def remote_shard(recipe: Recipe, store: str, driver_host: str, step: Callable[..., Any], items: list[Any],
-                 offset: int, extra: tuple[Any, ...]) -> tuple[Any, Usage, dict[str, Any]]:
-    """One shard on a Ray worker, with engines of its own: (result, their usage, where it ran)."""
+                 offset: int, extra: tuple[Any, ...], progress: Any = None) -> tuple[Any, Usage, dict[str, Any]]:
+    """One shard on a Ray worker, with engines of its own: (result, their usage, where it ran). `progress`:
+    a `ShardProgress` reporting to the driver's bar as the shard goes."""
     threads = max(1, int(recipe.run.ray.cpus_per_shard or 1))
     engines = engine_pool(recipe, Path(store), cache_file(driver_host), threads=threads)
     try:
-        result = step(recipe.settings, items, offset, engines, no_progress, *extra)
+        result = step(recipe.settings, items, offset, engines, progress or no_progress, *extra)
         usage = engines.usage()
     finally:
         engines.close()
@@ -73,7 +75,7 @@ class PrefectRunner(LocalRunner):
             *extra: Any, total: int | None = None) -> list[Any]:
         if self.recipe.run.runner != "ray":
             return super().map(build, step, items, label, *extra, total=total)
-        from prefect.futures import as_completed
+        from prefect.futures import wait
         from prefect_ray.context import remote_options
 
         pieces = cut(items, self.recipe.run.shards)
@@ -81,25 +83,104 @@ class PrefectRunner(LocalRunner):
         done: dict[int, Any] = {}
         where: dict[int, dict[str, Any]] = {}
         started = time.monotonic()
+        tally = progress_tally() if build.show_progress else None
         with GenerationProgress(total or len(items), f"{label} on Ray, {len(pieces)} shards",
                                 enabled=build.show_progress) as bar:
             with remote_options(num_cpus=ray.cpus_per_shard or 1, num_gpus=ray.gpus_per_shard or 0):
                 futures = {remote_shard.with_options(name=f"{label} shard").submit(
-                    self.recipe, self.store, socket.gethostname(), step, piece, offset, extra): i
+                    self.recipe, self.store, socket.gethostname(), step, piece, offset, extra,
+                    ShardProgress(tally, i) if tally is not None else None): i
                     for i, (offset, piece) in enumerate(pieces)}
-            for future in as_completed(list(futures)):
-                i = futures[future]
-                result, usage, ran = future.result()
-                done[i] = result
-                # seconds: from submission to result, so a shard that waited for a free worker shows it
-                where[i] = {"label": label, "offset": pieces[i][0], "rows": len(pieces[i][1]), "runner": "ray",
-                            **ran, "engine_calls": usage.calls, "seconds": round(time.monotonic() - started, 2),
-                            **shard_accounting(result)}
-                moved = result.progress() if callable(getattr(result, "progress", None)) else None
-                bar.advance(*(moved or (len(pieces[i][1]), usage.tokens)))
-                build.remote_usage = build.remote_usage + usage
+            pending = set(futures)
+            counted = {i: [0, 0] for i in range(len(pieces))}  # what the bar shows of each shard
+            settled: set[int] = set()
+            while pending:
+                finished, pending = wait(list(pending), timeout=PROGRESS_SECONDS)
+                # what the running shards did since the last look; a report that arrives after its shard
+                # finished is already in that shard's total
+                for i, (rows, tokens) in (tally_take(tally) if tally is not None else {}).items():
+                    if i not in settled:
+                        counted[i][0] += rows
+                        counted[i][1] += tokens
+                        bar.advance(rows, tokens)
+                for future in finished:
+                    i = futures[future]
+                    result, usage, ran = future.result()
+                    done[i] = result
+                    # seconds: from submission to result, so a shard that waited for a free worker shows it
+                    where[i] = {"label": label, "offset": pieces[i][0], "rows": len(pieces[i][1]), "runner": "ray",
+                                **ran, "engine_calls": usage.calls, "seconds": round(time.monotonic() - started, 2),
+                                **shard_accounting(result)}
+                    moved = result.progress() if callable(getattr(result, "progress", None)) else None
+                    rows, tokens = moved or (len(pieces[i][1]), usage.tokens)
+                    # the shard's own total settles the bar: what its reports missed (or a step that reports none)
+                    bar.advance(max(0, rows - counted[i][0]), max(0, tokens - counted[i][1]))
+                    settled.add(i)
+                    build.remote_usage = build.remote_usage + usage
+        if tally is not None:
+            _ray().kill(tally)
         build.shards.extend(where[i] for i in range(len(pieces)))
         return [done[i] for i in range(len(pieces))]
+
+
+# --- one progress bar on the driver for shards on Ray workers ------------------------------------------------
+
+PROGRESS_SECONDS = 1.0  # how often the driver's bar takes the shards' reports
+
+
+def _ray() -> Any:
+    import ray
+
+    return ray
+
+
+class _Tally:
+    """A Ray actor on the driver's cluster: the rows and tokens each shard reported since the driver last
+    took them."""
+
+    def __init__(self) -> None:
+        self.new: dict[int, tuple[int, int]] = {}
+
+    def add(self, shard: int, rows: int, tokens: int) -> None:
+        seen = self.new.get(shard, (0, 0))
+        self.new[shard] = (seen[0] + rows, seen[1] + tokens)
+
+    def take(self) -> dict[int, tuple[int, int]]:
+        out, self.new = self.new, {}
+        return out
+
+
+def progress_tally() -> Any:
+    """A `_Tally` actor (no CPU of its own: it must never wait for a worker slot the shards hold)."""
+    return _ray().remote(num_cpus=0)(_Tally).remote()
+
+
+def tally_take(tally: Any) -> dict[int, tuple[int, int]]:
+    return _ray().get(tally.take.remote())
+
+
+class _ShardBar:
+    def __init__(self, tally: Any, shard: int):
+        self.tally, self.shard = tally, shard
+
+    def update(self, index: int, result: Any) -> None:
+        self.advance(1, 0 if getattr(result, "cached", False) else int(getattr(result, "completion_tokens", 0)))
+
+    def advance(self, rows: int, tokens: int) -> None:
+        self.tally.add.remote(self.shard, rows, tokens)  # fire and forget: a report never waits
+
+
+class ShardProgress:
+    """The progress factory a shard on a Ray worker gets (lendata.methods.base.Progress): its bars report to
+    the driver's one bar through the `_Tally` actor instead of drawing."""
+
+    def __init__(self, tally: Any, shard: int):
+        self.tally, self.shard = tally, shard
+
+    def __call__(self, total: int | None, label: str) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext(_ShardBar(self.tally, self.shard))
 
 
 def task_runner(recipe: Recipe, api_url: str) -> Any:
@@ -112,7 +193,7 @@ def task_runner(recipe: Recipe, api_url: str) -> Any:
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     verbose = os.environ.get("PREFECT_LOGGING_LEVEL") in ("DEBUG", "INFO")  # `lendata build -v`
     init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbose, "logging_level": "warning",
-                            "runtime_env": {"env_vars": {**env, "PREFECT_API_URL": api_url}}}
+                            "runtime_env": {"env_vars": {**env, **worker_env(), "PREFECT_API_URL": api_url}}}
     if not opts.address:
         init["num_cpus"] = opts.num_cpus or os.cpu_count()
         # a local cluster needs no token; Ray would otherwise write one under the home directory

@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from lendata.methods.decompose.buckets import ConcatChunker, Settings, decompose_lengths, gather, random_odds
+from lendata.methods.decompose.buckets import (
+    ConcatChunker,
+    Settings,
+    decompose_lengths,
+    document_uniforms,
+    gather,
+    random_odds,
+)
 from lendata.methods.decompose.curriculum import CurriculumSampler, preset_odds
 
 lengths_st = hs.lists(hs.integers(min_value=0, max_value=70_000), min_size=1, max_size=40)
@@ -93,6 +100,39 @@ def test_random_overflow_depends_on_the_document_not_the_batch(lengths, cut, see
         long_docs = np.full(50, 100_000)
         assert pieces_by_doc(decompose_lengths(long_docs, s), np.arange(50)) != pieces_by_doc(
             decompose_lengths(long_docs, other), np.arange(50))
+
+
+def random_one_document(n: int, doc_id: int, s: Settings) -> list[tuple[int, int]]:
+    """The random rule written out for one document, one draw at a time from its own stream: (offset, k)."""
+    levels, p = random_odds(s.min_log2, s.max_log2)
+    cumulative = np.cumsum(p)
+    out, pos, draw = [], 0, 0
+    while n - pos - s.extra >= 1 << (s.max_log2 + 1):
+        u = document_uniforms(s.seed, np.array([doc_id]), draw)[0]
+        k = int(levels[min(int(np.searchsorted(cumulative, u, side="right")), levels.size - 1)])
+        out.append((pos, k))
+        pos, draw = pos + (1 << k) + s.extra, draw + 1
+    for k in range(s.max_log2, s.min_log2 - 1, -1):
+        while n - pos >= (1 << k) + s.extra:
+            out.append((pos, k))
+            pos += (1 << k) + s.extra
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(lengths=hs.lists(hs.integers(0, 30_000), min_size=0, max_size=12), s=settings_st,
+       ids=hs.integers(0, 2**40))
+def test_the_vectorised_random_rule_equals_one_document_at_a_time(lengths, s, ids):
+    """decompose_lengths draws a block of each long document's stream per round (bench/decompose.py: 14x
+    faster than one draw per round); the pieces must be the ones a plain per-document loop cuts, documents of
+    hundreds of draws (several blocks) included."""
+    s = Settings(s.min_log2, s.max_log2, "random", plus_one=s.plus_one, seed=s.seed)
+    L = np.array(lengths, dtype=np.int64)
+    doc_ids = np.arange(ids, ids + L.size)
+    got = pieces_by_doc(decompose_lengths(L, s, doc_ids), doc_ids)
+    want = sorted((int(d), off, k) for d, n in zip(doc_ids, L, strict=True)
+                  for off, k in random_one_document(int(n), int(d), s))
+    assert got == want
 
 
 def test_random_overflow_gives_equal_expected_tokens_per_bucket():

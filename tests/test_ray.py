@@ -85,10 +85,12 @@ def ray_cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def build(store: Path, prompts: Path, *sets: str, env: dict[str, str], recipe: str = "direct"
-          ) -> tuple[dict, dict, int]:
-    """(the --json report, the manifest, the build's pid)."""
-    args = [sys.executable, "-m", "lendata", "build", recipe, "--store", str(store), "--json", "--no-progress",
+def build(store: Path, prompts: Path, *sets: str, env: dict[str, str], recipe: str = "direct",
+          progress: bool = False) -> tuple[dict, dict, int]:
+    """(the --json report, the manifest, the build's pid). With `progress`, the report's "stderr" holds what
+    the progress bar drew."""
+    args = [sys.executable, "-m", "lendata", "build", recipe, "--store", str(store), "--json",
+            *([] if progress else ["--no-progress"]),
             "--set", f"input={prompts}", "--set", "shards=3", *(a for s in sets for a in ("--set", s))]
     # later --set values win: a test may ask for another shard count
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -96,6 +98,8 @@ def build(store: Path, prompts: Path, *sets: str, env: dict[str, str], recipe: s
     assert proc.returncode == 0, f"build failed:\n{stdout}\n{stderr}"
     report = json.loads(stdout.strip().splitlines()[-1])
     manifest = json.loads((Path(report["path"]) / "manifest.json").read_text())
+    if progress:
+        report["stderr"] = stderr
     return report, manifest, proc.pid
 
 
@@ -230,8 +234,9 @@ DECOMPOSE = ("glob=email/**/*.py", "min_log2=6", "max_log2=10", "baseline_length
              "unit_bytes=30000")
 
 
-def build_decompose(store: Path, *sets: str, env: dict[str, str]) -> tuple[dict, dict, int]:
-    return build(store, Path("@stdlib"), *DECOMPOSE, *sets, env=env, recipe="decompose")
+def build_decompose(store: Path, *sets: str, env: dict[str, str], progress: bool = False
+                    ) -> tuple[dict, dict, int]:
+    return build(store, Path("@stdlib"), *DECOMPOSE, *sets, env=env, recipe="decompose", progress=progress)
 
 
 @pytest.mark.slow
@@ -241,8 +246,11 @@ def test_decompose_on_ray_equals_the_local_runner(tmp_path, prefect_server, ray_
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     local, local_manifest, _ = build_decompose(tmp_path / "local", "shards=1", env=env)
     ray, ray_manifest, driver = build_decompose(tmp_path / "ray", "runner=ray", f"ray.address={ray_cluster}",
-                                                "shards=2", env={**env, "PREFECT_API_URL": prefect_server})
+                                                "shards=2", env={**env, "PREFECT_API_URL": prefect_server},
+                                                progress=True)
     assert ray_manifest["content_hash"] == local_manifest["content_hash"] and ray["rows"] == local["rows"] > 0
+    # the driver's one bar ends at every document, counted once (the shards' reports, settled by their totals)
+    assert "29/29" in ray["stderr"] and "30/29" not in ray["stderr"], ray["stderr"][-2000:]
     shards = ray_manifest["shards"]
     assert len(shards) == 2 and all(s["ray_node"] and s["pid"] != driver and s["runner"] == "ray" for s in shards)
     assert sum(s["documents"] for s in shards) == ray_manifest["decomposition"]["documents"] == 29
@@ -250,6 +258,43 @@ def test_decompose_on_ray_equals_the_local_runner(tmp_path, prefect_server, ray_
     assert st.list_versions(tmp_path / "ray", "decompose") == ["0.1.0"]
     runs = httpx.post(f"{prefect_server}/task_runs/filter", json={"limit": 200}, timeout=10).json()
     assert len([r for r in runs if r["name"].startswith("decompose shard")]) >= 2
+
+
+TALLY = """
+import sys, time
+import ray
+from flows._runner import ShardProgress, progress_tally, tally_take
+ray.init(address=sys.argv[1], logging_level="error")
+tally = progress_tally()
+
+@ray.remote(num_cpus=1)
+def shard(progress):
+    with progress(10, "documents") as bar:
+        bar.advance(2, 20)
+        time.sleep(20)  # still running when the driver looks
+        bar.advance(3, 30)
+    return "done"
+
+ref = shard.remote(ShardProgress(tally, 4))
+seen = {}
+deadline = time.monotonic() + 60
+while not seen and time.monotonic() < deadline:
+    time.sleep(0.5)
+    seen = tally_take(tally)
+running = not ray.wait([ref], timeout=0)[0]
+ray.get(ref)
+time.sleep(1)  # the last report is sent without waiting: it may land just after the result
+print(seen, running, tally_take(tally), tally_take(tally))
+"""
+
+
+def test_a_shard_on_ray_moves_the_drivers_bar_while_it_runs(ray_cluster):
+    """Before, the driver's bar moved only when a whole shard finished: for a corpus, that is minutes of a
+    still bar. A shard's reports reach the driver while it runs, and are taken once."""
+    out = subprocess.run([sys.executable, "-c", TALLY, ray_cluster], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "RAY_AUTH_MODE": "disabled"}, cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "{4: (2, 20)} True {4: (3, 30)} {}", out.stdout
 
 
 @pytest.mark.slow

@@ -103,40 +103,38 @@ def document_uniforms(seed: int, doc_ids: np.ndarray, draw: int) -> np.ndarray:
     """The `draw`-th uniform in [0, 1) of each document's own stream, a function of (seed, doc id, draw) alone:
     a document's pieces do not depend on the batch, unit or shard it was read in (numpy's generators give one
     stream per generator, and one generator per document would be a Python loop)."""
+    return _uniforms(_document_keys(seed, doc_ids), np.asarray(draw))
+
+
+def _document_keys(seed: int, doc_ids: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps on purpose
+        return _mix(np.asarray(doc_ids, dtype=np.int64).astype(np.uint64) * _GOLDEN
+                    + _mix(np.array([seed], dtype=np.int64).astype(np.uint64)))
+
+
+def _uniforms(keys: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Uniforms of (key, draw) pairs, broadcast: keys (n, 1) and draws (B,) give an (n, B) block."""
     with np.errstate(over="ignore"):
-        key = _mix(np.asarray(doc_ids, dtype=np.int64).astype(np.uint64) * _GOLDEN
-                   + _mix(np.array([seed], dtype=np.int64).astype(np.uint64)))
-        bits = _mix(key + np.uint64(draw + 1) * _GOLDEN)
+        bits = _mix(keys + (draws.astype(np.uint64) + np.uint64(1)) * _GOLDEN)
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
+# draws per document per round of the random rule: a round takes a block of each still-too-long document's
+# stream at once (most need one or two pieces; the longest, hundreds), so the rounds are few numpy passes
+FIRST_BLOCK, LAST_BLOCK = 8, 512
+
+
 def decompose_lengths(lengths: np.ndarray, s: Settings, doc_ids: np.ndarray | None = None) -> Pieces:
-    """The pieces of documents with these lengths, in document order within each phase. `doc_ids` (default
-    0..n-1) seed each document's draws for the random overflow rule."""
+    """The pieces of documents with these lengths, in document order within each phase (the random rule's
+    pieces ordered by draw, then document). `doc_ids` (default 0..n-1) seed each document's draws for the
+    random overflow rule."""
     rem = np.asarray(lengths, dtype=np.int64).copy()
     pos = np.zeros_like(rem)
     docs: list[np.ndarray] = []
     offs: list[np.ndarray] = []
     ks: list[np.ndarray] = []
-    extra = s.extra
     if s.overflow == "random":
-        ids = np.arange(rem.size, dtype=np.int64) if doc_ids is None else np.asarray(doc_ids, dtype=np.int64)
-        levels, p = random_odds(s.min_log2, s.max_log2)
-        cumulative = np.cumsum(p)
-        limit = 1 << (s.max_log2 + 1)
-        active = np.flatnonzero(rem - extra >= limit)
-        draw = 0
-        while active.size:  # one draw per still-too-long document per round: its draw-th of its own stream
-            u = document_uniforms(s.seed, ids[active], draw)
-            k = levels[np.minimum(np.searchsorted(cumulative, u, side="right"), levels.size - 1)]
-            draw += 1
-            size = (np.int64(1) << k) + extra
-            docs.append(active)
-            offs.append(pos[active])
-            ks.append(k)
-            pos[active] += size
-            rem[active] -= size
-            active = active[rem[active] - extra >= limit]
+        docs, offs, ks = _random_pieces(rem, pos, s, doc_ids)
     for k in range(s.max_log2, s.min_log2 - 1, -1):
         size = s.size(k)
         # below 2^(k+1) (+extra) left, at most one piece fits; only k = max can repeat (cap rule)
@@ -154,6 +152,45 @@ def decompose_lengths(lengths: np.ndarray, s: Settings, doc_ids: np.ndarray | No
         rem[has] -= c * size
     cat = (lambda xs, dt: np.concatenate(xs).astype(dt, copy=False) if xs else np.zeros(0, dt))  # noqa: E731
     return Pieces(cat(docs, np.int64), cat(offs, np.int64), cat(ks, np.int8), rem)
+
+
+def _random_pieces(rem: np.ndarray, pos: np.ndarray, s: Settings, doc_ids: np.ndarray | None
+                   ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """The random rule (METHODS.md §5): while at least 2^(max+1) (+extra) tokens remain, cut a piece of 2^k with
+    p(k) from the document's own stream. Cuts `rem` and advances `pos` in place; returns ([docs], [offsets],
+    [log2]) ordered by draw, then document, as one draw per document per round would give."""
+    extra = s.extra
+    ids = np.arange(rem.size, dtype=np.int64) if doc_ids is None else np.asarray(doc_ids, dtype=np.int64)
+    levels, p = random_odds(s.min_log2, s.max_log2)
+    cumulative = np.cumsum(p)
+    limit = 1 << (s.max_log2 + 1)
+    active = np.flatnonzero(rem - extra >= limit)
+    keys = _document_keys(s.seed, ids[active])[:, None]
+    got_doc, got_off, got_k, got_draw = [], [], [], []
+    draw, block = 0, FIRST_BLOCK
+    while active.size:
+        draws = np.arange(draw, draw + block)
+        k = levels[np.minimum(np.searchsorted(cumulative, _uniforms(keys, draws), side="right"), levels.size - 1)]
+        size = (np.int64(1) << k) + extra
+        before = np.cumsum(size, axis=1) - size  # tokens cut by the block's earlier draws
+        # draw j cuts while the rest is still too long; the rest only shrinks, so the cuts are a prefix
+        cut = rem[active][:, None] - before - extra >= limit
+        row, col = np.nonzero(cut)
+        got_doc.append(active[row])
+        got_off.append(pos[active][row] + before[row, col])
+        got_k.append(k[row, col])
+        got_draw.append(draws[col])
+        used = (size * cut).sum(axis=1)
+        pos[active] += used
+        rem[active] -= used
+        more = cut[:, -1] & (rem[active] - extra >= limit)  # the whole block cut, and still too long
+        active, keys = active[more], keys[more]
+        draw, block = draw + block, min(block * 4, LAST_BLOCK)
+    if not got_doc:
+        return [], [], []
+    doc, off, k, drawn = (np.concatenate(x) for x in (got_doc, got_off, got_k, got_draw))
+    order = np.lexsort((doc, drawn))
+    return [doc[order]], [off[order]], [k[order]]
 
 
 def token_type(vocab_size: int) -> pa.DataType:

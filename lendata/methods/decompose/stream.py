@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from lendata.corpus import Unit, prefetch, unit_batches
+from lendata.memory import limit_malloc_arenas, peak_rss_mb
 from lendata.methods.base import Progress
 from lendata.methods.decompose.buckets import (
     ConcatChunker,
@@ -150,6 +151,7 @@ def decompose_units(s: Settings, units: list[Unit], offset: int, engines: Any, p
     from lendata.lengths import load_tokenizer
 
     started = time.monotonic()
+    limit_malloc_arenas()  # memory flat as the corpus grows (lendata/memory.py); before the tokeniser's threads
     tokenizer = None if s.token_field else load_tokenizer(tokenizer_file)
     arrow_type = {"uint16": pa.uint16(), "uint32": pa.uint32()}[ttype]
     stats = empty_stats(s)
@@ -158,13 +160,6 @@ def decompose_units(s: Settings, units: list[Unit], offset: int, engines: Any, p
             merge_stats(stats, decompose_unit(unit, tokenizer, eos_id, s, arrow_type, out,
                                               on_batch=lambda docs, toks: bar.advance(docs, toks)))
     return UnitsDone(stats, out.result(), time.monotonic() - started, peak_rss_mb())
-
-
-def peak_rss_mb() -> int:
-    """This process's peak resident memory (ru_maxrss, kB on Linux)."""
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def summary(stats: dict[str, Any], s: Settings) -> dict[str, Any]:

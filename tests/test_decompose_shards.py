@@ -326,3 +326,30 @@ def test_a_shard_whose_files_the_driver_cannot_see_fails_the_build_and_strays_ar
         version = stage.publish()
     assert sorted(p.name for p in (version.path / "train").iterdir()) == ["part-u000000-00000.parquet"]
     assert version.read("train").column("x").to_pylist() == [1, 2]
+
+
+def test_two_sharded_builds_of_one_dataset_at_once_publish_one_version(tmp_path, corpus):
+    """Two users start the same sharded build into one store at the same moment. Both write their units straight
+    into a staged version, so they must not share one: the dataset lock makes the second wait, and it then
+    finds the first one's content. One version, no staged folder or temporary file left, every file once."""
+    import subprocess
+    import sys
+
+    store = tmp_path / "store"
+    args = [sys.executable, "-m", "lendata", "build", "decompose", "--store", str(store), "--json", "--no-progress",
+            *(a for k, v in {**SMALL, "input": str(corpus["files"]), "glob": "*.txt", "unit_bytes": 30_000,
+                             "shards": 2}.items() for a in ("--set", f"{k}={v}"))]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    reports = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    assert st.list_versions(store, "decompose") == ["0.1.0"]
+    assert sorted(bool(r.get("unchanged")) for r in reports) == [False, True], reports
+    assert not [p for p in (store / "decompose").iterdir() if p.name.startswith(".staging")]
+    assert not list(store.rglob("*.tmp"))
+    version = st.open_version(store, "decompose@0.1.0")
+    manifest = json.loads((version.path / "manifest.json").read_text())
+    listed = sorted(f["path"] for sp in manifest["splits"].values() for f in sp["files"])
+    on_disk = sorted(str(p.relative_to(version.path)) for p in version.path.rglob("*.parquet"))
+    assert listed == on_disk and len(listed) == len(set(listed))
+    assert manifest["decomposition"]["documents"] == len(list(corpus["files"].glob("*.txt")))

@@ -10,6 +10,7 @@ checks the content hash).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -75,7 +76,6 @@ class PrefectRunner(LocalRunner):
             *extra: Any, total: int | None = None) -> list[Any]:
         if self.recipe.run.runner != "ray":
             return super().map(build, step, items, label, *extra, total=total)
-        from prefect.futures import wait
         from prefect_ray.context import remote_options
 
         pieces = cut(items, self.recipe.run.shards)
@@ -83,42 +83,43 @@ class PrefectRunner(LocalRunner):
         done: dict[int, Any] = {}
         where: dict[int, dict[str, Any]] = {}
         started = time.monotonic()
-        tally = progress_tally() if build.show_progress else None
-        with GenerationProgress(total or len(items), f"{label} on Ray, {len(pieces)} shards",
-                                enabled=build.show_progress) as bar:
-            with remote_options(num_cpus=ray.cpus_per_shard or 1, num_gpus=ray.gpus_per_shard or 0):
-                futures = {remote_shard.with_options(name=f"{label} shard").submit(
-                    self.recipe, self.store, socket.gethostname(), step, piece, offset, extra,
-                    ShardProgress(tally, i) if tally is not None else None): i
-                    for i, (offset, piece) in enumerate(pieces)}
-            pending = set(futures)
-            counted = {i: [0, 0] for i in range(len(pieces))}  # what the bar shows of each shard
-            settled: set[int] = set()
-            while pending:
-                finished, pending = wait(list(pending), timeout=PROGRESS_SECONDS)
-                # what the running shards did since the last look; a report that arrives after its shard
-                # finished is already in that shard's total
-                for i, (rows, tokens) in (tally_take(tally) if tally is not None else {}).items():
-                    if i not in settled:
-                        counted[i][0] += rows
-                        counted[i][1] += tokens
-                        bar.advance(rows, tokens)
-                for future in finished:
-                    i = futures[future]
-                    result, usage, ran = future.result()
-                    done[i] = result
-                    # seconds: from submission to result, so a shard that waited for a free worker shows it
-                    where[i] = {"label": label, "offset": pieces[i][0], "rows": len(pieces[i][1]), "runner": "ray",
-                                **ran, "engine_calls": usage.calls, "seconds": round(time.monotonic() - started, 2),
-                                **shard_accounting(result)}
-                    moved = result.progress() if callable(getattr(result, "progress", None)) else None
-                    rows, tokens = moved or (len(pieces[i][1]), usage.tokens)
-                    # the shard's own total settles the bar: what its reports missed (or a step that reports none)
-                    bar.advance(max(0, rows - counted[i][0]), max(0, tokens - counted[i][1]))
-                    settled.add(i)
-                    build.remote_usage = build.remote_usage + usage
-        if tally is not None:
-            _ray().kill(tally)
+        # live reports only from steps that count the map's `total` with one bar (base.Build.map)
+        tally = progress_tally() if build.show_progress and getattr(step, "live_progress", False) else None
+        try:
+            with GenerationProgress(total or len(items), f"{label} on Ray, {len(pieces)} shards",
+                                    enabled=build.show_progress) as bar:
+                with remote_options(num_cpus=ray.cpus_per_shard or 1, num_gpus=ray.gpus_per_shard or 0):
+                    futures = [remote_shard.with_options(name=f"{label} shard").submit(
+                        self.recipe, self.store, socket.gethostname(), step, piece, offset, extra,
+                        ShardProgress(tally, i) if tally is not None else None)
+                        for i, (offset, piece) in enumerate(pieces)]
+                shard_of = {f.wrapped_future: i for i, f in enumerate(futures)}
+                pending = list(shard_of)
+                counted = {i: [0, 0] for i in range(len(pieces))}  # what the bar shows of each shard
+                while pending:
+                    # Ray's own wait: prefect's `wait` adds a done-callback to every pending future at each call,
+                    # and Ray runs them all (each fetching the result) when the shard ends
+                    ready, pending = _ray().wait(pending, num_returns=len(pending), timeout=PROGRESS_SECONDS)
+                    if tally is not None:  # what the running shards did since the last look
+                        tally = take_reports(tally, counted, set(shard_of[r] for r in pending), bar)
+                    for ref in ready:
+                        i = shard_of[ref]
+                        result, usage, ran = futures[i].result()
+                        done[i] = result
+                        # seconds: from submission to result, so a shard that waited for a free worker shows it
+                        where[i] = {"label": label, "offset": pieces[i][0], "rows": len(pieces[i][1]),
+                                    "runner": "ray", **ran, "engine_calls": usage.calls,
+                                    "seconds": round(time.monotonic() - started, 2), **shard_accounting(result)}
+                        moved = result.progress() if callable(getattr(result, "progress", None)) else None
+                        rows, tokens = moved or (len(pieces[i][1]), usage.tokens)
+                        # the shard's own total settles the bar: what its reports missed, or all of it
+                        bar.advance(max(0, rows - counted[i][0]), max(0, tokens - counted[i][1]))
+                        counted.pop(i)  # a late report of a settled shard is in its total already
+                        build.remote_usage = build.remote_usage + usage
+        finally:
+            if tally is not None:
+                with contextlib.suppress(Exception):  # gone with its node: nothing to stop
+                    _ray().kill(tally)
         build.shards.extend(where[i] for i in range(len(pieces)))
         return [done[i] for i in range(len(pieces))]
 
@@ -159,6 +160,23 @@ def tally_take(tally: Any) -> dict[int, tuple[int, int]]:
     return _ray().get(tally.take.remote())
 
 
+def take_reports(tally: Any, counted: dict[int, list[int]], running: set[int], bar: Any) -> Any:
+    """Move the bar by what running shards reported since the last look; the tally, or None once it is lost
+    (its node died): the bar then moves as each shard ends, and the build goes on."""
+    try:
+        reports = tally_take(tally)
+    except Exception as e:  # noqa: BLE001 - progress must never fail a build
+        print(f"progress reports from Ray workers lost ({type(e).__name__}); the bar moves per shard from now",
+              file=sys.stderr, flush=True)
+        return None
+    for i, (rows, tokens) in reports.items():
+        if i in running and i in counted:
+            counted[i][0] += rows
+            counted[i][1] += tokens
+            bar.advance(rows, tokens)
+    return tally
+
+
 class _ShardBar:
     def __init__(self, tally: Any, shard: int):
         self.tally, self.shard = tally, shard
@@ -178,8 +196,6 @@ class ShardProgress:
         self.tally, self.shard = tally, shard
 
     def __call__(self, total: int | None, label: str) -> Any:
-        import contextlib
-
         return contextlib.nullcontext(_ShardBar(self.tally, self.shard))
 
 

@@ -123,8 +123,8 @@ def random_one_document(n: int, doc_id: int, s: Settings) -> list[tuple[int, int
 @given(lengths=hs.lists(hs.integers(0, 30_000), min_size=0, max_size=12), s=settings_st,
        ids=hs.integers(0, 2**40))
 def test_the_vectorised_random_rule_equals_one_document_at_a_time(lengths, s, ids):
-    """decompose_lengths draws a block of each long document's stream per round (bench/decompose.py: 14x
-    faster than one draw per round); the pieces must be the ones a plain per-document loop cuts, documents of
+    """decompose_lengths draws a block of each long document's stream per round (bench/decompose.py: about
+    12x faster than one draw per round); the pieces must be the ones a plain per-document loop cuts, documents of
     hundreds of draws (several blocks) included."""
     s = Settings(s.min_log2, s.max_log2, "random", plus_one=s.plus_one, seed=s.seed)
     L = np.array(lengths, dtype=np.int64)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -148,9 +149,13 @@ def test_agentwrite_on_a_ray_cluster_and_prefect_server_of_its_own(tmp_path):
     sets = ("target_field=null", "max_quarantine_share=1.0")
     local, local_manifest, _ = build(tmp_path / "local", prompts, *sets, env=env, recipe="agentwrite")
     ray, ray_manifest, driver = build(tmp_path / "ray", prompts, *sets, "runner=ray", "ray.num_cpus=2",
-                                      env={**env, marker.split("=")[0]: marker.split("=")[1]}, recipe="agentwrite")
+                                      env={**env, marker.split("=")[0]: marker.split("=")[1]}, recipe="agentwrite",
+                                      progress=True)
 
     assert ray["rows"] + ray["quarantined"] == local["rows"] + local["quarantined"] == 3
+    # AgentWrite's shards open a bar per stage (samples, paragraphs): their reports would overshoot the driver's
+    # bar of samples, so its bar moves per finished shard and ends at its total
+    assert "3/3" in ray["stderr"] and not re.search(r"\b([4-9]|\d\d+)/3\b", ray["stderr"]), ray["stderr"][-2000:]
     assert ray_manifest["content_hash"] == local_manifest["content_hash"]
     shards = ray_manifest["shards"]
     assert [s["rows"] for s in shards] == [1, 1, 1] and all(s["ray_node"] and s["pid"] != driver for s in shards)

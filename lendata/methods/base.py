@@ -144,7 +144,9 @@ class Build(Protocol):
             total: int | None = None) -> list[Any]:
         """`step` over the items cut into the recipe's shards (on Ray with `runner: ray`); results in order.
         A result with `progress() -> (rows, tokens)` moves the driver's bar by those (out of `total`, default
-        the item count); one with `accounting() -> dict` adds it to the shard's manifest record."""
+        the item count); one with `accounting() -> dict` adds it to the shard's manifest record. A step with
+        the attribute `live_progress = True` promises that its `progress` bars count exactly what its result's
+        `progress()` totals: on Ray those bars then move the driver's bar while the shard runs."""
 
     def step(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)`, recorded as a named stage (a Prefect task when the build runs as a flow)."""

@@ -162,6 +162,10 @@ def decompose_units(s: Settings, units: list[Unit], offset: int, engines: Any, p
     return UnitsDone(stats, out.result(), time.monotonic() - started, peak_rss_mb())
 
 
+# its one bar counts the documents and tokens that UnitsDone.progress() totals (lendata.methods.base.Build.map)
+decompose_units.live_progress = True  # type: ignore[attr-defined]
+
+
 def summary(stats: dict[str, Any], s: Settings) -> dict[str, Any]:
     """The DD metrics (METHODS.md §5) from the build's stats: token share per bucket, average sequence and
     context length, attention cost relative to concat-and-chunk at 2^max, cross-document attention."""

@@ -101,7 +101,7 @@ class PrefectRunner(LocalRunner):
                     # and Ray runs them all (each fetching the result) when the shard ends
                     ready, pending = _ray().wait(pending, num_returns=len(pending), timeout=PROGRESS_SECONDS)
                     if tally is not None:  # what the running shards did since the last look
-                        tally = take_reports(tally, counted, set(shard_of[r] for r in pending), bar)
+                        tally = take_reports(tally, counted, bar)
                     for ref in ready:
                         i = shard_of[ref]
                         result, usage, ran = futures[i].result()
@@ -160,9 +160,10 @@ def tally_take(tally: Any) -> dict[int, tuple[int, int]]:
     return _ray().get(tally.take.remote())
 
 
-def take_reports(tally: Any, counted: dict[int, list[int]], running: set[int], bar: Any) -> Any:
-    """Move the bar by what running shards reported since the last look; the tally, or None once it is lost
-    (its node died): the bar then moves as each shard ends, and the build goes on."""
+def take_reports(tally: Any, counted: dict[int, list[int]], bar: Any) -> Any:
+    """Move the bar by what unsettled shards (those still in `counted`) reported since the last look; the
+    tally, or None once it is lost (its node died): the bar then moves as each shard ends, and the build goes
+    on."""
     try:
         reports = tally_take(tally)
     except Exception as e:  # noqa: BLE001 - progress must never fail a build
@@ -170,7 +171,7 @@ def take_reports(tally: Any, counted: dict[int, list[int]], running: set[int], b
               file=sys.stderr, flush=True)
         return None
     for i, (rows, tokens) in reports.items():
-        if i in running and i in counted:
+        if i in counted:
             counted[i][0] += rows
             counted[i][1] += tokens
             bar.advance(rows, tokens)

@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,14 +32,34 @@ from lendata.methods.agentwrite import plan_and_write as aw  # noqa: E402
 from lendata.methods.direct.generate import direct  # noqa: E402
 
 
+def decode_only_seconds(engine: LlamaCppEngine, tokens: int, per_call: int = 3000) -> float:
+    """The physical limit: seconds to decode `tokens` tokens with the same engine, in as few single calls as the
+    window allows (each from a one-line prompt, end-of-sequence suppressed), no prompt to speak of."""
+    from lendata.engines.base import Request
+
+    secs, left, i = 0.0, tokens, 0
+    while left > 0:
+        n = min(per_call, left)
+        req = Request(messages=({"role": "user", "content": "Write a long essay about the sea."},), max_tokens=n,
+                      min_tokens=n, temperature=0.7, seed=1000 + i)
+        t0 = time.monotonic()
+        res = engine.generate([req])[0]
+        secs += time.monotonic() - t0
+        left -= max(1, res.completion_tokens)
+        i += 1
+    return secs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=8, help="prompts (8 = all English ones at 1,000 and 2,000 words)")
-    ap.add_argument("--out", default=str(REPO / "bench/out/length_fidelity"), help="cache directory")
+    ap.add_argument("--out", default=None, help="response cache directory (default: a fresh one, so times are real)")
+    ap.add_argument("--skip-direct", action="store_true", help="AgentWrite only (no direct baseline)")
     args = ap.parse_args()
     rows = read_instructions(REPO / "pipelines/data/longwrite_ruler_en.jsonl", "prompt", "length", n=args.n).rows
     settings = recipes.load("agentwrite").settings
-    engine = CachedEngine(LlamaCppEngine(), ResponseCache(Path(args.out) / "responses.sqlite"))
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="lendata-fidelity-"))
+    engine = CachedEngine(LlamaCppEngine(), ResponseCache(out / "responses.sqlite"))
 
     t0 = time.monotonic()
     table, quarantine, samples = aw.agentwrite(rows, engine, settings)
@@ -55,9 +76,21 @@ def main() -> None:
               f"{smp.instruction[:50]}")
     kept = table.num_rows
     fallbacks = sum(smp.plan_source == "fallback" for smp in samples)
+    kept_ids = set(table.column("id").to_pylist())
+    # S_l over all rows, a quarantined row counting 0 (issue 19), beside the plain mean over generated rows
+    sl_all = statistics.fmean(sl if smp.id in kept_ids else 0.0 for smp, sl in zip(samples, aw_scores, strict=True))
+    kept_tokens = sum(table.column("response_tokens").to_pylist())
+    decode_secs = decode_only_seconds(engine.engine, kept_tokens)
+    ratio = aw_secs / decode_secs if decode_secs else float("inf")
+    print(f"AgentWrite: S_l over all rows (quarantined = 0) {sl_all:.1f}; kept {kept}/{len(samples)} "
+          f"({kept / len(samples):.0%}); fallback plans {fallbacks}/{len(samples)}; wall {aw_secs:.1f} s; "
+          f"decode-only time of the {kept_tokens} kept tokens {decode_secs:.1f} s; ratio {ratio:.2f}x "
+          f"(goal <= 2x: {'met' if ratio <= 2 else 'NOT met'})")
+    for q in quarantine:
+        print(f"  quarantined {q['id'][:12]}: {q['reason'][:110]}")
 
     t0 = time.monotonic()
-    d_table, d_quarantine = direct(rows, engine, recipes.load("direct").settings)
+    d_table, d_quarantine = direct(rows if not args.skip_direct else [], engine, recipes.load("direct").settings)
     d_secs = time.monotonic() - t0
     d_scores = d_table.column("length_score").to_pylist()
     print("direct (baseline: one budgeted call per prompt)")
@@ -70,7 +103,9 @@ def main() -> None:
           f"plans), direct {d_mean:.1f}; goal >= 90: {'met' if aw_mean >= 90 else 'NOT met'}")
     print(json.dumps({"bench": "length_fidelity", "prompts": len(rows), "agentwrite_mean_sl": round(aw_mean, 2),
                       "direct_mean_sl": round(d_mean, 2), "agentwrite_kept": kept,
-                      "agentwrite_fallback_plans": fallbacks,
+                      "agentwrite_fallback_plans": fallbacks, "agentwrite_sl_all_rows": round(sl_all, 2),
+                      "agentwrite_kept_tokens": kept_tokens, "decode_only_seconds": round(decode_secs, 1),
+                      "wall_over_decode": round(ratio, 2),
                       "agentwrite_seconds": round(aw_secs, 1), "direct_seconds": round(d_secs, 1),
                       "engine_calls": engine.calls, "cache_hits": engine.hits}))
     engine.close()

@@ -337,3 +337,46 @@ def test_a_goal_beyond_max_steps_paragraphs_gets_longer_paragraphs_never_more_st
     assert aw.paragraph_count(20000, s)[1] <= 50
     plan, _ = aw.repair_plan(items, 20000, s)
     assert len(plan) <= 50 and sum(p["words"] for p in plan) == 20000
+
+
+def test_a_last_step_cut_at_its_limit_is_continued_to_its_own_end_and_middle_steps_are_not(scripted):
+    from lendata.engines.base import Result
+
+    def answer(req):
+        if req.prefill is not None:  # the continuation ends the paragraph itself
+            return Result(text=" and that is the end.", completion_tokens=6, finish_reason="stop")
+        return Result(text="word " * req.max_tokens + "cut", completion_tokens=req.max_tokens, finish_reason="length")
+
+    engine = scripted(answer)
+    s = S(min_paragraph=100, max_paragraph=200, continue_attempts=1)
+    table, quarantine, samples = aw.agentwrite([{"instruction": "Write 400 words about rivers."}], engine, s)
+    smp = samples[0]
+    conts = [r for r in engine.seen if r.prefill is not None]
+    assert len(conts) == 1  # only the last step
+    assert conts[0].messages[:-1] == next(r for r in engine.seen if r.prefill is None and r.messages[0] ==
+                                          conts[0].messages[0]).messages  # the same prompt, continued
+    assert conts[0].prefill.endswith("cut") and "\n\n" in conts[0].stop
+    assert smp.step_finish[-1] == "stop" and smp.paragraphs[-1].endswith("cut and that is the end.")
+    assert smp.step_finish[:-1] == ["length"] * (len(smp.plan) - 1)
+
+
+def test_a_kept_row_passes_the_reports_checks_too(scripted):
+    s = S()
+    smp = aw.prepare([{"instruction": "Write 100 words.", "source": ""}], s)[0]
+    loop = "alpha beta gamma delta epsilon zeta eta theta iota kappa"
+    # the loop sits in the first 70% of the text, outside the tail the tail filter reads
+    smp.paragraphs = [f"{loop}. {loop}. {loop}.", " ".join(f"Fresh sentence number {i} here." for i in range(40))]
+    assert any(d.startswith("repeated 10-gram (3x)") for d in aw.defects(smp, 230, s))
+    smp.paragraphs = ["A complete sentence."]
+    smp.step_finish = ["length"]
+    assert aw.defects(smp, 100, s) == ["truncated ending: the last step stopped at its token limit"]
+    smp.step_finish = ["stop"]
+    assert aw.defects(smp, 100, s) == []
+
+
+def test_steps_ask_for_no_repeat_ngram_when_set(scripted):
+    engine = scripted()
+    aw.agentwrite([{"instruction": "Write 300 words about rivers."}], engine, S(no_repeat_ngram=8))
+    steps = [r for r in engine.seen if r.json_schema is None]
+    assert steps and all(r.no_repeat_ngram == 8 for r in steps)
+    assert all(r.no_repeat_ngram == 0 for r in engine.seen if r.json_schema is not None)  # plans: a grammar

@@ -155,13 +155,13 @@ def test_converted_adapter_shifts_llama_cpp_as_peft_shifts_transformers(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("prefix_reuse", [False, True])
-def test_the_engine_sets_adapters_per_request_and_a_zero_adapter_changes_nothing(tmp_path, prefix_reuse):
+@pytest.mark.parametrize("kv_cache_mb", [0, 256])
+def test_the_engine_sets_adapters_per_request_and_a_zero_adapter_changes_nothing(tmp_path, kv_cache_mb):
     from lendata.engines.llamacpp import LlamaCppEngine
     from lendata.models import hf_checkpoint
 
-    # with prefix_reuse the KV cache of the last prompt is kept: switching adapters must clear it
-    llama = LlamaCppEngine(n_ctx=2048, prefix_reuse=prefix_reuse)
+    # prompt prefixes' KV is kept (live and saved): switching adapters must never continue another adapter's keys
+    llama = LlamaCppEngine(n_ctx=2048, kv_cache_mb=kv_cache_mb)
 
     base = hf_checkpoint()
     _peft_adapter(base, tmp_path / "random", b_scale=0.05)

@@ -20,6 +20,11 @@ from typing import Any, Literal, Protocol, runtime_checkable
 FinishReason = Literal["stop", "length", "error"]
 
 
+class UnsupportedOption(RuntimeError):
+    """A request asks for a decoding option the engine cannot honour: a setup error, raised (silently ignoring it
+    would build data under a key that claims it)."""
+
+
 class AdapterError(RuntimeError):
     """A request names a LoRA adapter the engine cannot apply: a setup error, raised, not a row's failure (every
     row naming it would fail the same way, and a build would publish nothing while reporting success)."""
@@ -36,6 +41,11 @@ class Request:
     # OpenAI-compatible servers: off); 0 turns it off everywhere
     top_k: int | None = None
     repetition_penalty: float = 1.0
+    # never complete a token n-gram already in the prompt or the output (0 = off); see engines/no_repeat.py
+    no_repeat_ngram: int = 0
+    # once min_tokens are out, end the output at the first sentence end (the terminator is kept; see
+    # engines/sentence_end.py), so a budgeted text ends on a whole sentence instead of being cut or trimmed
+    end_at_sentence: bool = False
     seed: int | None = None
     stop: tuple[str, ...] = ()
     json_schema: dict[str, Any] | None = None
@@ -51,6 +61,8 @@ class Request:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.top_k is not None and self.top_k < 0:
             raise ValueError(f"top_k must be None (the engine's default), 0 (off) or positive, got {self.top_k}")
+        if self.no_repeat_ngram < 0:
+            raise ValueError(f"no_repeat_ngram must be 0 (off) or a positive n-gram size, got {self.no_repeat_ngram}")
         if self.min_tokens < 0 or self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens must be in [0, max_tokens], got {self.min_tokens}/{self.max_tokens}")
         for m in self.messages:
@@ -70,6 +82,9 @@ class Request:
         d.pop("sample_index")
         if d["top_k"] is None:  # the engine's default: keys made before top_k existed stay valid
             d.pop("top_k")
+        for off in ("no_repeat_ngram", "end_at_sentence"):  # off: keys made before the option stay valid
+            if not d[off]:
+                d.pop(off)
         return d
 
 
@@ -89,6 +104,19 @@ class Result:
     @classmethod
     def failed(cls, message: str, prompt_tokens: int = 0) -> Result:
         return cls(text="", prompt_tokens=prompt_tokens, finish_reason="error", error=message)
+
+
+def refuse_no_repeat(engine_name: str, requests: Sequence[Request]) -> None:
+    """Raise for an engine that cannot enforce `no_repeat_ngram` or `end_at_sentence` when a request asks."""
+    asked = sorted({r.no_repeat_ngram for r in requests if r.no_repeat_ngram})
+    if asked:
+        raise UnsupportedOption(
+            f"the {engine_name} engine cannot enforce no_repeat_ngram={asked[0]} (only the embedded llamacpp "
+            "engine can today); set no_repeat_ngram=0 in the recipe or use engine=llamacpp")
+    if any(r.end_at_sentence for r in requests):
+        raise UnsupportedOption(
+            f"the {engine_name} engine cannot enforce end_at_sentence (only the embedded llamacpp engine can "
+            "today); set end_at_sentence=false in the recipe or use engine=llamacpp")
 
 
 # called once per finished row: (index in the batch, its result)

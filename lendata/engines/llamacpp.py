@@ -23,6 +23,9 @@ from typing import Any
 import numpy as np
 
 from lendata.engines.base import AdapterError, OnResult, Request, Result
+from lendata.engines.kv_states import CHUNK, AlignedPrefill, KVStates, default_ram_mb
+from lendata.engines.no_repeat import NoRepeatNgram
+from lendata.engines.sentence_end import ends_sentence
 from lendata.models import BUNDLED_MODEL_ID, bundled_gguf_path, gguf_tokenizer_path
 
 
@@ -42,6 +45,39 @@ class _MinTokens:
         return scores
 
 
+class _NoRepeat:
+    """Logits processor: the tokens that would repeat an n-gram of the prompt or output so far are impossible."""
+
+    def __init__(self, n: int):
+        self.index = NoRepeatNgram(n)
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        banned = self.index.banned(input_ids)
+        if banned:
+            scores[banned] = -np.inf
+        return scores
+
+
+class _EndAtSentence:
+    """Logits processor: once `n` tokens are out and the output ends a sentence, only end-of-sequence remains."""
+
+    def __init__(self, n: int, eos: int, detokenize):
+        self.n, self.eos, self.detokenize = n, eos, detokenize
+        self.start: int | None = None
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if self.start is None:
+            self.start = len(input_ids)
+        made = len(input_ids) - self.start
+        if made >= max(1, self.n):
+            tail = self.detokenize([int(t) for t in input_ids[-8:]]).decode("utf-8", errors="ignore")
+            if ends_sentence(tail):
+                eos = scores[self.eos]
+                scores[:] = -np.inf
+                scores[self.eos] = eos if np.isfinite(eos) else 0.0
+        return scores
+
+
 class LlamaCppEngine:
     name = "llamacpp"
 
@@ -52,7 +88,9 @@ class LlamaCppEngine:
         n_threads: int | None = None,
         model_id: str | None = None,
         tokenizer: str | None = None,
-        prefix_reuse: bool = False,
+        kv_cache_mb: float | None = None,
+        kv_disk_mb: float = 0,
+        kv_disk_dir: str | None = None,
     ):
         from llama_cpp import Llama
 
@@ -73,18 +111,21 @@ class LlamaCppEngine:
         self._eos = sorted({self._llm.token_eos(), *self._end_of_turn_ids()})
         self._tokenizer_path = tokenizer
         self._formatter = None
-        self.prefix_reuse = prefix_reuse
         self.n_ctx = n_ctx
+        # prompts are evaluated in aligned chunks and their KV prefixes kept (kv_states.py): deterministic reuse
+        self.kv_states = KVStates(default_ram_mb() if kv_cache_mb is None else kv_cache_mb, kv_disk_mb, kv_disk_dir)
+        self._prefill = AlignedPrefill(self._llm, self.kv_states)
         self._adapters: dict[str, Any] = {}  # lora path -> loaded llama.cpp adapter
         self._active_lora: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """The weights by content (two GGUF files of one name are two models) and the options that change
-        outputs: the context size (where long generations stop) and KV prefix reuse (see `_one`)."""
+        outputs: the context size (where long generations stop) and the chunking of prompt evaluation (which
+        sets the last bits of the logits; the KV cache budget does not change outputs)."""
         from lendata.engines.identity import content_identity
 
         return {"engine": self.name, "weights": content_identity(self.model_path), "n_ctx": self.context_window,
-                "prefix_reuse": self.prefix_reuse}
+                "prefill_chunk": CHUNK}
 
     def _end_of_turn_ids(self) -> list[int]:
         ids = []
@@ -105,8 +146,12 @@ class LlamaCppEngine:
         kwargs = {}
         if req.json_schema is not None:
             kwargs["response_format"] = {"type": "json_object", "schema": req.json_schema}
-        if req.min_tokens > 0:
-            kwargs["logits_processor"] = LogitsProcessorList([_MinTokens(req.min_tokens, self._eos)])
+        processors = ([_MinTokens(req.min_tokens, self._eos)] if req.min_tokens > 0 else []) + (
+            [_NoRepeat(req.no_repeat_ngram)] if req.no_repeat_ngram else []) + (
+            [_EndAtSentence(req.min_tokens, self._llm.token_eos(), self._llm.detokenize)]
+            if req.end_at_sentence else [])
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         sampling = dict(
             max_tokens=req.max_tokens,
             temperature=req.temperature,
@@ -117,11 +162,9 @@ class LlamaCppEngine:
             stop=list(req.stop) or None,
             **kwargs,
         )
-        if not self.prefix_reuse or switched:
-            # llama-cpp-python reuses the KV cache of the previous prompt's common prefix. Logits of tokens
-            # decoded in a different batch split differ in the last bits, which can flip a sampled token: the
-            # same seeded request would then depend on what ran before it. A full re-evaluation does not.
-            self._llm.reset()
+        if switched:  # keys computed under another adapter are never continued
+            self._prefill.forget_live()
+            self._prefill.lora = req.lora
         try:
             if req.prefill is not None:
                 if req.json_schema is not None:
@@ -217,6 +260,9 @@ class LlamaCppEngine:
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None
         adapters, self._adapters = getattr(self, "_adapters", {}), {}
+        states = getattr(self, "kv_states", None)
+        if states is not None:
+            states.clear()
         if llm is not None and adapters:  # adapters are freed before the model they belong to
             import llama_cpp
 

@@ -93,6 +93,14 @@ class Settings(InstructionInput, JudgeGate):
     temperature: float = 0.5  # sampling temperature of plans and paragraphs
     top_p: float = 0.95  # nucleus sampling
     repetition_penalty: float = 1.1  # llama.cpp/vLLM repetition penalty
+    # never complete a token n-gram of this size already in the prompt (which holds the text so far) or the
+    # paragraph: loops are prevented while decoding instead of resampled afterwards. 0 = off (the reference);
+    # at most 8 it also rules out every repeated 10-word n-gram the filters look for. llamacpp only for now.
+    no_repeat_ngram: int = 0  # ban repeating a token n-gram of prompt or output while decoding (0 = off)
+    # end each step at its first sentence end once its min_tokens are out (llamacpp only for now), instead of
+    # running to max_tokens and being trimmed; off in the reference
+    end_at_sentence: bool = False  # end each step at its first sentence end after its minimum
+    continue_attempts: int = 1  # a last step that hits its token limit is continued this often before it is trimmed
     seed: int = 42  # per-sample seeds derive from this and the sample id
     word_counter: WordCounter = "longwriter"  # longwriter | longen | ruler
     min_paragraph: int = 200  # paragraph word bounds after plan repair (LongWriter: 200-1000)
@@ -434,9 +442,42 @@ def step_requests(
         reqs.append(Request(
             messages=({"role": "user", "content": base.replace("{text}", text, 1)},),
             max_tokens=max_tokens, min_tokens=min_tokens, temperature=s.temperature, top_p=s.top_p,
-            repetition_penalty=s.repetition_penalty, seed=_seed(s.seed, smp.id, f"step{step}"),
+            repetition_penalty=s.repetition_penalty, no_repeat_ngram=s.no_repeat_ngram,
+            end_at_sentence=s.end_at_sentence, seed=_seed(s.seed, smp.id, f"step{step}"),
         ))
     return reqs
+
+
+PARAGRAPH_END = "\n\n"
+
+
+def continue_cut(
+    reqs: list[Request], results: list[Any], engine: Engine, s: Settings, on_result: OnResult | None = None,
+) -> list[Any]:
+    """Steps that stopped at their token limit are continued from where they stopped (the assistant turn is
+    prefilled with what was written), with a sixth of the step's budget (which bounds the overshoot), so a
+    paragraph ends on its own instead of being trimmed back to its last sentence. A continuation also ends where
+    the model starts a new paragraph (the step asked for one), or, with `end_at_sentence`, at the first sentence
+    end. The continuation's text is appended, its tokens counted and its finish reason becomes the step's."""
+    from dataclasses import replace
+
+    results = list(results)
+    for attempt in range(s.continue_attempts):
+        cut = [i for i, r in enumerate(results) if r.ok and r.finish_reason == "length" and r.text.strip()]
+        if not cut:
+            break
+        more = [replace(reqs[i], messages=(*reqs[i].messages, {"role": "assistant", "content": results[i].text}),
+                        max_tokens=max(16, reqs[i].max_tokens // 6), min_tokens=0,
+                        stop=tuple(dict.fromkeys((*reqs[i].stop, PARAGRAPH_END))),
+                        seed=(reqs[i].seed or 0) + 7919 * (attempt + 1)) for i in cut]
+        for i, r in zip(cut, engine.generate(more, on_result=on_result), strict=True):
+            if not r.ok:
+                continue  # the cut paragraph stays, trimmed as before
+            prev = results[i]
+            results[i] = type(prev)(text=prev.text + r.text, prompt_tokens=prev.prompt_tokens,
+                                    completion_tokens=prev.completion_tokens + r.completion_tokens,
+                                    finish_reason=r.finish_reason)
+    return results
 
 
 def write(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResult | None = None) -> None:
@@ -460,12 +501,21 @@ def write(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResul
                 if bad(i, r) < bad(i, results[i]):
                     results[i] = r
             redo = [i for i in redo if bad(i, results[i]) > 0]
+        # only a sample's last step is continued: a middle paragraph cut at its limit is trimmed to its last
+        # sentence and the next step goes on from there, but the text's own ending must be the model's
+        # (one already well over its word target is trimmed instead: continuing it would cost length fidelity)
+        last = [i for i, smp in enumerate(active) if step == len(smp.plan) - 1
+                and count_words(results[i].text, s.word_counter) < 1.25 * smp.step_targets[-1]]
+        for i, r in zip(last, continue_cut([reqs[i] for i in last], [results[i] for i in last], engine, s,
+                                           on_result), strict=True):
+            results[i] = r
         for smp, res in zip(active, results, strict=True):
             if not res.ok:  # never a placeholder in the data: the row fails
                 smp.failed = f"step {step + 1} failed: {res.error}"
                 continue
             raw = checks.strip_step_label(res.text)
-            para = checks.trim_to_sentence(raw, smp.language) if res.finish_reason == "length" else raw.strip()
+            # a paragraph cut at its limit, or ended by the model mid-sentence, goes back to its last sentence end
+            para = checks.trim_to_sentence(raw, smp.language)
             raw_words = count_words(raw, s.word_counter)
             if raw_words:  # this sample's own tokens per word, for the next steps' budgets
                 smp.tokens_out += res.completion_tokens
@@ -528,8 +578,14 @@ def defects(smp: Sample, words: int, s: Settings) -> list[str]:
     reps, gram = checks.max_ngram_repeats(joiner.join(tail), n, smp.language)
     if reps >= s.tail_ngram_repeats:
         out.append(f"repeated {n}-gram in the tail ({reps}x): {gram[:80]!r}")
+    # the checks `lendata report` makes of a published row: a kept row must pass them too
+    whole, whole_gram = checks.max_ngram_repeats(smp.text, n, smp.language)
+    if reps < s.tail_ngram_repeats and whole >= s.tail_ngram_repeats:
+        out.append(f"repeated {n}-gram ({whole}x): {whole_gram[:80]!r}")
     if not checks.ends_sentence(smp.text, smp.language):
         out.append("truncated ending: the text stops mid-sentence")
+    elif smp.step_finish and smp.step_finish[-1] == "length":
+        out.append("truncated ending: the last step stopped at its token limit")
     return out
 
 

@@ -1,0 +1,233 @@
+"""Deterministic KV prefix reuse (engines/kv_states.py) and no-repeat-n-gram decoding on the real llama.cpp engine.
+
+The reuse must be invisible in the output: the same seeded request gives the same text whether its prefix came
+from a saved state, from the live context, or was evaluated from nothing, in any order of calls.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from lendata.engines.base import Request, UnsupportedOption, refuse_no_repeat, request_key
+from lendata.engines.kv_states import CHUNK, KVStates, aligned_common
+from lendata.engines.no_repeat import NoRepeatNgram
+
+_TOPICS = ("the history of lighthouses", "how bees make honey")
+
+
+def _chains() -> list[list[Request]]:
+    """Two samples of three growing steps each, laid out as AgentWrite lays out its steps: a fixed head, the text
+    so far, then a directive that changes every step."""
+    chains = []
+    for t, topic in enumerate(_TOPICS):
+        text = ""
+        chain = []
+        for step in range(3):
+            text += f"\n\nParagraph {step} about {topic}. " + " ".join(
+                f"Sentence {i} of paragraph {step} says something specific about {topic}." for i in range(8))
+            prompt = (f"Task: write an essay on {topic}.\n\nText written so far:{text}\n\n"
+                      f"Write section {step + 2} now.")
+            chain.append(Request(messages=({"role": "user", "content": prompt},), max_tokens=20,
+                                 temperature=0.8, seed=100 * t + step))
+        chains.append(chain)
+    return chains
+
+
+def _fresh(engine) -> None:
+    engine.kv_states.clear()
+    engine._prefill.forget_live()
+
+
+def test_reused_prefixes_give_the_same_text_as_evaluation_from_nothing_in_any_order(llama):
+    chains = _chains()
+    by_round = [req for step in zip(*chains, strict=True) for req in step]  # AgentWrite's rounds
+    by_sample = [req for chain in chains for req in chain]
+    # reference: every request from an empty context, nothing kept
+    reference = {}
+    for req in by_sample:
+        _fresh(llama)
+        reference[req.seed] = llama.generate([req])[0].text
+    _fresh(llama)
+    before = llama.kv_states.reused_tokens
+    in_rounds = {req.seed: res.text for req, res in zip(by_round, llama.generate(by_round), strict=True)}
+    reused_in_rounds = llama.kv_states.reused_tokens - before
+    _fresh(llama)
+    in_reverse = {req.seed: llama.generate([req])[0].text for req in reversed(by_sample)}
+    assert in_rounds == reference
+    assert in_reverse == reference
+    # and the reuse really happened: each later step restored its sample's earlier prefix
+    assert reused_in_rounds >= 4 * CHUNK
+    assert llama.kv_states.restores > 0
+
+
+def test_a_continuation_of_generated_text_does_not_depend_on_the_generation_running_just_before(llama):
+    # the flaw of llama-cpp-python's own reuse: the KV of generated tokens (decoded one at a time) was continued,
+    # so a continuation differed from the same request on a clean context (6 of 6 differed when measured)
+    for seed in range(3):
+        first = Request(messages=({"role": "user", "content": f"Write a story about dragon number {seed}."},),
+                        max_tokens=120, min_tokens=120, temperature=0.9, seed=seed)
+        _fresh(llama)
+        written = llama.generate([first])[0].text
+        cont = Request(messages=(*first.messages, {"role": "assistant", "content": written}), max_tokens=60,
+                       temperature=0.9, seed=seed + 50)
+        right_after = llama.generate([cont])[0].text
+        _fresh(llama)
+        assert llama.generate([cont])[0].text == right_after
+
+
+def _next_token_logits(engine, text: str) -> np.ndarray:
+    """Position the context for `text` as a request would be, evaluate the rest, return the last logits."""
+    llm = engine._llm
+    tokens = llm.tokenize(text.encode(), add_bos=True)
+    engine._prefill.position(tokens)
+    llm.eval(tokens[llm.n_tokens:])
+    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+
+
+def test_logits_after_a_reused_prefix_are_bit_identical_to_logits_from_nothing(llama):
+    # sampled text can hide a difference in the last bits; the logits cannot
+    prompts = [req.messages[0]["content"] for chain in _chains() for req in chain]
+    reference = []
+    for p in prompts:
+        _fresh(llama)
+        reference.append(_next_token_logits(llama, p))
+    _fresh(llama)
+    reused = [_next_token_logits(llama, p) for p in prompts]  # each sample's steps grow from the last
+    assert llama.kv_states.reused_tokens > 0
+    for ref, got in zip(reference, reused, strict=True):
+        assert np.array_equal(ref, got)
+
+
+def test_a_budget_of_nothing_keeps_no_state_and_changes_no_text(llama):
+    chains = _chains()
+    by_round = [req for step in zip(*chains, strict=True) for req in step]
+    _fresh(llama)
+    with_cache = [r.text for r in llama.generate(by_round)]
+    saved = llama.kv_states.ram_budget, llama.kv_states.disk_budget
+    try:
+        llama.kv_states.ram_budget = llama.kv_states.disk_budget = 0
+        _fresh(llama)
+        without = [r.text for r in llama.generate(by_round)]
+        assert llama.kv_states.ram_bytes == 0
+    finally:
+        llama.kv_states.ram_budget, llama.kv_states.disk_budget = saved
+    assert with_cache == without
+
+
+def test_states_spill_to_disk_within_its_budget_and_come_back_the_same(tmp_path):
+    states = KVStates(ram_mb=1 / 1024, disk_mb=1, disk_dir=str(tmp_path))  # 1 KiB of RAM, 1 MiB of disk
+    a, b = np.arange(CHUNK * 2), np.arange(CHUNK * 2) + 1
+    states.save(None, a, b"x" * 800)
+    states.save(None, b, b"y" * 800)  # pushes the first one to disk
+    assert states.ram_bytes == 800 and states.disk_bytes == 800
+    key, n = states.best(None, list(a) + [5, 6])
+    assert n == 2 * CHUNK and states.load(key) == b"x" * 800
+    # a longer prefix of the same tokens supersedes the shorter one
+    states.save(None, np.concatenate([a, np.arange(CHUNK)]), b"z" * 500)
+    assert states.best(None, list(a))[1] == 2 * CHUNK
+    # the superseded state's file is gone; the new state pushed the other one to disk
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2.kv"]
+    assert states.ram_bytes == 500 and states.disk_bytes == 800
+    # another adapter's state is never a candidate
+    assert states.best("adapter", list(a)) == (None, 0)
+    states.clear()
+    assert states.ram_bytes == states.disk_bytes == 0
+
+
+def test_aligned_common_rounds_down_to_whole_chunks():
+    a = np.arange(3 * CHUNK)
+    b = a.copy()
+    b[2 * CHUNK + 5] = -1
+    assert aligned_common(a, b) == 2 * CHUNK
+    b[CHUNK - 1] = -1
+    assert aligned_common(a, b) == 0
+    assert aligned_common(a, a[: CHUNK + 3]) == CHUNK
+
+
+# --- no-repeat-n-gram -------------------------------------------------------------------------------------
+
+
+def _reference_banned(seq: list[int], n: int) -> list[int]:
+    if len(seq) < n - 1:
+        return []
+    key = tuple(seq[len(seq) - n + 1:]) if n > 1 else ()
+    return sorted({seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == key})
+
+
+def test_the_incremental_index_bans_exactly_what_a_full_scan_bans():
+    rng = random.Random(7)
+    for _ in range(200):
+        n = rng.randint(1, 6)
+        index, seq = NoRepeatNgram(n), [rng.randint(0, 3) for _ in range(rng.randint(0, 12))]
+        for _ in range(25):
+            assert index.banned(seq) == _reference_banned(seq, n)
+            seq += [rng.randint(0, 3) for _ in range(rng.choice([1, 1, 2, 5]))]
+
+
+def test_no_repeat_ngram_output_never_repeats_an_ngram_of_prompt_or_output(llama):
+    n = 4
+    prompt = "Repeat this line forever: the cat sat on the mat. the cat sat on the mat. the cat sat on the mat."
+    req = Request(messages=({"role": "user", "content": prompt},), max_tokens=80, min_tokens=60, temperature=0.7,
+                  seed=3, no_repeat_ngram=n)
+    res = llama.generate([req])[0]
+    assert res.ok and res.completion_tokens >= 60
+    tokens = [int(t) for t in llama._llm._input_ids]  # the prompt and every sampled token, as decoded
+    first_new = len(tokens) - res.completion_tokens
+    seen = {tuple(tokens[i:i + n]) for i in range(first_new - n + 1)}
+    for end in range(first_new + 1, len(tokens) + 1):  # each n-gram a sampled token completed
+        gram = tuple(tokens[end - n:end])
+        if len(gram) == n:
+            assert gram not in seen, f"repeated {gram}"
+            seen.add(gram)
+    # the same request without the ban does repeat itself: the test is not vacuous
+    free = llama.generate([Request(messages=req.messages, max_tokens=80, min_tokens=60, temperature=0.7,
+                                   seed=3)])[0]
+    grams = [tuple(x) for x in np.lib.stride_tricks.sliding_window_view(
+        np.array(llama._llm._input_ids[-free.completion_tokens - n:]), n)]
+    assert len(set(grams)) < len(grams)
+
+
+def test_no_repeat_ngram_is_part_of_the_cache_key_and_off_leaves_old_keys_alone():
+    base = Request(messages=({"role": "user", "content": "x"},))
+    on = Request(messages=base.messages, no_repeat_ngram=8)
+    assert request_key({"p": 1}, base) != request_key({"p": 1}, on)
+    assert "no_repeat_ngram" not in base.sampling()
+    with pytest.raises(ValueError, match="no_repeat_ngram"):
+        Request(messages=base.messages, no_repeat_ngram=-1)
+
+
+def test_engines_that_cannot_enforce_it_refuse_instead_of_ignoring_it():
+    plain = Request(messages=({"role": "user", "content": "x"},))
+    refuse_no_repeat("openai", [plain])  # nothing asked, nothing refused
+    with pytest.raises(UnsupportedOption, match="no_repeat_ngram=6.*engine=llamacpp"):
+        refuse_no_repeat("openai", [plain, Request(messages=plain.messages, no_repeat_ngram=6)])
+
+
+# --- end at sentence ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "ends"), [
+    ("It rained.", True), ("He said \"go!\"", True), ("Why?", True), ("长江很长。", True),
+    ("The value is 3.", False), ("Written by A.", False), ("Fruit, e.g.", False), ("Ask Dr.", False),
+    ("no end here", False), ("a list:", False),
+])
+def test_sentence_ends_skip_numbers_initials_and_abbreviations(text, ends):
+    from lendata.engines.sentence_end import ends_sentence
+
+    assert ends_sentence(text) is ends
+
+
+def test_end_at_sentence_stops_on_a_whole_sentence_after_the_minimum(llama):
+    from lendata.engines.sentence_end import ends_sentence
+
+    req = Request(messages=({"role": "user", "content": "Write a long essay about the sea."},), max_tokens=300,
+                  min_tokens=40, temperature=0.7, seed=11, end_at_sentence=True)
+    res = llama.generate([req])[0]
+    assert res.finish_reason == "stop" and 40 <= res.completion_tokens < 300
+    assert ends_sentence(res.text.rstrip())
+    plain = llama.generate([Request(messages=req.messages, max_tokens=300, min_tokens=40, temperature=0.7,
+                                    seed=11)])[0]
+    assert plain.text.startswith(res.text.rstrip()[:-1])  # the same text up to where it was ended

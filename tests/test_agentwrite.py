@@ -380,3 +380,28 @@ def test_steps_ask_for_no_repeat_ngram_when_set(scripted):
     steps = [r for r in engine.seen if r.json_schema is None]
     assert steps and all(r.no_repeat_ngram == 8 for r in steps)
     assert all(r.no_repeat_ngram == 0 for r in engine.seen if r.json_schema is not None)  # plans: a grammar
+
+
+def test_a_retried_step_is_a_new_sample_not_the_same_seed_again(scripted):
+    # engines seed from `seed` (llama.cpp from it alone): a retry that changed only sample_index got the same
+    # looping text back every time. Here the engine answers by seed, as a real one does.
+    from lendata.engines.base import Result
+
+    loop = " ".join(["the river flows to the sea and the sea is wide"] * 6) + "."
+    firsts: set[int] = set()
+
+    def answer(req):
+        if req.json_schema is not None:
+            return Result(text="not a plan")
+        if req.sample_index == 0:
+            firsts.add(req.seed)
+        if req.seed in firsts:  # the same seed gives the same (looping) text, whatever the sample index
+            return Result(text=loop, completion_tokens=60)
+        fresh = " ".join(f"Sentence {i} is new and seeded {req.seed}." for i in range(12))
+        return Result(text=fresh, completion_tokens=70)
+
+    engine = scripted(answer)
+    *_, samples = aw.agentwrite([{"instruction": "Write 150 words about rivers."}], engine, S())
+    retries = [r for r in engine.seen if r.sample_index > 0 and r.json_schema is None]
+    assert retries and all(r.seed not in firsts for r in retries)
+    assert "seeded" in samples[0].paragraphs[0] and "the river flows" not in samples[0].paragraphs[0]

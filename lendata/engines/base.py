@@ -61,6 +61,8 @@ class Request:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.top_k is not None and self.top_k < 0:
             raise ValueError(f"top_k must be None (the engine's default), 0 (off) or positive, got {self.top_k}")
+        if self.end_at_sentence and self.json_schema is not None:
+            raise ValueError("end_at_sentence cannot be combined with json_schema (JSON does not end in a sentence)")
         if self.no_repeat_ngram < 0:
             raise ValueError(f"no_repeat_ngram must be 0 (off) or a positive n-gram size, got {self.no_repeat_ngram}")
         if self.min_tokens < 0 or self.min_tokens > self.max_tokens:

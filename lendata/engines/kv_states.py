@@ -84,11 +84,18 @@ class KVStates:
         assert e.path is not None
         return e.path.read_bytes()
 
+    def drop(self, key: tuple[str | None, int]) -> None:
+        """Forget one state (one that could not be read back or restored)."""
+        if key in self._entries:
+            self._drop(key)
+
     def save(self, lora: str | None, tokens: Sequence[int], data: bytes) -> None:
         arr = np.asarray(tokens, dtype=np.int64)
-        # a state whose tokens are a prefix of the new one is superseded: truncating the new one gives it back
+        # a state the new one covers but for its last two chunks is superseded: truncating the new one gives all
+        # of it back except the tail of the step's own closing instruction (AgentWrite's step k+1 shares step k's
+        # prompt up to that instruction), which only a retry of the same step could have used
         for key in [k for k, e in self._entries.items() if k[0] == lora and len(e.tokens) <= len(arr)
-                    and np.array_equal(e.tokens, arr[: len(e.tokens)])]:
+                    and _covers(aligned_common(e.tokens, arr), len(e.tokens))]:
             self._drop(key)
         if len(data) > max(self.ram_budget, self.disk_budget):
             return
@@ -101,16 +108,21 @@ class KVStates:
         for key in list(self._entries):
             if self.ram_bytes <= self.ram_budget:
                 break
-            e = self._entries[key]
-            if e.data is None:
+            e = self._entries.get(key)
+            if e is None or e.data is None:  # already dropped to make room on disk, or already on disk
                 continue
             self.ram_bytes -= e.size
-            if self.disk_budget and e.size <= self.disk_budget:
-                while self.disk_bytes + e.size > self.disk_budget:
-                    self._drop(next(k for k, x in self._entries.items() if x.path is not None))
-                e.path = self._spill_dir() / f"{key[1]}.kv"
-                e.path.write_bytes(e.data)
-                e.data = None
+            while self.disk_bytes + e.size > self.disk_budget:
+                victim = next((k for k, x in self._entries.items() if x.path is not None), None)
+                if victim is None:
+                    break
+                self._drop(victim)
+            if self.disk_bytes + e.size <= self.disk_budget:
+                # unique per process and cache: two engines given one kv_disk_dir never read each other's files
+                fd, name = tempfile.mkstemp(suffix=".kv", prefix=f"{os.getpid()}-", dir=self._spill_dir())
+                with os.fdopen(fd, "wb") as f:
+                    f.write(e.data)
+                e.path, e.data = Path(name), None
                 self.disk_bytes += e.size
             else:
                 del self._entries[key]
@@ -137,6 +149,12 @@ class KVStates:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+def _covers(common: int, length: int) -> bool:
+    """A new state sharing `common` aligned tokens with an old one of `length` tokens makes the old one
+    redundant: all of it, or all but its last two chunks and at least half of it."""
+    return common > 0 and common >= length - 2 * CHUNK and 2 * common >= length
 
 
 def aligned_common(a: np.ndarray, b: np.ndarray) -> int:
@@ -167,6 +185,9 @@ class AlignedPrefill:
         self._live = np.zeros(0, dtype=np.int64)
 
     def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
+        if getattr(self.llm, "_is_recurrent", False) or getattr(self.llm, "_is_hybrid", False):
+            self.llm.reset()  # a recurrent state cannot be truncated to a prefix: every request starts clean
+            return self._generate(tokens, *args, **kwargs)
         self.position(list(tokens))
         return self._generate(tokens, *args, **kwargs)
 
@@ -181,16 +202,23 @@ class AlignedPrefill:
         live_n = min(aligned_common(self._live, want), target)
         key, saved_n = self.states.best(self.lora, tokens) if self.states.enabled else (None, 0)
         saved_n = min(saved_n, target)
+        have = live_n
         if key is not None and saved_n > live_n:
-            data = self.states.load(key)
+            self._live = np.zeros(0, dtype=np.int64)  # about to be overwritten
             llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-            buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-            if llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, buf, len(data), 0) == 0:
-                raise RuntimeError("llama.cpp could not restore a saved KV state")
-            self.states.restores += 1
-            have = saved_n
-        else:
-            have = live_n
+            have = 0
+            try:
+                data = self.states.load(key)
+                buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+                restored = llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, buf, len(data), 0) != 0
+            except OSError:
+                restored = False
+            if restored:
+                self.states.restores += 1
+                have = saved_n
+            else:  # a state that cannot be read back is forgotten and the prefix evaluated again: same bits
+                self.states.drop(key)
+                llm._ctx.kv_cache_seq_rm(-1, 0, -1)
         llm._ctx.kv_cache_seq_rm(-1, have, -1)
         llm.input_ids[:have] = want[:have]
         llm.n_tokens = have
@@ -208,9 +236,10 @@ class AlignedPrefill:
 
 
 def default_ram_mb() -> float:
-    """A quarter of the machine's memory, at most 2 GiB: enough for a round of long samples of a small model."""
+    """An eighth of the machine's memory, at most 1 GiB (per engine, so per shard process): a round of eight
+    2,000-word samples of the bundled model needs about 600 MB."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
     except (ValueError, OSError, AttributeError):
-        return 1024
-    return min(2048, total / 4)
+        return 512
+    return min(1024, total / 8)

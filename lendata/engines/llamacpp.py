@@ -70,7 +70,8 @@ class _EndAtSentence:
             self.start = len(input_ids)
         made = len(input_ids) - self.start
         if made >= max(1, self.n):
-            tail = self.detokenize([int(t) for t in input_ids[-8:]]).decode("utf-8", errors="ignore")
+            # the whole output so far: quotation marks opened early must be closed before the end
+            tail = self.detokenize([int(t) for t in input_ids[self.start:]]).decode("utf-8", errors="ignore")
             if ends_sentence(tail):
                 eos = scores[self.eos]
                 scores[:] = -np.inf

@@ -5,7 +5,9 @@ to the limit and is cut mid-sentence, then trimmed. Ending at the first sentence
 whole sentence and a natural `finish_reason = stop`; the terminator stays in the text.
 
 A "." is no sentence end after a digit ("3.5" would be cut), a single letter ("A. B. Smith") or a common
-abbreviation ("e.g.", "Dr."), the same rules as `checks.trim_to_sentence`.
+abbreviation ("e.g.", "Dr.", "Inc.", "et al."), as in `checks.trim_to_sentence`; nor is any terminator while
+a quotation or bracket the output opened is still open. The engine checks the output generated so far, so a
+quotation opened in a prefilled part is not seen (a continuation's first sentence end may fall inside it).
 """
 
 from __future__ import annotations
@@ -14,18 +16,24 @@ import re
 
 _END = re.compile(r"(?:[.!?]|[。！？])[\"'”’)\]»」』）】]*$")
 _WORD_BEFORE = re.compile(r"(\w+)\.[\"'”’)\]»」』）】]*$")
-_ABBREVIATIONS = {"e.g", "i.e", "etc", "vs", "cf", "mr", "mrs", "ms", "dr", "st", "prof", "no", "fig", "approx"}
+_ABBREVIATIONS = {"e.g", "i.e", "etc", "vs", "cf", "mr", "mrs", "ms", "dr", "st", "prof", "no", "fig", "approx",
+                  "inc", "ltd", "jr", "sr", "co", "al", "vol", "ch", "sec", "pp", "p", "u.s", "u.k", "mt", "ft"}
+# pairs whose opening half, left open, means the sentence goes on inside a quotation or bracket
+_PAIRS = (("“", "”"), ("‘", "’"), ("「", "」"), ("『", "』"), ("（", "）"), ("(", ")"), ("«", "»"))
 
 
 def ends_sentence(text: str) -> bool:
-    """True when `text` ends with a sentence terminator that is not part of a number, initial or abbreviation."""
+    """True when `text` ends with a sentence terminator that is not part of a number, initial or abbreviation,
+    and closes every quotation it opened (an end inside "He said “go." would drop the closing quote)."""
     if not _END.search(text):
+        return False
+    if text.count('"') % 2 or any(text.count(a) > text.count(b) for a, b in _PAIRS):
         return False
     m = _WORD_BEFORE.search(text)
     if m:
         word = m.group(1)
         if word[-1].isdigit() or len(word) == 1 or word.lower() in _ABBREVIATIONS:
             return False
-        if text[: m.end(1)].lower().endswith(("e.g", "i.e")):
+        if text[: m.end(1)].lower().endswith(("e.g", "i.e", "u.s", "u.k")):
             return False
     return True

@@ -100,7 +100,7 @@ class Settings(InstructionInput, JudgeGate):
     # end each step at its first sentence end once its min_tokens are out (llamacpp only for now), instead of
     # running to max_tokens and being trimmed; off in the reference
     end_at_sentence: bool = False  # end each step at its first sentence end after its minimum
-    continue_attempts: int = 1  # a last step that hits its token limit is continued this often before it is trimmed
+    continue_attempts: int = 0  # a last step that hits its token limit is continued this often before it is trimmed
     seed: int = 42  # per-sample seeds derive from this and the sample id
     word_counter: WordCounter = "longwriter"  # longwriter | longen | ruler
     min_paragraph: int = 200  # paragraph word bounds after plan repair (LongWriter: 200-1000)
@@ -442,7 +442,9 @@ def step_requests(
         reqs.append(Request(
             messages=({"role": "user", "content": base.replace("{text}", text, 1)},),
             max_tokens=max_tokens, min_tokens=min_tokens, temperature=s.temperature, top_p=s.top_p,
-            repetition_penalty=s.repetition_penalty, no_repeat_ngram=s.no_repeat_ngram,
+            # zh: a character is 1-3 byte-level tokens, so the same span takes about twice the n
+            repetition_penalty=s.repetition_penalty,
+            no_repeat_ngram=s.no_repeat_ngram * (2 if smp.language == "zh" else 1),
             end_at_sentence=s.end_at_sentence, seed=_seed(s.seed, smp.id, f"step{step}"),
         ))
     return reqs
@@ -506,16 +508,19 @@ def write(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResul
         # (one already well over its word target is trimmed instead: continuing it would cost length fidelity)
         last = [i for i, smp in enumerate(active) if step == len(smp.plan) - 1
                 and count_words(results[i].text, s.word_counter) < 1.25 * smp.step_targets[-1]]
-        for i, r in zip(last, continue_cut([reqs[i] for i in last], [results[i] for i in last], engine, s,
-                                           on_result), strict=True):
+        for i, r in zip(last, continue_cut([reqs[i] for i in last], [results[i] for i in last], engine, s),
+                        strict=True):
             results[i] = r
         for smp, res in zip(active, results, strict=True):
             if not res.ok:  # never a placeholder in the data: the row fails
                 smp.failed = f"step {step + 1} failed: {res.error}"
                 continue
             raw = checks.strip_step_label(res.text)
-            # a paragraph cut at its limit, or ended by the model mid-sentence, goes back to its last sentence end
-            para = checks.trim_to_sentence(raw, smp.language)
+            # a paragraph cut at its limit goes back to its last sentence end; so does the text's last paragraph
+            # when it ends mid-sentence (a continuation stopped at a paragraph break); a middle paragraph that
+            # ends on a heading or a list is left as written
+            cut = res.finish_reason == "length" or step == len(smp.plan) - 1
+            para = checks.trim_to_sentence(raw, smp.language) if cut else raw.strip()
             raw_words = count_words(raw, s.word_counter)
             if raw_words:  # this sample's own tokens per word, for the next steps' budgets
                 smp.tokens_out += res.completion_tokens
@@ -538,9 +543,12 @@ def _step_badness(res: Any, smp: Sample, s: Settings) -> float:
 
 
 def _resample(req: Request, attempt: int) -> Request:
+    """Another sample of the same request. The seed moves too: an engine seeds from `seed` alone (llama.cpp
+    does), so a new `sample_index` with the old seed gave the same text again and retries were wasted."""
     from dataclasses import replace
 
-    return replace(req, sample_index=req.sample_index + attempt)
+    seed = None if req.seed is None else (req.seed + 1_000_003 * attempt) % 2**31
+    return replace(req, sample_index=req.sample_index + attempt, seed=seed)
 
 
 # --- 4. output and filters ----------------------------------------------------------------------------

@@ -90,11 +90,11 @@ def main() -> None:
         print(f"  quarantined {q['id'][:12]}: {q['reason'][:110]}")
 
     t0 = time.monotonic()
-    d_table, d_quarantine = direct(rows if not args.skip_direct else [], engine, recipes.load("direct").settings)
+    d_rows = [] if args.skip_direct else direct(rows, engine, recipes.load("direct").settings)[0].to_pylist()
     d_secs = time.monotonic() - t0
-    d_scores = d_table.column("length_score").to_pylist()
-    print("direct (baseline: one budgeted call per prompt)")
-    for r in d_table.to_pylist():
+    d_scores = [r["length_score"] for r in d_rows]
+    print("direct (baseline: one budgeted call per prompt)" + (": skipped" if args.skip_direct else ""))
+    for r in d_rows:
         print(f"  {r['target_words']:5d} words -> {r['response_words']:5d}  S_l {r['length_score']:5.1f}  "
               f"{r['instruction'][:60]}")
     aw_mean = statistics.fmean(aw_scores)

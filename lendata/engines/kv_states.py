@@ -232,7 +232,8 @@ class AlignedPrefill:
             size = llama_cpp.llama_state_seq_get_size(llm._ctx.ctx, 0)
             buf = (ctypes.c_uint8 * size)()
             n = llama_cpp.llama_state_seq_get_data(llm._ctx.ctx, buf, size, 0)
-            self.states.save(self.lora, want[:target], bytes(buf[:n]) if n < size else bytes(buf))
+            # one copy of the bytes written (slicing a ctypes array would build a list of ints first)
+            self.states.save(self.lora, want[:target], ctypes.string_at(buf, n))
 
 
 def default_ram_mb() -> float:

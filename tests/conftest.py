@@ -33,6 +33,7 @@ class ScriptedEngine:
     name = "scripted"
     model_id = "scripted-1"
     context_window = 4096
+    decoding_options = frozenset({"no_repeat_ngram", "end_at_sentence"})  # claims what llamacpp honours
 
     def __init__(self, answer=None):
         self.answer = answer or (lambda req: Result(text="word " * req.min_tokens, completion_tokens=req.min_tokens))

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 
@@ -356,6 +357,10 @@ def test_a_last_step_cut_at_its_limit_is_continued_to_its_own_end_and_middle_ste
     assert conts[0].messages[:-1] == next(r for r in engine.seen if r.prefill is None and r.messages[0] ==
                                           conts[0].messages[0]).messages  # the same prompt, continued
     assert conts[0].prefill.endswith("cut") and "\n\n" in conts[0].stop
+    # a sixth of a short step's budget is a few words, too few to finish a sentence in: the continuation gets at
+    # least CONTINUE_MIN_TOKENS (with end_at_sentence it ends at the first sentence end anyway)
+    step = next(r for r in engine.seen if r.prefill is None and r.messages[0] == conts[0].messages[0])
+    assert step.max_tokens // 6 < aw.CONTINUE_MIN_TOKENS == conts[0].max_tokens
     assert smp.step_finish[-1] == "stop" and smp.paragraphs[-1].endswith("cut and that is the end.")
     assert smp.step_finish[:-1] == ["length"] * (len(smp.plan) - 1)
 
@@ -405,3 +410,84 @@ def test_a_retried_step_is_a_new_sample_not_the_same_seed_again(scripted):
     retries = [r for r in engine.seen if r.sample_index > 0 and r.json_schema is None]
     assert retries and all(r.seed not in firsts for r in retries)
     assert "seeded" in samples[0].paragraphs[0] and "the river flows" not in samples[0].paragraphs[0]
+
+
+def test_tokens_per_word_is_measured_on_what_was_written_not_on_what_was_kept(scripted):
+    # a step cut at its limit is trimmed back to its last sentence: the trimmed words were still paid in tokens
+    # at the model's rate. Dividing all tokens by the kept words alone inflated tokens per word, so every later
+    # step got a bigger budget and overshot its target.
+    from lendata.engines.base import Result
+
+    def answer(req):
+        if req.json_schema is not None:
+            return Result(text="not a plan")
+        n = req.max_tokens  # one token per word, exactly
+        body = _words(n - 5) + ". dangling words cut off here"
+        return Result(text=body, completion_tokens=n, finish_reason="length")
+
+    engine = scripted(answer)
+    s = S(min_paragraph=100, max_paragraph=120, step_attempts=1)
+    _, _, samples = aw.agentwrite([{"instruction": "Write 500 words about rivers."}], engine, s)
+    steps = [r for r in engine.seen if r.json_schema is None and r.prefill is None]
+    smp = samples[0]
+    assert len(steps) >= 3
+    for k in range(1, len(steps)):  # from step 2 on, the sample's own rate is known: 1 token per word
+        assert steps[k].max_tokens == max(16, math.ceil(smp.step_targets[k] * 1.0 * s.max_ratio))
+
+
+@pytest.mark.parametrize("end_at_sentence", [False, True])
+def test_a_long_last_step_cut_at_its_limit_is_continued_only_when_the_continuation_ends_at_a_sentence(
+        scripted, end_at_sentence):
+    # without end_at_sentence a continuation runs to a paragraph break, so a step already well over its target
+    # is trimmed instead; with it, the continuation adds one sentence at most, and the text's ending is the
+    # model's own instead of a last step flagged as stopped at its token limit
+    from lendata.engines.base import Result
+
+    def answer(req):
+        if req.json_schema is not None:
+            return Result(text="not a plan")
+        if req.prefill is not None:
+            return Result(text=" and so it ends.", completion_tokens=5, finish_reason="stop")
+        # one word per token, but the last step (the fallback plan's conclusion) writes twice its target
+        last = "Conclude and summarise the answer (" in req.messages[0]["content"].split("continue writing step")[-1]
+        return Result(text=_words(req.max_tokens * (2 if last else 1)) + " cut", completion_tokens=req.max_tokens,
+                      finish_reason="length")
+
+    engine = scripted(answer)
+    s = S(min_paragraph=100, max_paragraph=200, continue_attempts=1, end_at_sentence=end_at_sentence)
+    _, _, samples = aw.agentwrite([{"instruction": "Write 400 words about rivers."}], engine, s)
+    continued = [r for r in engine.seen if r.prefill is not None]
+    assert len(continued) == (1 if end_at_sentence else 0)
+    assert samples[0].step_finish[-1] == ("stop" if end_at_sentence else "length")
+
+
+def test_an_engine_that_cannot_enforce_the_decoding_options_gets_steps_without_them_and_a_warning(
+        scripted, caplog):
+    # the recipe asks for no_repeat_ngram and end_at_sentence; the openai and vllm engines refuse a request that
+    # carries them (they cannot enforce them), so the method must not send them there: the build goes on as the
+    # reference does (loops resampled after the fact, paragraphs trimmed) and says so
+    class Plain(scripted):
+        decoding_options = frozenset()
+
+    engine = Plain()
+    with caplog.at_level("WARNING", logger="lendata.agentwrite"):
+        aw.agentwrite([{"instruction": "Write 300 words about rivers."}], engine,
+                      S(no_repeat_ngram=8, end_at_sentence=True))
+    steps = [r for r in engine.seen if r.json_schema is None]
+    assert steps and all(r.no_repeat_ngram == 0 and not r.end_at_sentence for r in steps)
+    assert "cannot enforce no_repeat_ngram, end_at_sentence" in caplog.text
+    able = scripted()  # the stand-in claims both, as llamacpp does
+    aw.agentwrite([{"instruction": "Write 300 words about rivers."}], able, S(no_repeat_ngram=8, end_at_sentence=True))
+    assert all(r.no_repeat_ngram == 8 and r.end_at_sentence for r in able.seen if r.json_schema is None)
+
+
+def test_the_agentwrite_recipe_runs_on_an_openai_server_that_cannot_enforce_its_decoding_options(llama_server):
+    from lendata import recipes
+    from lendata.engines.openai_http import OpenAIEngine
+
+    s = recipes.load("agentwrite").settings
+    assert s.no_repeat_ngram and s.end_at_sentence  # what the recipe asks of the embedded engine
+    s.min_paragraph, s.max_paragraph, s.plan_attempts, s.step_attempts = 40, 80, 1, 1
+    engine = OpenAIEngine(base_url=llama_server[1], json_format="json_object", concurrency=1)
+    table, quarantine, samples = aw.agentwrite([{"instruction": "Write 80 words about rivers."}], engine, s)
+    assert table.num_rows + len(quarantine) == 1 and samples[0].failed is None and samples[0].paragraphs

@@ -137,6 +137,10 @@ class CachedEngine:
         return bool(getattr(self.engine, "supports_lora", False))
 
     @property
+    def decoding_options(self) -> frozenset[str]:
+        return frozenset(getattr(self.engine, "decoding_options", ()))
+
+    @property
     def max_lora_rank(self) -> int | None:
         return getattr(self.engine, "max_lora_rank", None)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from lendata.engines.base import AdapterError, OnResult, Request, Result
+from lendata.engines.base import DECODING_OPTIONS, AdapterError, OnResult, Request, Result
 from lendata.engines.kv_states import CHUNK, AlignedPrefill, KVStates, default_ram_mb
 from lendata.engines.no_repeat import NoRepeatNgram
 from lendata.engines.sentence_end import ends_sentence
@@ -59,20 +59,29 @@ class _NoRepeat:
 
 
 class _EndAtSentence:
-    """Logits processor: once `n` tokens are out and the output ends a sentence, only end-of-sequence remains."""
+    """Logits processor: once `n` tokens are out and the output ends a sentence, only end-of-sequence remains.
+
+    The output's bytes are kept as they come (one token detokenized per call, not the whole output again), and
+    the sentence rule runs only after a token that can end a sentence."""
+
+    _ENDERS = tuple(c.encode() for c in ".!?\"')]»”’」』）】。！？")
 
     def __init__(self, n: int, eos: int, detokenize):
         self.n, self.eos, self.detokenize = n, eos, detokenize
         self.start: int | None = None
+        self.out = bytearray()
+        self.seen = 0
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         if self.start is None:
-            self.start = len(input_ids)
-        made = len(input_ids) - self.start
-        if made >= max(1, self.n):
+            self.start = self.seen = len(input_ids)
+        new = [int(t) for t in input_ids[self.seen:]]
+        self.seen = len(input_ids)
+        if new:
+            self.out += self.detokenize(new)
+        if len(input_ids) - self.start >= max(1, self.n) and self.out.rstrip().endswith(self._ENDERS):
             # the whole output so far: quotation marks opened early must be closed before the end
-            tail = self.detokenize([int(t) for t in input_ids[self.start:]]).decode("utf-8", errors="ignore")
-            if ends_sentence(tail):
+            if ends_sentence(self.out.decode("utf-8", errors="ignore")):
                 eos = scores[self.eos]
                 scores[:] = -np.inf
                 scores[self.eos] = eos if np.isfinite(eos) else 0.0
@@ -213,6 +222,7 @@ class LlamaCppEngine:
         return True
 
     supports_lora = True  # peft folders (converted) or LoRA GGUFs, per request
+    decoding_options = frozenset(DECODING_OPTIONS)  # logits processors above
 
     def training_base(self) -> Path:
         """The Hugging Face checkpoint the built-in LoRA trainer trains on: this engine's GGUF, dequantized."""

@@ -286,6 +286,10 @@ def test_engines_that_cannot_enforce_it_refuse_instead_of_ignoring_it():
     ("no end here", False), ("a list:", False), ("Acme Inc.", False), ("Smith et al.", False),
     ("He said “go.", False), ("He said “go.”", True), ('She wrote "stop.', False), ("他说：“走吧。", False),
     ("他说：“走吧。”", True), ("(See above.", False), ("Made in the U.S.", False),
+    # a stray closing quote (a small model's typo, or the close of a quotation opened before the output began)
+    # must not keep a step from ever ending; an opening quote still does
+    ('the end." Then she left.', True), ('It was 5" long. Then she left.', True),
+    ('"Go," he said. Then she wrote "stop.', False), ('He said "go." Then "run.', False),
 ])
 def test_sentence_ends_skip_numbers_initials_and_abbreviations(text, ends):
     from lendata.engines.sentence_end import ends_sentence

@@ -26,7 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from lendata.engines.base import Engine, OnResult, Request, estimate_prompt_tokens
+from lendata.engines.base import Engine, OnResult, Request, enforces, estimate_prompt_tokens
 from lendata.engines.identity import model_name
 from lendata.lengths import WordCounter, count_words, length_score
 from lendata.methods.shared import checks
@@ -140,8 +140,9 @@ class Sample:
     step_targets: list[int] = field(default_factory=list)
     step_words: list[int] = field(default_factory=list)
     step_finish: list[str] = field(default_factory=list)
-    tokens_out: int = 0
-    words_out: int = 0
+    tokens_out: int = 0  # completion tokens of every step
+    words_out: int = 0  # words kept in the text (after trimming)
+    words_written: int = 0  # words of every step as generated (before trimming): tokens_out bought these
     failed: str | None = None
 
     @property
@@ -424,7 +425,7 @@ def step_requests(
         rest = smp.plan[step:]
         share = smp.plan[step]["words"] / max(1, sum(p["words"] for p in rest))
         words = max(10, round(remaining * share))
-        tpw = smp.tokens_out / smp.words_out if smp.words_out >= 50 else tpw_prior[smp.language]
+        tpw = smp.tokens_out / smp.words_written if smp.words_written >= 50 else tpw_prior[smp.language]
         max_tokens = max(16, math.ceil(words * tpw * s.max_ratio))
         min_tokens = min(max_tokens, math.floor(words * tpw * s.min_ratio))
         base = WRITE_PROMPTS[s.write_prompt].format(
@@ -451,13 +452,17 @@ def step_requests(
 
 
 PARAGRAPH_END = "\n\n"
+# the least a continuation may write: a sixth of a short step's budget (a 60-word step: 13 tokens) is too few
+# to finish the sentence it was cut in, and a continuation that is cut again leaves the text's ending truncated
+CONTINUE_MIN_TOKENS = 64
 
 
 def continue_cut(
     reqs: list[Request], results: list[Any], engine: Engine, s: Settings, on_result: OnResult | None = None,
 ) -> list[Any]:
     """Steps that stopped at their token limit are continued from where they stopped (the assistant turn is
-    prefilled with what was written), with a sixth of the step's budget (which bounds the overshoot), so a
+    prefilled with what was written), with a sixth of the step's budget (which bounds the overshoot) but at least
+    `CONTINUE_MIN_TOKENS`, so a
     paragraph ends on its own instead of being trimmed back to its last sentence. A continuation also ends where
     the model starts a new paragraph (the step asked for one), or, with `end_at_sentence`, at the first sentence
     end. The continuation's text is appended, its tokens counted and its finish reason becomes the step's."""
@@ -469,7 +474,7 @@ def continue_cut(
         if not cut:
             break
         more = [replace(reqs[i], messages=(*reqs[i].messages, {"role": "assistant", "content": results[i].text}),
-                        max_tokens=max(16, reqs[i].max_tokens // 6), min_tokens=0,
+                        max_tokens=max(CONTINUE_MIN_TOKENS, reqs[i].max_tokens // 6), min_tokens=0,
                         stop=tuple(dict.fromkeys((*reqs[i].stop, PARAGRAPH_END))),
                         seed=(reqs[i].seed or 0) + 7919 * (attempt + 1)) for i in cut]
         for i, r in zip(cut, engine.generate(more, on_result=on_result), strict=True):
@@ -484,6 +489,7 @@ def continue_cut(
 
 def write(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResult | None = None) -> None:
     """Write every sample's plan step by step; step k of all active samples is one batch."""
+    s = _decoding_options_for(engine, s)
     tpw_prior = measure_tokens_per_word(engine, s.word_counter)
     for step in range(min(s.max_steps, max((len(x.plan) for x in samples), default=0))):
         active = [x for x in samples if x.failed is None and step < len(x.plan)]
@@ -504,10 +510,12 @@ def write(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResul
                     results[i] = r
             redo = [i for i in redo if bad(i, results[i]) > 0]
         # only a sample's last step is continued: a middle paragraph cut at its limit is trimmed to its last
-        # sentence and the next step goes on from there, but the text's own ending must be the model's
-        # (one already well over its word target is trimmed instead: continuing it would cost length fidelity)
-        last = [i for i, smp in enumerate(active) if step == len(smp.plan) - 1
-                and count_words(results[i].text, s.word_counter) < 1.25 * smp.step_targets[-1]]
+        # sentence and the next step goes on from there, but the text's own ending must be the model's.
+        # Without end_at_sentence a continuation runs to a paragraph break, so one already well over its word
+        # target is trimmed instead (continuing it would cost length fidelity); with it, a continuation adds
+        # one sentence at most
+        last = [i for i, smp in enumerate(active) if step == len(smp.plan) - 1 and (
+            s.end_at_sentence or count_words(results[i].text, s.word_counter) < 1.25 * smp.step_targets[-1])]
         for i, r in zip(last, continue_cut([reqs[i] for i in last], [results[i] for i in last], engine, s),
                         strict=True):
             results[i] = r
@@ -524,12 +532,27 @@ def write(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResul
             raw_words = count_words(raw, s.word_counter)
             if raw_words:  # this sample's own tokens per word, for the next steps' budgets
                 smp.tokens_out += res.completion_tokens
+                smp.words_written += raw_words
                 smp.words_out += raw_words
             kept = count_words(para, s.word_counter)
             smp.words_out += kept - raw_words  # what was trimmed away no longer counts
             smp.paragraphs.append(para)
             smp.step_words.append(kept)
             smp.step_finish.append(res.finish_reason)
+
+
+def _decoding_options_for(engine: Engine, s: Settings) -> Settings:
+    """`s` without the decoding options the engine cannot enforce (it would refuse every step), with a warning:
+    the steps then go as in the reference, loops resampled after the fact and cut paragraphs trimmed."""
+    from dataclasses import replace
+
+    asked = {"no_repeat_ngram": bool(s.no_repeat_ngram), "end_at_sentence": s.end_at_sentence}
+    dropped = [o for o, on in asked.items() if on and not enforces(engine, o)]
+    if not dropped:
+        return s
+    log.warning("agentwrite: the %s engine cannot enforce %s while decoding; writing without (loops are "
+                "resampled after the fact, cut paragraphs trimmed)", engine.name, ", ".join(dropped))
+    return replace(s, **{o: type(getattr(s, o))() for o in dropped})
 
 
 def _step_badness(res: Any, smp: Sample, s: Settings) -> float:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from lendata.engines.sentence_end import ABBREVIATIONS  # the one list: engines end steps with it
+
 # zh endings include ASCII .!? (the Self-Lengthen reference omits them, rejecting valid zh text)
 _END_EN = ".!?\"')]}*`»”’"
 _END_ZH = "。！？…”’」』）】.!?\"')"
@@ -67,8 +69,6 @@ def trim_to_sentence(text: str, lang: str = "en", keep_at_least: float = 0.5) ->
     return t
 
 
-_ABBREVIATIONS = {"e.g", "i.e", "etc", "vs", "cf", "mr", "mrs", "ms", "dr", "st", "prof", "no", "fig", "approx",
-                  "inc", "ltd", "jr", "sr", "co", "al", "p", "pp", "vol", "ch", "sec", "u.s", "u.k"}
 
 
 def _false_end(text: str, at: int) -> bool:
@@ -80,7 +80,7 @@ def _false_end(text: str, at: int) -> bool:
     while start > 0 and not text[start - 1].isspace():
         start -= 1
     word = text[start:at].strip("\"'([{“‘").lower()
-    if len(word) == 1 and word.isalpha() or word in _ABBREVIATIONS:
+    if len(word) == 1 and word.isalpha() or word in ABBREVIATIONS:
         return True
     line_start = text.rfind("\n", 0, start) + 1
     return word.isdigit() and not text[line_start:start].strip()

@@ -99,10 +99,11 @@ def main() -> None:
               f"{r['instruction'][:60]}")
     aw_mean = statistics.fmean(aw_scores)
     d_mean = statistics.fmean(d_scores) if d_scores else 0.0
+    direct_sl = "skipped" if args.skip_direct else f"{d_mean:.1f}"
     print(f"mean S_l: agentwrite {aw_mean:.1f} (kept {kept}/{len(samples)} after filters, {fallbacks} fallback "
-          f"plans), direct {d_mean:.1f}; goal >= 90: {'met' if aw_mean >= 90 else 'NOT met'}")
+          f"plans), direct {direct_sl}; goal >= 90: {'met' if aw_mean >= 90 else 'NOT met'}")
     print(json.dumps({"bench": "length_fidelity", "prompts": len(rows), "agentwrite_mean_sl": round(aw_mean, 2),
-                      "direct_mean_sl": round(d_mean, 2), "agentwrite_kept": kept,
+                      "direct_mean_sl": None if args.skip_direct else round(d_mean, 2), "agentwrite_kept": kept,
                       "agentwrite_fallback_plans": fallbacks, "agentwrite_sl_all_rows": round(sl_all, 2),
                       "agentwrite_kept_tokens": kept_tokens, "decode_only_seconds": round(decode_secs, 1),
                       "wall_over_decode": round(ratio, 2),

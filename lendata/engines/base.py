@@ -114,11 +114,11 @@ DECODING_OPTIONS = ("no_repeat_ngram", "end_at_sentence")
 
 def enforces(engine: Any, option: str) -> bool:
     """Whether `engine` honours the Request option `option` (one of DECODING_OPTIONS) while decoding; an engine
-    that does not refuses a request that asks for it (`refuse_no_repeat`)."""
+    that does not refuses a request that asks for it (`refuse_unenforced_options`)."""
     return option in getattr(engine, "decoding_options", frozenset())
 
 
-def refuse_no_repeat(engine_name: str, requests: Sequence[Request]) -> None:
+def refuse_unenforced_options(engine_name: str, requests: Sequence[Request]) -> None:
     """Raise for an engine that cannot enforce `no_repeat_ngram` or `end_at_sentence` when a request asks."""
     asked = sorted({r.no_repeat_ngram for r in requests if r.no_repeat_ngram})
     if asked:

@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from lendata.engines.base import AdapterError, OnResult, Request, Result, refuse_no_repeat
+from lendata.engines.base import AdapterError, OnResult, Request, Result, refuse_unenforced_options
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 # tokenize routes: (path, the body for a text and a model, the answer's field)
@@ -239,7 +239,7 @@ class OpenAIEngine:
     def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Result]:
         if not requests:
             return []
-        refuse_no_repeat(self.name, requests)
+        refuse_unenforced_options(self.name, requests)
         failed = self._load_adapters(requests)
         if failed:
             raise AdapterError("; ".join(dict.fromkeys(failed.values())))

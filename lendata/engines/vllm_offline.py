@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lendata.engines.base import OnResult, Request, Result, refuse_no_repeat
+from lendata.engines.base import OnResult, Request, Result, refuse_unenforced_options
 
 # LLM(...) arguments that change speed or memory, not what is generated
 _NO_OUTPUT_EFFECT = {"gpu_memory_utilization", "swap_space", "cpu_offload_gb", "enable_prefix_caching",
@@ -116,7 +116,7 @@ class VLLMEngine:
     def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Result]:
         if not requests:
             return []
-        refuse_no_repeat(self.name, requests)
+        refuse_unenforced_options(self.name, requests)
         prompt_tokens = [0] * len(requests)
         fits = []
         results: list[Result | None] = [None] * len(requests)

@@ -11,7 +11,7 @@ import random
 import numpy as np
 import pytest
 
-from lendata.engines.base import Request, UnsupportedOption, refuse_no_repeat, request_key
+from lendata.engines.base import Request, UnsupportedOption, refuse_unenforced_options, request_key
 from lendata.engines.kv_states import CHUNK, KVStates, aligned_common
 from lendata.engines.no_repeat import NoRepeatNgram
 
@@ -272,9 +272,9 @@ def test_no_repeat_ngram_is_part_of_the_cache_key_and_off_leaves_old_keys_alone(
 
 def test_engines_that_cannot_enforce_it_refuse_instead_of_ignoring_it():
     plain = Request(messages=({"role": "user", "content": "x"},))
-    refuse_no_repeat("openai", [plain])  # nothing asked, nothing refused
+    refuse_unenforced_options("openai", [plain])  # nothing asked, nothing refused
     with pytest.raises(UnsupportedOption, match="no_repeat_ngram=6.*engine=llamacpp"):
-        refuse_no_repeat("openai", [plain, Request(messages=plain.messages, no_repeat_ngram=6)])
+        refuse_unenforced_options("openai", [plain, Request(messages=plain.messages, no_repeat_ngram=6)])
 
 
 # --- end at sentence ----------------------------------------------------------------------------------------

@@ -491,3 +491,28 @@ def test_the_agentwrite_recipe_runs_on_an_openai_server_that_cannot_enforce_its_
     engine = OpenAIEngine(base_url=llama_server[1], json_format="json_object", concurrency=1)
     table, quarantine, samples = aw.agentwrite([{"instruction": "Write 80 words about rivers."}], engine, s)
     assert table.num_rows + len(quarantine) == 1 and samples[0].failed is None and samples[0].paragraphs
+
+
+def test_a_last_step_leaves_room_in_the_window_for_its_continuations(scripted):
+    # the text so far is fitted to the window with room for the step alone; a continuation then prefills the
+    # whole step too. Without room reserved for it, it passed the window (a server rejects that) or was skipped
+    from lendata.engines.base import Result
+
+    def answer(req):
+        if req.json_schema is not None:
+            return Result(text="not a plan")
+        if req.prefill is not None:
+            return Result(text=" and that is the end.", completion_tokens=6, finish_reason="stop")
+        return Result(text=_words(req.max_tokens) + " cut", completion_tokens=req.max_tokens, finish_reason="length")
+
+    class Small(scripted):
+        context_window = 900
+
+    engine = Small(answer)
+    s = S(min_paragraph=100, max_paragraph=200, continue_attempts=2)
+    _, _, samples = aw.agentwrite([{"instruction": "Write 1200 words about rivers."}], engine, s)
+    conts = [r for r in engine.seen if r.prefill is not None]
+    assert conts and samples[0].step_finish[-1] == "stop"
+    for r in conts:
+        assert r.max_tokens >= aw.CONTINUE_MIN_TOKENS
+        assert estimate_prompt_tokens(engine, [r.messages])[0] + r.max_tokens <= engine.context_window

@@ -87,6 +87,10 @@ class Request:
         for off in ("no_repeat_ngram", "end_at_sentence"):  # off: keys made before the option stay valid
             if not d[off]:
                 d.pop(off)
+        if self.end_at_sentence:  # on: the rule's version, so text ended under an older rule is not replayed
+            from lendata.engines.sentence_end import SENTENCE_RULE
+
+            d["end_at_sentence"] = SENTENCE_RULE
         return d
 
 

@@ -61,15 +61,17 @@ class _NoRepeat:
 class _EndAtSentence:
     """Logits processor: once `n` tokens are out and the output ends a sentence, only end-of-sequence remains.
 
-    The output's bytes are kept as they come (one token detokenized per call, not the whole output again), and
-    the sentence rule runs only after a token that can end a sentence."""
+    The output's bytes are kept as they come (one token detokenized per call, not the whole output again), after
+    the prefilled text when there is one, and the sentence rule runs only after a token that can end a sentence
+    and at least one generated token."""
 
     _ENDERS = tuple(c.encode() for c in ".!?\"')]»”’」』）】。！？")
 
-    def __init__(self, n: int, eos: int, detokenize):
+    def __init__(self, n: int, eos: int, detokenize, prefill: str = ""):
         self.n, self.eos, self.detokenize = n, eos, detokenize
         self.start: int | None = None
-        self.out = bytearray()
+        # a continuation's sentence began in the prefilled text: "3" + "." is no end, nor is a quotation left open
+        self.out = bytearray(prefill.encode())
         self.seen = 0
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -158,7 +160,7 @@ class LlamaCppEngine:
             kwargs["response_format"] = {"type": "json_object", "schema": req.json_schema}
         processors = ([_MinTokens(req.min_tokens, self._eos)] if req.min_tokens > 0 else []) + (
             [_NoRepeat(req.no_repeat_ngram)] if req.no_repeat_ngram else []) + (
-            [_EndAtSentence(req.min_tokens, self._llm.token_eos(), self._llm.detokenize)]
+            [_EndAtSentence(req.min_tokens, self._llm.token_eos(), self._llm.detokenize, req.prefill or "")]
             if req.end_at_sentence else [])
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)

@@ -7,10 +7,13 @@ whole sentence and a natural `finish_reason = stop`; the terminator stays in the
 A "." is no sentence end after a digit ("3.5" would be cut), a single letter ("A. B. Smith") or a common
 abbreviation ("e.g.", "Dr.", "Inc.", "et al."), as in `checks.trim_to_sentence`; nor is any terminator while
 a quotation or bracket the output opened is still open. Straight double quotes have no direction: an odd count
-is an open quotation only when the last one opens (white space or a bracket before it, a character after it), so
-a stray closing quote or an inch mark does not keep a step from ever ending. The engine checks the output
-generated so far, so a quotation opened in a prefilled part is not seen (a continuation's first sentence end
-may fall inside it).
+is an open quotation unless the last one closes (right after a Latin word, a digit or a clause's end), so a stray
+closing quote or an inch mark does not keep a step from ever ending. The engine checks the prefilled text and the output
+together, so a continuation does not end inside a quotation opened before the cut, nor on the "." after a cut
+"3" (of "3.5").
+
+`SENTENCE_RULE` versions this rule: it is part of a request's cache key, so text made under an older rule is
+not replayed as if made under this one.
 
 `ABBREVIATIONS` is the one list of abbreviations: `methods.shared.checks` trims with it too.
 """
@@ -21,6 +24,7 @@ import re
 
 _END = re.compile(r"(?:[.!?]|[。！？])[\"'”’)\]»」』）】]*$")
 _WORD_BEFORE = re.compile(r"(\w+)\.[\"'”’)\]»」』）】]*$")
+SENTENCE_RULE = 2  # 2: straight quotes by direction, the prefill counts (issue 19, second pass)
 ABBREVIATIONS = {"e.g", "i.e", "etc", "vs", "cf", "mr", "mrs", "ms", "dr", "st", "prof", "no", "fig", "approx",
                   "inc", "ltd", "jr", "sr", "co", "al", "vol", "ch", "sec", "pp", "p", "u.s", "u.k", "mt", "ft"}
 # pairs whose opening half, left open, means the sentence goes on inside a quotation or bracket
@@ -44,12 +48,17 @@ def ends_sentence(text: str) -> bool:
     return True
 
 
-_OPENING = re.compile(r'(?:^|[\s(\[{])"(?=\S)')
+# what a closing straight quote follows: the end of a word, a number (an inch mark) or a clause
+_CLOSES_AFTER = set(".,!?;…)]}’”'")
 
 
 def _open_straight_quote(text: str) -> bool:
-    """An odd number of '"' whose last one opens a quotation (a closing one or an inch mark does not)."""
+    """An odd number of '"' whose last one opens a quotation. A quote closes only right after a Latin word
+    character, a digit or a clause's end; after white space, ":", a dash, a CJK character or at the start it
+    opens (Chinese puts no space before its quotes)."""
     if text.count('"') % 2 == 0:
         return False
     last = text.rfind('"')
-    return bool(_OPENING.match(text, max(0, last - 1))) if last else text[1:2].strip() != ""
+    before = text[last - 1] if last else ""
+    closes = before.isascii() and before.isalnum() or before in _CLOSES_AFTER
+    return not closes

@@ -268,6 +268,11 @@ def test_no_repeat_ngram_is_part_of_the_cache_key_and_off_leaves_old_keys_alone(
     assert "no_repeat_ngram" not in base.sampling()
     with pytest.raises(ValueError, match="no_repeat_ngram"):
         Request(messages=base.messages, no_repeat_ngram=-1)
+    # end_at_sentence keys carry the rule's version: text a cache holds from an older rule (the key said only
+    # `true`) is not replayed as if the current rule had ended it
+    ends = Request(messages=base.messages, end_at_sentence=True)
+    assert "end_at_sentence" not in base.sampling()
+    assert ends.sampling()["end_at_sentence"] == 2 and request_key({"p": 1}, ends) != request_key({"p": 1}, base)
 
 
 def test_engines_that_cannot_enforce_it_refuse_instead_of_ignoring_it():
@@ -290,6 +295,9 @@ def test_engines_that_cannot_enforce_it_refuse_instead_of_ignoring_it():
     # must not keep a step from ever ending; an opening quote still does
     ('the end." Then she left.', True), ('It was 5" long. Then she left.', True),
     ('"Go," he said. Then she wrote "stop.', False), ('He said "go." Then "run.', False),
+    # an opening quote is anything not closing a word or a clause: after ':', a dash, a CJK character, the start
+    ('He said:"Go now.', False), ('He said—"Go now.', False), ('他说："走吧。', False), ('他说"走吧。', False),
+    ('"Go.', False), (' "Go.', False), ('x"Go."', True), ('He said,"Go."', True), ('“Fine,” he said."', True),
 ])
 def test_sentence_ends_skip_numbers_initials_and_abbreviations(text, ends):
     from lendata.engines.sentence_end import ends_sentence
@@ -308,3 +316,55 @@ def test_end_at_sentence_stops_on_a_whole_sentence_after_the_minimum(llama):
     plain = llama.generate([Request(messages=req.messages, max_tokens=300, min_tokens=40, temperature=0.7,
                                     seed=11)])[0]
     assert plain.text.startswith(res.text.rstrip()[:-1])  # the same text up to where it was ended
+
+
+class _Vocab:
+    """A byte vocabulary for the logits processor: token i is the i-th piece (some pieces are half a character)."""
+
+    def __init__(self, pieces):
+        self.pieces = [p.encode() if isinstance(p, str) else p for p in pieces]
+
+    def detokenize(self, ids):
+        return b"".join(self.pieces[i] for i in ids)
+
+
+def _ends_after(pieces, n=1, prefill=""):
+    """The index of the generated token after which the processor allows only end-of-sequence (None: never)."""
+    import numpy as np
+
+    from lendata.engines.llamacpp import _EndAtSentence
+
+    vocab = _Vocab(["<eos>", *pieces])
+    proc = _EndAtSentence(n, 0, vocab.detokenize, prefill=prefill)
+    prompt = [0, 0, 0]
+    for k in range(len(pieces) + 1):
+        scores = proc(np.array(prompt + list(range(1, k + 1))), np.zeros(len(vocab.pieces)))
+        if np.isinf(scores[1:]).all():
+            return k
+    return None
+
+
+def test_end_at_sentence_reads_the_output_token_by_token_with_split_characters_and_the_prefill():
+    close = "”".encode()
+    assert _ends_after(["It", " rained", "."]) == 3
+    assert _ends_after(["It", " rained", ".", " Then"], n=4) is None  # not before the minimum, then no end
+    assert _ends_after(["He", " said", " “", "go", ".", close[:1], close[1:]]) == 7  # only once ” is whole
+    # a continuation: the prefilled text is part of the sentence ("3" + "." is a number cut, not an end;
+    # a quotation opened before the cut must be closed), but the end needs one generated token at least
+    assert _ends_after([".", "5", " percent", "."], prefill="It grew by 3") == 4
+    assert _ends_after([" store", ".", "\"", " Then"], prefill='She said "go to the') == 3
+    assert _ends_after([" more", "."], prefill="It ended.") == 2
+
+
+def test_a_cached_engine_says_what_its_engine_enforces(tmp_path):
+    from lendata.engines.base import enforces
+    from lendata.engines.cache import CachedEngine, ResponseCache
+    from tests.conftest import ScriptedEngine
+
+    class Plain(ScriptedEngine):
+        decoding_options = frozenset()
+
+    cache = ResponseCache(tmp_path / "responses.sqlite")
+    for inner, able in ((ScriptedEngine(), True), (Plain(), False)):
+        wrapped = CachedEngine(inner, cache)
+        assert enforces(wrapped, "end_at_sentence") is able and enforces(wrapped, "no_repeat_ngram") is able

@@ -425,7 +425,9 @@ def step_requests(
         rest = smp.plan[step:]
         share = smp.plan[step]["words"] / max(1, sum(p["words"] for p in rest))
         words = max(10, round(remaining * share))
-        tpw = smp.tokens_out / smp.words_written if smp.words_written >= 50 else tpw_prior[smp.language]
+        # a server that reports no usage gives 0 tokens: the prior then, not a 16-token budget for every step
+        tpw = (smp.tokens_out / smp.words_written if smp.words_written >= 50 and smp.tokens_out > 0
+               else tpw_prior[smp.language])
         max_tokens = max(16, math.ceil(words * tpw * s.max_ratio))
         min_tokens = min(max_tokens, math.floor(words * tpw * s.min_ratio))
         base = WRITE_PROMPTS[s.write_prompt].format(
@@ -433,11 +435,14 @@ def step_requests(
             point=smp.plan[step]["main_point"], words=words,
         )
         fixed = estimate_prompt_tokens(engine, [({"role": "user", "content": base},)])[0]
-        budget = engine.context_window - max_tokens - 16
+        # a last step may be continued (continue_cut): its prompt leaves room for the continuations too
+        reserve = (s.continue_attempts * max(CONTINUE_MIN_TOKENS, max_tokens // 6)
+                   if step == len(smp.plan) - 1 else 0)
+        budget = engine.context_window - max_tokens - reserve - 16
         if budget - fixed < 0:  # the window cannot hold this step's output: shrink it to what fits
-            max_tokens = max(16, engine.context_window - fixed - 16)
+            max_tokens = max(16, engine.context_window - fixed - reserve - 16)
             min_tokens = min(min_tokens, max_tokens)
-            budget = engine.context_window - max_tokens - 16
+            budget = engine.context_window - max_tokens - reserve - 16
         text = fit_text(fixed, smp.text, budget, engine.count_tokens) or "(nothing yet)"
         smp.step_targets.append(words)
         reqs.append(Request(
@@ -477,6 +482,14 @@ def continue_cut(
                         max_tokens=max(CONTINUE_MIN_TOKENS, reqs[i].max_tokens // 6), min_tokens=0,
                         stop=tuple(dict.fromkeys((*reqs[i].stop, PARAGRAPH_END))),
                         seed=(reqs[i].seed or 0) + 7919 * (attempt + 1)) for i in cut]
+        # the step's prompt was fitted with room for the step alone: a continuation gets what the window has
+        # left (a server rejects a request whose prompt and max_tokens pass the window)
+        room = [engine.context_window - n - 16 for n in estimate_prompt_tokens(engine, [m.messages for m in more])]
+        keep = [k for k, r in enumerate(room) if r >= 16]
+        cut, more = [cut[k] for k in keep], [replace(more[k], max_tokens=min(more[k].max_tokens, room[k]))
+                                             for k in keep]
+        if not cut:
+            break
         for i, r in zip(cut, engine.generate(more, on_result=on_result), strict=True):
             if not r.ok:
                 continue  # the cut paragraph stays, trimmed as before

@@ -25,7 +25,7 @@ import numpy as np
 from lendata.engines.base import DECODING_OPTIONS, AdapterError, OnResult, Request, Result
 from lendata.engines.kv_states import CHUNK, AlignedPrefill, KVStates, default_ram_mb
 from lendata.engines.no_repeat import NoRepeatNgram
-from lendata.engines.sentence_end import ends_sentence
+from lendata.engines.sentence_end import ENDING_CHARS, ends_sentence
 from lendata.models import BUNDLED_MODEL_ID, bundled_gguf_path, gguf_tokenizer_path
 
 
@@ -65,7 +65,7 @@ class _EndAtSentence:
     the prefilled text when there is one, and the sentence rule runs only after a token that can end a sentence
     and at least one generated token."""
 
-    _ENDERS = tuple(c.encode() for c in ".!?\"')]»”’」』）】。！？")
+    _ENDERS = tuple(c.encode() for c in ENDING_CHARS)
 
     def __init__(self, n: int, eos: int, detokenize, prefill: str = ""):
         self.n, self.eos, self.detokenize = n, eos, detokenize

@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import re
 
-_END = re.compile(r"(?:[.!?]|[。！？])[\"'”’)\]»」』）】]*$")
-_WORD_BEFORE = re.compile(r"(\w+)\.[\"'”’)\]»」』）】]*$")
+_TERMINATORS = ".!?。！？"
+_CLOSERS = "\"'”’)]»」』）】"  # quotes and brackets that may follow a terminator
+# the last character of any text `ends_sentence` accepts (an engine skips the rule after any other token)
+ENDING_CHARS = _TERMINATORS + _CLOSERS
+_END = re.compile(f"[{re.escape(_TERMINATORS)}][{re.escape(_CLOSERS)}]*$")
+_WORD_BEFORE = re.compile(f"(\\w+)\\.[{re.escape(_CLOSERS)}]*$")
 SENTENCE_RULE = 2  # 2: straight quotes by direction, the prefill counts (issue 19, second pass)
 ABBREVIATIONS = {"e.g", "i.e", "etc", "vs", "cf", "mr", "mrs", "ms", "dr", "st", "prof", "no", "fig", "approx",
                   "inc", "ltd", "jr", "sr", "co", "al", "vol", "ch", "sec", "pp", "p", "u.s", "u.k", "mt", "ft"}

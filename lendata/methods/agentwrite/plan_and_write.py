@@ -26,7 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from lendata.engines.base import Engine, OnResult, Request, enforces, estimate_prompt_tokens
+from lendata.engines.base import DECODING_OPTIONS, Engine, OnResult, Request, enforces, estimate_prompt_tokens
 from lendata.engines.identity import model_name
 from lendata.lengths import WordCounter, count_words, length_score
 from lendata.methods.shared import checks
@@ -436,8 +436,7 @@ def step_requests(
         )
         fixed = estimate_prompt_tokens(engine, [({"role": "user", "content": base},)])[0]
         # a last step may be continued (continue_cut): its prompt leaves room for the continuations too
-        reserve = (s.continue_attempts * max(CONTINUE_MIN_TOKENS, max_tokens // 6)
-                   if step == len(smp.plan) - 1 else 0)
+        reserve = s.continue_attempts * continuation_tokens(max_tokens) if step == len(smp.plan) - 1 else 0
         budget = engine.context_window - max_tokens - reserve - 16
         if budget - fixed < 0:  # the window cannot hold this step's output: shrink it to what fits
             max_tokens = max(16, engine.context_window - fixed - reserve - 16)
@@ -462,6 +461,12 @@ PARAGRAPH_END = "\n\n"
 CONTINUE_MIN_TOKENS = 64
 
 
+def continuation_tokens(step_max_tokens: int) -> int:
+    """The budget of one continuation of a step: a sixth of the step's (bounding the overshoot), at least
+    `CONTINUE_MIN_TOKENS`."""
+    return max(CONTINUE_MIN_TOKENS, step_max_tokens // 6)
+
+
 def continue_cut(
     reqs: list[Request], results: list[Any], engine: Engine, s: Settings, on_result: OnResult | None = None,
 ) -> list[Any]:
@@ -479,7 +484,7 @@ def continue_cut(
         if not cut:
             break
         more = [replace(reqs[i], messages=(*reqs[i].messages, {"role": "assistant", "content": results[i].text}),
-                        max_tokens=max(CONTINUE_MIN_TOKENS, reqs[i].max_tokens // 6), min_tokens=0,
+                        max_tokens=continuation_tokens(reqs[i].max_tokens), min_tokens=0,
                         stop=tuple(dict.fromkeys((*reqs[i].stop, PARAGRAPH_END))),
                         seed=(reqs[i].seed or 0) + 7919 * (attempt + 1)) for i in cut]
         # the step's prompt was fitted with room for the step alone: a continuation gets what the window has
@@ -559,8 +564,7 @@ def _decoding_options_for(engine: Engine, s: Settings) -> Settings:
     the steps then go as in the reference, loops resampled after the fact and cut paragraphs trimmed."""
     from dataclasses import replace
 
-    asked = {"no_repeat_ngram": bool(s.no_repeat_ngram), "end_at_sentence": s.end_at_sentence}
-    dropped = [o for o, on in asked.items() if on and not enforces(engine, o)]
+    dropped = [o for o in DECODING_OPTIONS if getattr(s, o) and not enforces(engine, o)]  # same names as Request
     if not dropped:
         return s
     log.warning("agentwrite: the %s engine cannot enforce %s while decoding; writing without (loops are "

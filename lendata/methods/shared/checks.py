@@ -69,8 +69,6 @@ def trim_to_sentence(text: str, lang: str = "en", keep_at_least: float = 0.5) ->
     return t
 
 
-
-
 def _false_end(text: str, at: int) -> bool:
     """Whether the "." at `at` ends a word that is not a sentence's last: a single letter, an abbreviation, or a
     list number that opens its line."""

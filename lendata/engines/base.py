@@ -41,7 +41,7 @@ class Request:
     # OpenAI-compatible servers: off); 0 turns it off everywhere
     top_k: int | None = None
     repetition_penalty: float = 1.0
-    # never complete a token n-gram already in the prompt or the output (0 = off); see engines/no_repeat.py
+    # never complete an n-gram of word keys already in the prompt or the output (0 = off); engines/no_repeat.py
     no_repeat_ngram: int = 0
     # once min_tokens are out, end the output at the first sentence end (the terminator is kept; see
     # engines/sentence_end.py), so a budgeted text ends on a whole sentence instead of being cut or trimmed
@@ -87,6 +87,10 @@ class Request:
         for off in ("no_repeat_ngram", "end_at_sentence"):  # off: keys made before the option stay valid
             if not d[off]:
                 d.pop(off)
+        if self.no_repeat_ngram:  # on: the rule's version (raw ids, then word keys), as for end_at_sentence
+            from lendata.engines.no_repeat import NO_REPEAT_RULE
+
+            d["no_repeat_rule"] = NO_REPEAT_RULE
         if self.end_at_sentence:  # on: the rule's version, so text ended under an older rule is not replayed
             from lendata.engines.sentence_end import SENTENCE_RULE
 

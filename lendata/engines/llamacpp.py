@@ -1,7 +1,8 @@
 """The default engine: llama.cpp in-process on the CPU, with the bundled SmolLM2-135M.
 
 llama.cpp runs one sequence at a time here, so a batch is a loop; what it adds over a plain call is the
-contract: JSON-schema output through llama.cpp grammars, `min_tokens` by suppressing end-of-sequence until
+contract: JSON-schema output through llama.cpp grammars (checked on the sampled token first, grammar_last.py),
+`min_tokens` by suppressing end-of-sequence until
 reached, and a prompt that does not fit the context window coming back as an error result.
 
 LoRA adapters per request: a request's `lora` is a peft adapter folder (converted once to llama.cpp's LoRA GGUF
@@ -23,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from lendata.engines.base import DECODING_OPTIONS, AdapterError, OnResult, Request, Result
+from lendata.engines.grammar_last import llama_class
 from lendata.engines.kv_states import CHUNK, AlignedPrefill, KVStates, default_ram_mb
-from lendata.engines.no_repeat import NoRepeatNgram
+from lendata.engines.no_repeat import NoRepeatNgram, word_keys
 from lendata.engines.sentence_end import ENDING_CHARS, ends_sentence
 from lendata.models import BUNDLED_MODEL_ID, bundled_gguf_path, gguf_tokenizer_path
 
@@ -46,10 +48,11 @@ class _MinTokens:
 
 
 class _NoRepeat:
-    """Logits processor: the tokens that would repeat an n-gram of the prompt or output so far are impossible."""
+    """Logits processor: the tokens that would repeat a word-key n-gram of the prompt or output so far are
+    impossible (no_repeat.py: case, spaces and punctuation do not make a copy new)."""
 
-    def __init__(self, n: int):
-        self.index = NoRepeatNgram(n)
+    def __init__(self, n: int, keys: np.ndarray, members: dict[int, list[int]]):
+        self.index = NoRepeatNgram(n, keys, members)
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         banned = self.index.banned(input_ids)
@@ -104,8 +107,6 @@ class LlamaCppEngine:
         kv_disk_mb: float = 0,
         kv_disk_dir: str | None = None,
     ):
-        from llama_cpp import Llama
-
         path = Path(model_path) if model_path else bundled_gguf_path()
         if not path.is_file():
             raise FileNotFoundError(f"GGUF model not found: {path}")
@@ -113,7 +114,7 @@ class LlamaCppEngine:
         self.model_id = model_id or (BUNDLED_MODEL_ID if model_path is None else path.name)
         # llama.cpp prints its load log to stderr from C; keep the console for lendata's own progress
         with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
-            self._llm = Llama(
+            self._llm = llama_class()(
                 model_path=str(path),
                 n_ctx=n_ctx,
                 n_threads=n_threads or os.cpu_count() or 2,
@@ -127,6 +128,7 @@ class LlamaCppEngine:
         # prompts are evaluated in aligned chunks and their KV prefixes kept (kv_states.py): deterministic reuse
         self.kv_states = KVStates(default_ram_mb() if kv_cache_mb is None else kv_cache_mb, kv_disk_mb, kv_disk_dir)
         self._prefill = AlignedPrefill(self._llm, self.kv_states)
+        self._word_keys: tuple[np.ndarray, dict[int, list[int]]] | None = None
         self._adapters: dict[str, Any] = {}  # lora path -> loaded llama.cpp adapter
         self._active_lora: str | None = None
 
@@ -137,7 +139,21 @@ class LlamaCppEngine:
         from lendata.engines.identity import content_identity
 
         return {"engine": self.name, "weights": content_identity(self.model_path), "n_ctx": self.context_window,
-                "prefill_chunk": CHUNK}
+                "prefill_chunk": CHUNK, "grammar_sampling": "sampled-token-first"}
+
+    @property
+    def grammar_tokens(self) -> dict[str, int]:
+        """Running totals of grammar-constrained sampling: tokens sampled, and how many of them the grammar
+        rejected and were sampled again over the whole vocabulary (grammar_last.py)."""
+        return dict(self._llm.grammar_stats)
+
+    @property
+    def word_keys(self) -> tuple[np.ndarray, dict[int, list[int]]]:
+        """The vocabulary's word keys for `no_repeat_ngram` (no_repeat.word_keys), built on first use."""
+        if self._word_keys is None:
+            llm = self._llm
+            self._word_keys = word_keys([llm.detokenize([t]) for t in range(llm.n_vocab())])
+        return self._word_keys
 
     def _end_of_turn_ids(self) -> list[int]:
         ids = []
@@ -159,7 +175,7 @@ class LlamaCppEngine:
         if req.json_schema is not None:
             kwargs["response_format"] = {"type": "json_object", "schema": req.json_schema}
         processors = ([_MinTokens(req.min_tokens, self._eos)] if req.min_tokens > 0 else []) + (
-            [_NoRepeat(req.no_repeat_ngram)] if req.no_repeat_ngram else []) + (
+            [_NoRepeat(req.no_repeat_ngram, *self.word_keys)] if req.no_repeat_ngram else []) + (
             [_EndAtSentence(req.min_tokens, self._llm.token_eos(), self._llm.detokenize, req.prefill or "")]
             if req.end_at_sentence else [])
         if processors:

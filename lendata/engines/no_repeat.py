@@ -4,31 +4,76 @@ is never sampled (Hugging Face's `no_repeat_ngram_size`, over prompt and output 
 Small models fall into loops in long text; detecting a loop afterwards costs a resample of the whole paragraph,
 often several. Banning the loop while decoding costs one dictionary lookup per token. The prompt counts because
 AgentWrite's prompt holds the text written so far: a paragraph that copies an earlier one is a loop too.
+
+Deviation from Hugging Face, deliberate: the n-grams are over *word keys*, not raw token ids, when the engine
+gives a key table (`word_keys`): a token's key is its letters and digits, lower-cased; tokens with none
+(spaces, punctuation, newlines) are skipped. Over raw ids the bundled model evaded the ban by changing one
+comma or a capital ("a testament built by" -> "a testament, built by"): the copy passed the ban and was then
+caught by AgentWrite's word-level loop check, which resampled the whole paragraph (measured: 10 of 43 step calls
+in the demo build). `NO_REPEAT_RULE` is the rule's version, part of the request key.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
+NO_REPEAT_RULE = 2  # 1: raw token ids; 2: word keys (case and punctuation ignored)
+
+
+def word_keys(token_texts: Sequence[bytes]) -> tuple[np.ndarray, dict[int, list[int]]]:
+    """(key of each token id, -1 for a token with no letter or digit; the token ids of each key).
+
+    A token that is not whole UTF-8 on its own (a piece of a CJK character) is keyed by its bytes, so it is
+    never skipped."""
+    keys = np.full(len(token_texts), -1, dtype=np.int64)
+    ids: dict[str, int] = {}
+    members: dict[int, list[int]] = {}
+    for tok, raw in enumerate(token_texts):
+        try:
+            text = raw.decode("utf-8")
+            key = "".join(ch for ch in text.lower() if ch.isalnum())
+        except UnicodeDecodeError:
+            key = "\x00" + raw.hex()
+        if not key:
+            continue
+        k = ids.setdefault(key, len(ids))
+        keys[tok] = k
+        members.setdefault(k, []).append(tok)
+    return keys, members
+
 
 class NoRepeatNgram:
-    """Incremental index of a growing token sequence: `banned(tokens)` -> the tokens that may not come next."""
+    """Incremental index of a growing token sequence: `banned(tokens)` -> the tokens that may not come next.
 
-    def __init__(self, n: int):
+    With `keys`/`members` (from `word_keys`) the n-grams are over the tokens' word keys and every token of a
+    banned key is banned; without, over the token ids themselves."""
+
+    def __init__(self, n: int, keys: np.ndarray | None = None, members: dict[int, list[int]] | None = None):
         if n < 1:
             raise ValueError(f"no_repeat_ngram must be >= 1, got {n}")
-        self.n = n
-        self._seen: dict[tuple[int, ...], set[int]] = {}
-        self._indexed = 0  # the n-grams ending before this position are in `_seen`
+        if (keys is None) != (members is None):
+            raise ValueError("word keys need both the key of each token and the tokens of each key")
+        self.n, self.keys, self.members = n, keys, members
+        self._units: list[int] = []  # the keyed sequence so far (skipped tokens left out)
+        self._seen: dict[tuple[int, ...], set[int]] = {}  # (n-1 units) -> the units that followed them
+        self._consumed = 0  # how many tokens of the sequence are in `_units`
 
     def banned(self, tokens: Sequence[int]) -> list[int]:
         """`tokens`: the whole sequence so far, which only grows between calls (one instance per request)."""
-        n = self.n
-        seq = [int(t) for t in tokens[max(0, self._indexed - n) :]]
-        offset = max(0, self._indexed - n)
-        for end in range(max(self._indexed, n), offset + len(seq) + 1):
-            self._seen.setdefault(tuple(seq[end - n - offset : end - 1 - offset]), set()).add(seq[end - 1 - offset])
-        self._indexed = offset + len(seq)
-        if self._indexed < n - 1:
+        n, units = self.n, self._units
+        for t in tokens[self._consumed:]:
+            unit = int(t) if self.keys is None else int(self.keys[int(t)])
+            if unit < 0:
+                continue
+            units.append(unit)
+            if len(units) >= n:
+                self._seen.setdefault(tuple(units[len(units) - n:-1]), set()).add(unit)
+        self._consumed = len(tokens)
+        if len(units) < n - 1:
             return []
-        return sorted(self._seen.get(tuple(seq[len(seq) - n + 1 :]) if n > 1 else (), ()))
+        nxt = self._seen.get(tuple(units[len(units) - n + 1:]) if n > 1 else (), ())
+        if self.members is None:
+            return sorted(nxt)
+        return sorted(t for k in nxt for t in self.members[k])

@@ -13,7 +13,7 @@ import pytest
 
 from lendata.engines.base import Request, UnsupportedOption, refuse_unenforced_options, request_key
 from lendata.engines.kv_states import CHUNK, KVStates, aligned_common
-from lendata.engines.no_repeat import NoRepeatNgram
+from lendata.engines.no_repeat import NoRepeatNgram, word_keys
 
 _TOPICS = ("the history of lighthouses", "how bees make honey")
 
@@ -237,6 +237,57 @@ def test_the_incremental_index_bans_exactly_what_a_full_scan_bans():
             seq += [rng.randint(0, 3) for _ in range(rng.choice([1, 1, 2, 5]))]
 
 
+def _keyed_reference_banned(seq: list[int], n: int, keys, members) -> list[int]:
+    units = [int(keys[t]) for t in seq if keys[t] >= 0]
+    return sorted(t for k in _reference_banned(units, n) for t in members[k])
+
+
+def test_the_word_key_index_bans_exactly_what_a_full_scan_of_the_keys_bans():
+    # a toy vocabulary: tokens 0-2 share key 0 ("the", " The", "THE"), 3 is punctuation (skipped), 4-6 own keys
+    keys, members = word_keys([b"the", b" The", b"THE", b", ", b" cat", b"sat", b"\xe9\x95"])
+    assert list(keys) == [0, 0, 0, -1, 1, 2, 3] and members[0] == [0, 1, 2]
+    rng = random.Random(11)
+    for _ in range(200):
+        n = rng.randint(1, 5)
+        index, seq = NoRepeatNgram(n, keys, members), [rng.randint(0, 6) for _ in range(rng.randint(0, 12))]
+        for _ in range(25):
+            assert index.banned(seq) == _keyed_reference_banned(seq, n, keys, members)
+            seq += [rng.randint(0, 6) for _ in range(rng.choice([1, 1, 2, 5]))]
+
+
+def test_a_sampler_that_obeys_the_word_key_ban_cannot_repeat_a_key_ngram_whatever_it_picks():
+    """The property the ban exists for: commas, capitals and spaces cannot smuggle a repeat through."""
+    texts = [b"the", b" The", b" cat", b"Cat", b" sat", b",", b".", b" ", b"\n", b" on", b" mat", b"Mat."]
+    keys, members = word_keys(texts)
+    rng = random.Random(5)
+    for _ in range(300):
+        n = rng.randint(2, 4)
+        prompt = [rng.randrange(len(texts)) for _ in range(rng.randint(0, 15))]
+        index, seq = NoRepeatNgram(n, keys, members), list(prompt)
+        for _ in range(40):
+            allowed = sorted(set(range(len(texts))) - set(index.banned(seq)))
+            seq.append(rng.choice(allowed))  # punctuation and spaces are never banned: never empty
+        units = [int(keys[t]) for t in seq if keys[t] >= 0]
+        n_prompt = sum(1 for t in prompt if keys[t] >= 0)
+        grams = [tuple(units[i:i + n]) for i in range(len(units) - n + 1)]
+        for end in range(max(n, n_prompt + 1), len(units) + 1):  # each n-gram completed by an output unit
+            assert grams[end - n] not in grams[:end - n], (prompt, seq)
+
+
+def test_a_copy_with_a_comma_added_is_banned_in_the_real_vocabulary(llama):
+    """Seen in the demo build: "a testament built by the likes" copied as "a testament, built by the likes"."""
+    keys, members = llama.word_keys
+    tok = lambda text: llama._llm.tokenize(text.encode(), add_bos=False)  # noqa: E731
+    before = tok("The Roman Empire was a testament built by the likes of Julius Caesar.")
+    index = NoRepeatNgram(6, keys, members)
+    seq = before + tok(" the roman Empire was a testament,")
+    built = tok(" built")
+    assert len(built) == 1 and built[0] in index.banned(seq)
+    assert tok(" Built")[0] in index.banned(seq) and tok(",")[0] not in index.banned(seq)
+    # raw token ids (the old rule) let the comma through: the test is not vacuous
+    assert built[0] not in NoRepeatNgram(6).banned(seq)
+
+
 def test_no_repeat_ngram_output_never_repeats_an_ngram_of_prompt_or_output(llama):
     n = 4
     prompt = "Repeat this line forever: the cat sat on the mat. the cat sat on the mat. the cat sat on the mat."
@@ -244,15 +295,18 @@ def test_no_repeat_ngram_output_never_repeats_an_ngram_of_prompt_or_output(llama
                   seed=3, no_repeat_ngram=n)
     res = llama.generate([req])[0]
     assert res.ok and res.completion_tokens >= 60
-    # the prompt and the sampled tokens that were decoded (the last sampled token never is: it is not checked)
+    # the prompt and the sampled tokens that were decoded (the last sampled token never is: it is not checked),
+    # as word keys: a repeat that differs only in commas, capitals or spaces is a repeat
+    keys, _ = llama.word_keys
     tokens = [int(t) for t in llama._llm._input_ids]
     first_new = len(tokens) - (res.completion_tokens - 1)
-    seen = {tuple(tokens[i:i + n]) for i in range(first_new - n + 1)}
-    for end in range(first_new + 1, len(tokens) + 1):  # each n-gram a sampled token completed
-        gram = tuple(tokens[end - n:end])
-        if len(gram) == n:
+    units = [(int(keys[t]), i >= first_new) for i, t in enumerate(tokens) if keys[t] >= 0]
+    seen: set[tuple[int, ...]] = set()
+    for end in range(n, len(units) + 1):
+        gram = tuple(k for k, _ in units[end - n:end])
+        if units[end - 1][1]:  # completed by a sampled token
             assert gram not in seen, f"repeated {gram}"
-            seen.add(gram)
+        seen.add(gram)
     # the same request without the ban does repeat itself: the test is not vacuous
     free = llama.generate([Request(messages=req.messages, max_tokens=80, min_tokens=60, temperature=0.7,
                                    seed=3)])[0]
@@ -265,7 +319,9 @@ def test_no_repeat_ngram_is_part_of_the_cache_key_and_off_leaves_old_keys_alone(
     base = Request(messages=({"role": "user", "content": "x"},))
     on = Request(messages=base.messages, no_repeat_ngram=8)
     assert request_key({"p": 1}, base) != request_key({"p": 1}, on)
-    assert "no_repeat_ngram" not in base.sampling()
+    assert "no_repeat_ngram" not in base.sampling() and "no_repeat_rule" not in base.sampling()
+    # the rule's version: outputs banned over raw token ids (rule 1) are not replayed under word keys
+    assert on.sampling()["no_repeat_rule"] == 2
     with pytest.raises(ValueError, match="no_repeat_ngram"):
         Request(messages=base.messages, no_repeat_ngram=-1)
     # end_at_sentence keys carry the rule's version: text a cache holds from an older rule (the key said only

@@ -159,6 +159,11 @@ class Engine(Protocol):
 KEY_VERSION = 2  # bumped when what the key covers changes: older cache entries are simply never hit
 
 
+# an identity entry that changes only grammar-constrained (JSON) outputs: keys of free text leave it out, so a
+# change of it does not throw away the cached free text
+JSON_SAMPLING = "json_sampling"
+
+
 def request_key(producer: dict[str, Any], req: Request) -> str:
     """Content address of a response: what produced it (`identity.producer`: a server's URL and served model, or
     the weights' content hash, with the output-changing engine options), sampling, messages, schema, sample
@@ -167,6 +172,10 @@ def request_key(producer: dict[str, Any], req: Request) -> str:
 
     sampling = req.sampling()
     lora = sampling.pop("lora")
+    producer = dict(producer)
+    json_sampling = producer.pop(JSON_SAMPLING, None)
+    if req.json_schema is not None and json_sampling is not None:  # it changes JSON outputs only
+        producer[JSON_SAMPLING] = json_sampling
     payload = {
         "key_version": KEY_VERSION,
         "producer": producer,

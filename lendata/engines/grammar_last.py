@@ -10,7 +10,10 @@ grammar to the whole vocabulary and sample again. `GrammarLast` does that with l
 - `check`: a grammar sampler applied to that one token;
 - `full`: the stock chain with the grammar in llama-cpp-python's place samples again when `check` rejects.
 
-Every accepted token is accepted by all three, so the penalties and the grammar state stay in step.
+Every accepted token is accepted by all three, so the penalties and the grammar state stay in step (state a
+sampler changes while sampling, as mirostat's, would not: lendata never turns mirostat on). When the grammar and
+the logits processors together leave no finite token, the request fails with an error instead of handing
+llama.cpp a token it aborts on.
 Deviation from the stock sampler, deliberate: the distribution over valid tokens differs (a token the chain
 picks and the grammar allows is kept; the stock chain renormalises over valid tokens before top-k). Greedy
 decoding (temperature 0) picks the same tokens as the stock chain: the most likely token is either valid, and
@@ -20,6 +23,7 @@ The engine names this sampler in its identity so cached outputs of the stock sam
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from typing import Any
 
@@ -61,7 +65,9 @@ class GrammarLast:
         self._llama_cpp.llama_sampler_apply(chain.sampler, ctypes.byref(arr))
         if not 0 <= arr.selected < arr.size:
             raise RuntimeError("llama.cpp's sampler chain selected no token")
-        return int(arr.data[arr.selected].id)  # samplers sort in place: read through the array, not the ids
+        chosen = arr.data[arr.selected]  # samplers sort in place: read through the array, not the ids
+        self._chose_finite = bool(np.isfinite(chosen.logit))
+        return int(chosen.id)
 
     def _allowed(self, token: int, logit: float) -> bool:
         self._one["id"], self._one["logit"], self._one["p"] = token, logit, 0.0
@@ -80,6 +86,8 @@ class GrammarLast:
         if not self._allowed(token, float(logits[token])):
             self.stats["resampled"] += 1
             token = self._sample_with(self.full, logits)
+            if not self._chose_finite:  # accepting it would abort the process in llama.cpp: a row's error
+                raise RuntimeError("the grammar and the logits processors leave no token to sample")
         for sampler in (self.free.sampler, self.full.sampler, self.check):
             lc.llama_sampler_accept(sampler, token)
         return token
@@ -89,8 +97,9 @@ class GrammarLast:
         if check:
             self._llama_cpp.llama_sampler_free(check)
 
-    def __del__(self) -> None:
-        self.close()
+    def __del__(self) -> None:  # at interpreter exit the bindings may be gone already
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 def llama_class() -> type:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lendata.engines.base import DECODING_OPTIONS, AdapterError, OnResult, Request, Result
+from lendata.engines.base import DECODING_OPTIONS, JSON_SAMPLING, AdapterError, OnResult, Request, Result
 from lendata.engines.grammar_last import llama_class
 from lendata.engines.kv_states import CHUNK, AlignedPrefill, KVStates, default_ram_mb
 from lendata.engines.no_repeat import NoRepeatNgram, word_keys
@@ -139,7 +139,7 @@ class LlamaCppEngine:
         from lendata.engines.identity import content_identity
 
         return {"engine": self.name, "weights": content_identity(self.model_path), "n_ctx": self.context_window,
-                "prefill_chunk": CHUNK, "grammar_sampling": "sampled-token-first"}
+                "prefill_chunk": CHUNK, JSON_SAMPLING: "sampled-token-first"}
 
     @property
     def grammar_tokens(self) -> dict[str, int]:

@@ -11,6 +11,11 @@ gives a key table (`word_keys`): a token's key is its letters and digits, lower-
 comma or a capital ("a testament built by" -> "a testament, built by"): the copy passed the ban and was then
 caught by AgentWrite's word-level loop check, which resampled the whole paragraph (measured: 10 of 43 step calls
 in the demo build). `NO_REPEAT_RULE` is the rule's version, part of the request key.
+
+Known gap: keys are per token, not per word, so a word the tokenizer splits differently (" Likes" is " L" +
+"ikes", " likes" one token; " bu" + "ilt" spells " built") gives other keys, and a copy can still pass with one
+word re-split. The model rarely does this (the demo build's step resamples went from 10 to 0); AgentWrite's
+word-level loop check after the step still catches it. A ban over decoded words would close it.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ NO_REPEAT_RULE = 2  # 1: raw token ids; 2: word keys (case and punctuation ignor
 def word_keys(token_texts: Sequence[bytes]) -> tuple[np.ndarray, dict[int, list[int]]]:
     """(key of each token id, -1 for a token with no letter or digit; the token ids of each key).
 
-    A token that is not whole UTF-8 on its own (a piece of a CJK character) is keyed by its bytes, so it is
-    never skipped."""
+    A token that is not whole UTF-8 on its own (a piece of a CJK character) is keyed by its bytes without
+    surrounding white space, so it is never skipped."""
     keys = np.full(len(token_texts), -1, dtype=np.int64)
     ids: dict[str, int] = {}
     members: dict[int, list[int]] = {}
@@ -34,8 +39,9 @@ def word_keys(token_texts: Sequence[bytes]) -> tuple[np.ndarray, dict[int, list[
         try:
             text = raw.decode("utf-8")
             key = "".join(ch for ch in text.lower() if ch.isalnum())
-        except UnicodeDecodeError:
-            key = "\x00" + raw.hex()
+        except UnicodeDecodeError:  # a piece of a character: its bytes, without the space it may carry
+            piece = raw.strip()
+            key = "\x00" + piece.hex() if piece else ""
         if not key:
             continue
         k = ids.setdefault(key, len(ids))

@@ -11,7 +11,7 @@ import random
 import numpy as np
 import pytest
 
-from lendata.engines.base import Request, UnsupportedOption, refuse_unenforced_options, request_key
+from lendata.engines.base import JSON_SAMPLING, Request, UnsupportedOption, refuse_unenforced_options, request_key
 from lendata.engines.kv_states import CHUNK, KVStates, aligned_common
 from lendata.engines.no_repeat import NoRepeatNgram, word_keys
 
@@ -244,15 +244,15 @@ def _keyed_reference_banned(seq: list[int], n: int, keys, members) -> list[int]:
 
 def test_the_word_key_index_bans_exactly_what_a_full_scan_of_the_keys_bans():
     # a toy vocabulary: tokens 0-2 share key 0 ("the", " The", "THE"), 3 is punctuation (skipped), 4-6 own keys
-    keys, members = word_keys([b"the", b" The", b"THE", b", ", b" cat", b"sat", b"\xe9\x95"])
-    assert list(keys) == [0, 0, 0, -1, 1, 2, 3] and members[0] == [0, 1, 2]
+    keys, members = word_keys([b"the", b" The", b"THE", b", ", b" cat", b"sat", b"\xe9\x95", b" \xe9\x95", b" "])
+    assert list(keys) == [0, 0, 0, -1, 1, 2, 3, 3, -1] and members[0] == [0, 1, 2] and members[3] == [6, 7]
     rng = random.Random(11)
     for _ in range(200):
         n = rng.randint(1, 5)
-        index, seq = NoRepeatNgram(n, keys, members), [rng.randint(0, 6) for _ in range(rng.randint(0, 12))]
+        index, seq = NoRepeatNgram(n, keys, members), [rng.randint(0, 8) for _ in range(rng.randint(0, 12))]
         for _ in range(25):
             assert index.banned(seq) == _keyed_reference_banned(seq, n, keys, members)
-            seq += [rng.randint(0, 6) for _ in range(rng.choice([1, 1, 2, 5]))]
+            seq += [rng.randint(0, 8) for _ in range(rng.choice([1, 1, 2, 5]))]
 
 
 def test_a_sampler_that_obeys_the_word_key_ban_cannot_repeat_a_key_ngram_whatever_it_picks():
@@ -299,7 +299,8 @@ def test_no_repeat_ngram_output_never_repeats_an_ngram_of_prompt_or_output(llama
     # as word keys: a repeat that differs only in commas, capitals or spaces is a repeat
     keys, _ = llama.word_keys
     tokens = [int(t) for t in llama._llm._input_ids]
-    first_new = len(tokens) - (res.completion_tokens - 1)
+    # cut at max_tokens, the last sampled token was never decoded; ended on EOS, every output token was
+    first_new = len(tokens) - (res.completion_tokens - 1 if res.finish_reason == "length" else res.completion_tokens)
     units = [(int(keys[t]), i >= first_new) for i, t in enumerate(tokens) if keys[t] >= 0]
     seen: set[tuple[int, ...]] = set()
     for end in range(n, len(units) + 1):
@@ -329,6 +330,17 @@ def test_no_repeat_ngram_is_part_of_the_cache_key_and_off_leaves_old_keys_alone(
     ends = Request(messages=base.messages, end_at_sentence=True)
     assert "end_at_sentence" not in base.sampling()
     assert ends.sampling()["end_at_sentence"] == 2 and request_key({"p": 1}, ends) != request_key({"p": 1}, base)
+
+
+def test_the_grammar_sampler_changes_the_keys_of_json_requests_only(llama):
+    """The sampled-token-first grammar sampler changed JSON outputs, not free text: cached free text (AgentWrite's
+    step texts) keeps its keys."""
+    ident = llama.identity()
+    before = {k: v for k, v in ident.items() if k != JSON_SAMPLING}
+    free = Request(messages=({"role": "user", "content": "x"},), max_tokens=5)
+    plan = Request(messages=free.messages, max_tokens=5, json_schema={"type": "boolean"})
+    assert request_key(ident, free) == request_key(before, free)
+    assert request_key(ident, plan) != request_key(before, plan)
 
 
 def test_engines_that_cannot_enforce_it_refuse_instead_of_ignoring_it():

@@ -93,10 +93,11 @@ class Settings(InstructionInput, JudgeGate):
     temperature: float = 0.5  # sampling temperature of plans and paragraphs
     top_p: float = 0.95  # nucleus sampling
     repetition_penalty: float = 1.1  # llama.cpp/vLLM repetition penalty
-    # never complete a token n-gram of this size already in the prompt (which holds the text so far) or the
-    # paragraph: loops are prevented while decoding instead of resampled afterwards. 0 = off (the reference);
-    # at most 8 it also rules out every repeated 10-word n-gram the filters look for. llamacpp only for now.
-    no_repeat_ngram: int = 0  # ban repeating a word n-gram of prompt or output while decoding (0 = off)
+    # never complete an n-gram of this size of word keys (engines/no_repeat.py: a token's letters and digits,
+    # lower-cased) already in the prompt (which holds the text so far) or the paragraph: loops are prevented
+    # while decoding instead of resampled afterwards. 0 = off (the reference). A copy whose words the tokenizer
+    # splits differently still passes; the step check after decoding catches it. llamacpp only for now.
+    no_repeat_ngram: int = 0  # ban repeating a word-key n-gram of prompt or output while decoding (0 = off)
     # end each step at its first sentence end once its min_tokens are out (llamacpp only for now), instead of
     # running to max_tokens and being trimmed; off in the reference
     end_at_sentence: bool = False  # end each step at its first sentence end after its minimum

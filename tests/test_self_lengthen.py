@@ -108,6 +108,37 @@ def test_extend_round_builds_prefix_plus_continuation(scripted):
     assert r.extended == "A1 is a fresh sentence.\n\nA2 is another one.\n\nB1 adds new facts here. B2 closes it."
 
 
+def test_extend_calls_ban_loops_in_their_own_output_only(scripted):
+    """The extender rewrites its prompt, so the ban covers what it writes, not the text it was given."""
+    s = sl.Settings(micro_rounds=1, extend_retries=1, extensions=1, min_growth=1.0, word_counter="longwriter",
+                    extend_no_repeat_ngram=8)
+    r = sl.Response("r", "i", "Write about rivers.", "en", 1, 0, initial="P1 is short.\n\nP2 is short too.")
+    eng = scripted(_extender({}))
+    sl.extend([r], eng, s)
+    assert [(q.no_repeat_ngram, q.no_repeat_scope) for q in eng.seen] == [(8, "output"), (8, "output")]
+    # zh: twice the n, as AgentWrite (a character is one to three byte-level tokens)
+    eng = scripted(_extender({}))
+    sl.extend([dataclasses.replace(r, language="zh")], eng, s)
+    assert [q.no_repeat_ngram for q in eng.seen] == [16, 16]
+    # off by default, as the reference
+    eng = scripted(_extender({}))
+    sl.extend([r], eng, dataclasses.replace(s, extend_no_repeat_ngram=0))
+    assert [q.no_repeat_ngram for q in eng.seen] == [0, 0]
+
+
+def test_an_engine_that_cannot_ban_loops_extends_without_it_and_says_so(scripted):
+    import pytest
+
+    s = sl.Settings(micro_rounds=1, extend_retries=1, extensions=1, min_growth=1.0, word_counter="longwriter",
+                    extend_no_repeat_ngram=8)
+    r = sl.Response("r", "i", "Write about rivers.", "en", 1, 0, initial="P1 is short.\n\nP2 is short too.")
+    eng = scripted(_extender({}))
+    eng.decoding_options = frozenset()  # as the openai and vllm engines
+    with pytest.warns(UserWarning, match="cannot enforce extend_no_repeat_ngram=8"):
+        [r] = sl.extend([r], eng, s)
+    assert [q.no_repeat_ngram for q in eng.seen] == [0, 0] and r.extended
+
+
 def test_rounds_accept_only_longer_valid_text_and_the_1_2x_rule(scripted):
     s = sl.Settings(micro_rounds=3, extend_retries=2, extensions=1, word_counter="longwriter")
     initial = "P1 has five words here.\n\nP2 has five words too."

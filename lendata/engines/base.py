@@ -43,6 +43,10 @@ class Request:
     repetition_penalty: float = 1.0
     # never complete an n-gram of word keys already in the prompt or the output (0 = off); engines/no_repeat.py
     no_repeat_ngram: int = 0
+    # what the ban indexes: "all" (prompt and output) or "output" (the assistant turn's text: a prefill being
+    # continued and what is generated; a task that must copy its prompt, as Self-Lengthen's extender rewriting
+    # a text, may repeat the prompt but not itself)
+    no_repeat_scope: str = "all"
     # once min_tokens are out, end the output at the first sentence end (the terminator is kept; see
     # engines/sentence_end.py), so a budgeted text ends on a whole sentence instead of being cut or trimmed
     end_at_sentence: bool = False
@@ -65,6 +69,8 @@ class Request:
             raise ValueError("end_at_sentence cannot be combined with json_schema (JSON does not end in a sentence)")
         if self.no_repeat_ngram < 0:
             raise ValueError(f"no_repeat_ngram must be 0 (off) or a positive n-gram size, got {self.no_repeat_ngram}")
+        if self.no_repeat_scope not in ("all", "output"):
+            raise ValueError(f"no_repeat_scope must be 'all' or 'output', got {self.no_repeat_scope!r}")
         if self.min_tokens < 0 or self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens must be in [0, max_tokens], got {self.min_tokens}/{self.max_tokens}")
         for m in self.messages:
@@ -87,6 +93,8 @@ class Request:
         for off in ("no_repeat_ngram", "end_at_sentence"):  # off: keys made before the option stay valid
             if not d[off]:
                 d.pop(off)
+        if not self.no_repeat_ngram or self.no_repeat_scope == "all":  # the default: keys stay as they were
+            d.pop("no_repeat_scope")
         if self.no_repeat_ngram:  # on: the rule's version (raw ids, then word keys), as for end_at_sentence
             from lendata.engines.no_repeat import NO_REPEAT_RULE
 

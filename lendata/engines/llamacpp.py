@@ -51,11 +51,18 @@ class _NoRepeat:
     """Logits processor: the tokens that would repeat a word-key n-gram of the prompt or output so far are
     impossible (no_repeat.py: case, spaces and punctuation do not make a copy new)."""
 
-    def __init__(self, n: int, keys: np.ndarray, members: dict[int, list[int]]):
+    def __init__(self, n: int, keys: np.ndarray, members: dict[int, list[int]], output_only: bool = False,
+                 prefill_tokens: int = 0):
         self.index = NoRepeatNgram(n, keys, members)
+        self.output_only = output_only
+        # the assistant turn's own text is the prefill (a continuation) and what is generated after it
+        self.prefill_tokens = prefill_tokens
+        self.start: int | None = None  # where the assistant turn's text begins
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        banned = self.index.banned(input_ids)
+        if self.start is None:
+            self.start = max(0, len(input_ids) - self.prefill_tokens) if self.output_only else 0
+        banned = self.index.banned(input_ids[self.start:])
         if banned:
             scores[banned] = -np.inf
         return scores
@@ -175,7 +182,9 @@ class LlamaCppEngine:
         if req.json_schema is not None:
             kwargs["response_format"] = {"type": "json_object", "schema": req.json_schema}
         processors = ([_MinTokens(req.min_tokens, self._eos)] if req.min_tokens > 0 else []) + (
-            [_NoRepeat(req.no_repeat_ngram, *self.word_keys)] if req.no_repeat_ngram else []) + (
+            [_NoRepeat(req.no_repeat_ngram, *self.word_keys, output_only=req.no_repeat_scope == "output",
+                       prefill_tokens=len(self._llm.tokenize((req.prefill or "").encode(), add_bos=False)))]
+            if req.no_repeat_ngram else []) + (
             [_EndAtSentence(req.min_tokens, self._llm.token_eos(), self._llm.detokenize, req.prefill or "")]
             if req.end_at_sentence else [])
         if processors:

@@ -316,6 +316,58 @@ def test_no_repeat_ngram_output_never_repeats_an_ngram_of_prompt_or_output(llama
     assert len(set(grams)) < len(grams)
 
 
+def test_output_scope_may_copy_the_prompt_but_never_repeats_its_own_output(llama):
+    n = 4
+    prompt = "Repeat this line forever: the cat sat on the mat. the cat sat on the mat. the cat sat on the mat."
+    req = Request(messages=({"role": "user", "content": prompt},), max_tokens=80, min_tokens=60, temperature=0.7,
+                  seed=3, no_repeat_ngram=n, no_repeat_scope="output")
+    res = llama.generate([req])[0]
+    assert res.ok and res.completion_tokens >= 60
+    keys, _ = llama.word_keys
+    tokens = [int(t) for t in llama._llm._input_ids]
+    first_new = len(tokens) - (res.completion_tokens - 1 if res.finish_reason == "length" else res.completion_tokens)
+    prompt_units = [int(keys[t]) for t in tokens[:first_new] if keys[t] >= 0]
+    out_units = [int(keys[t]) for t in tokens[first_new:] if keys[t] >= 0]
+    out_grams = [tuple(out_units[i:i + n]) for i in range(len(out_units) - n + 1)]
+    assert len(set(out_grams)) == len(out_grams), "the output repeated one of its own n-grams"
+    # the prompt is not banned: the output copies at least one of its n-grams (the test is not vacuous)
+    prompt_grams = {tuple(prompt_units[i:i + n]) for i in range(len(prompt_units) - n + 1)}
+    assert prompt_grams & set(out_grams)
+
+
+def test_output_scope_covers_a_prefilled_assistant_text(llama):
+    """Self-Lengthen's round B continues a prefilled head: the continuation may not repeat the head either."""
+    n = 4
+    head = "The cat sat on the mat. The dog sat on the rug. The cat sat on the mat again, and"
+    req = Request(messages=({"role": "user", "content": "Write about a cat and a dog."},
+                            {"role": "assistant", "content": head}),
+                  max_tokens=80, min_tokens=60, temperature=0.7, seed=3, no_repeat_ngram=n, no_repeat_scope="output")
+    res = llama.generate([req])[0]
+    assert res.ok and res.completion_tokens >= 60
+    keys, _ = llama.word_keys
+    tokens = [int(t) for t in llama._llm._input_ids]
+    first_new = len(tokens) - (res.completion_tokens - 1 if res.finish_reason == "length" else res.completion_tokens)
+    head_units = [int(keys[t]) for t in llama._llm.tokenize(head.encode(), add_bos=False) if keys[t] >= 0]
+    out_units = [int(keys[t]) for t in tokens[first_new:] if keys[t] >= 0]
+    units = head_units + out_units
+    seen = {tuple(units[i:i + n]) for i in range(len(head_units) - n + 1)}
+    for end in range(max(n, len(head_units) + 1), len(units) + 1):
+        gram = tuple(units[end - n:end])
+        assert gram not in seen, f"the continuation repeated {gram}"
+        seen.add(gram)
+
+
+def test_no_repeat_scope_is_validated_and_keyed_only_when_it_changes_something():
+    base = Request(messages=({"role": "user", "content": "x"},), no_repeat_ngram=8)
+    out = Request(messages=base.messages, no_repeat_ngram=8, no_repeat_scope="output")
+    off = Request(messages=base.messages, no_repeat_scope="output")  # no ban: the scope changes nothing
+    assert "no_repeat_scope" not in base.sampling() and out.sampling()["no_repeat_scope"] == "output"
+    assert request_key({"p": 1}, base) != request_key({"p": 1}, out)
+    assert request_key({"p": 1}, off) == request_key({"p": 1}, Request(messages=base.messages))
+    with pytest.raises(ValueError, match="no_repeat_scope"):
+        Request(messages=base.messages, no_repeat_scope="prompt")
+
+
 def test_no_repeat_ngram_is_part_of_the_cache_key_and_off_leaves_old_keys_alone():
     base = Request(messages=({"role": "user", "content": "x"},))
     on = Request(messages=base.messages, no_repeat_ngram=8)

@@ -28,11 +28,12 @@ import hashlib
 import json
 import random
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lendata.engines.base import Engine, OnResult, Request, estimate_prompt_tokens
+from lendata.engines.base import Engine, OnResult, Request, enforces, estimate_prompt_tokens
 from lendata.lengths import WordCounter, count_words
 from lendata.methods.self_lengthen.queries import QuerySettings
 from lendata.methods.shared import checks
@@ -128,6 +129,10 @@ class Settings:
     top_k: int = 20  # sample among the k likeliest tokens (0: off)
     repetition_penalty: float = 1.1  # repetition penalty of every call
     max_tokens: int = 16384  # per call, further capped by what fits the context window
+    # the extend calls may not repeat an n-gram of word keys of their own output (engines/no_repeat.py; the
+    # prompt is left out: the extender rewrites it); 0 = off (the reference); engines that cannot enforce it
+    # extend without it, with a warning
+    extend_no_repeat_ngram: int = 0  # ban loops in the extender's output while decoding (0 = off)
     seed: int = 42  # per-call seeds derive from this, the row and the attempt
     word_counter: WordCounter = "longen"  # Self-Lengthen counts LonGen words
     drop_short: bool = True  # drop the shorter initial and extended responses (rank-based, ~40% each time)
@@ -321,16 +326,28 @@ def _finished(res: Any, lang: str) -> str:
 
 def _sampled(
     engine: Engine, chats: list[tuple[dict[str, str], ...]], seeds: list[int], s: Settings, lora: str | None,
-    sample_index: int = 0,
+    sample_index: int = 0, no_repeat_ngram: Sequence[int] | None = None,
 ) -> list[Request]:
     """Generation requests with the method's sampling; each may generate `max_tokens`, capped by the room
-    its prompt leaves in the context window."""
+    its prompt leaves in the context window. `no_repeat_ngram` (one per chat) bans loops within each output."""
     prompt = estimate_prompt_tokens(engine, chats)
+    bans = list(no_repeat_ngram) if no_repeat_ngram is not None else [0] * len(chats)
     return [Request(messages=c, max_tokens=max(1, min(s.max_tokens, engine.context_window - p)),
                     temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                     repetition_penalty=s.repetition_penalty, seed=seed,
-                    sample_index=sample_index, lora=lora)
-            for c, p, seed in zip(chats, prompt, seeds, strict=True)]
+                    sample_index=sample_index, lora=lora,
+                    no_repeat_ngram=ban, no_repeat_scope="output")
+            for c, p, seed, ban in zip(chats, prompt, seeds, bans, strict=True)]
+
+
+def extend_no_repeat(engine: Engine, s: Settings) -> int:
+    """The extend calls' `no_repeat_ngram`: the setting, or 0 with a warning on an engine that cannot enforce it
+    (it would refuse the requests)."""
+    if s.extend_no_repeat_ngram and not enforces(engine, "no_repeat_ngram"):
+        warnings.warn(f"the {engine.name} engine cannot enforce extend_no_repeat_ngram="
+                      f"{s.extend_no_repeat_ngram}: extending without it", stacklevel=2)
+        return 0
+    return s.extend_no_repeat_ngram
 
 
 def generate(
@@ -413,17 +430,20 @@ def extend(
     `failed` set. The initial responses are not changed."""
     rows = submissions(responses, s)
     active = [_ExtendState(r, r.initial) for r in rows]
+    no_repeat = extend_no_repeat(engine, s) if active else 0
     while active:
+        # zh: a character is 1-3 byte-level tokens, so the same span takes about twice the n (as AgentWrite)
+        bans = [no_repeat * (2 if st.resp.language == "zh" else 1) for st in active]
         # A: extend the first half, keep the head of what comes back
         key = [(st.resp.id, st.attempt, st.round) for st in active]
         chats = [extend_chat(st.resp.instruction, first_half(st.current), st.resp.language) for st in active]
-        reqs = _sampled(engine, chats, [_seed(s.seed, *k, "A") for k in key], s, lora)
+        reqs = _sampled(engine, chats, [_seed(s.seed, *k, "A") for k in key], s, lora, no_repeat_ngram=bans)
         for st, res in zip(active, engine.generate(reqs, on_result), strict=True):
             head = keep_head(res.text, s.keep_share) if res.ok else ""
             st.prefix = head + "\n\n" if head else ""
         # B: the extend prompt over the whole text, continued after that head
         chats = [extend_chat(st.resp.instruction, st.current, st.resp.language, st.prefix) for st in active]
-        reqs = _sampled(engine, chats, [_seed(s.seed, *k, "B") for k in key], s, lora)
+        reqs = _sampled(engine, chats, [_seed(s.seed, *k, "B") for k in key], s, lora, no_repeat_ngram=bans)
         for st, res in zip(active, engine.generate(reqs, on_result), strict=True):
             out = (st.prefix + _finished(res, st.resp.language)).strip() if res.ok else ""
             _accept_round(st, out, res.error if not res.ok else None, s)

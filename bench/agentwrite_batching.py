@@ -6,7 +6,9 @@ Goals (issue 3): vLLM (CPU build) rounds >= 3x faster; llama.cpp (which does not
 
 Issue 19 adds the physical limit: the engine's raw decode throughput at the same batch size, measured in the
 same run (one batch of `--n` plain requests, each forced to the rounds' mean step length with min_tokens), and
-the share of it the rounds reach (completion tokens of every AgentWrite call / rounds wall time). Goal: >= 0.8.
+the share of it the rounds reach (completion tokens of the writing calls / rounds wall time, plans included in
+the time but not in the tokens), and, since the third pass, the writing calls' own share and the share counting
+the plans' tokens too. Goal: >= 0.8.
 
     .venv-vllm/bin/python bench/agentwrite_batching.py --engine vllm \
         --model ~/.cache/lendata/models/SmolLM2-135M-Instruct-hf

@@ -3,10 +3,13 @@
 The same initial responses (generated once with the base model and the recipe's sampling) are extended twice
 with the embedded engine and the same seeds: once as before (`extend_no_repeat_ngram=0`) and once with the
 extender's output kept from repeating itself while decoding (`extend_no_repeat_ngram=N`, output scope: the
-extender must copy its prompt). Prints, per run, wall time, engine calls, completion tokens, accepted and
-rejected rounds (with the rejections' causes), extended responses kept and their words, and the cost per
-kept extended word in seconds and in generated tokens; then the after/before ratio of each cost. Each run has
-its own fresh response cache, so times are real.
+extender must copy its prompt). Prints, per run, wall time, engine calls, completion tokens, the extension
+submissions that grew past `min_growth` ("kept": before drop_short, which is seeded and the same for both runs)
+with their words (whole texts) and the words they added, the failed submissions with their last rounds, and the
+cost per kept extended word in seconds and in generated tokens; then the after/before ratio of each cost. No
+response cache and a fresh engine per run, so times are real. Quality is not measured here: the ban removes
+the failure the response check looks for, so more submissions pass it by construction; judge the texts with
+`lendata report` or an S_q judge.
 
     .venv/bin/python bench/self_lengthen_extend.py [--instructions 3] [--extend-retries 2] [--max-tokens 600]
         [--no-repeat 8]
@@ -45,10 +48,6 @@ class Counting:
         self.calls += len(requests)
         self.tokens += sum(r.completion_tokens for r in out)
         return out
-
-
-def cause(entry: str) -> str:
-    return "accepted" if entry == "accepted" else entry.split(":")[0].split(" (")[0]
 
 
 def run(label: str, responses, engine, s: sl.Settings) -> dict:

@@ -120,22 +120,29 @@ def test_extend_calls_ban_loops_in_their_own_output_only(scripted):
     eng = scripted(_extender({}))
     sl.extend([dataclasses.replace(r, language="zh")], eng, s)
     assert [q.no_repeat_ngram for q in eng.seen] == [16, 16]
+    # a mixed batch: each row its own n
+    eng = scripted(_extender({}))
+    sl.extend([r, dataclasses.replace(r, id="r2", language="zh")], eng, s)
+    assert [q.no_repeat_ngram for q in eng.seen] == [8, 16, 8, 16]
     # off by default, as the reference
     eng = scripted(_extender({}))
     sl.extend([r], eng, dataclasses.replace(s, extend_no_repeat_ngram=0))
     assert [q.no_repeat_ngram for q in eng.seen] == [0, 0]
 
 
-def test_an_engine_that_cannot_ban_loops_extends_without_it_and_says_so(scripted):
+def test_an_engine_that_cannot_ban_loops_extends_without_it_and_says_so(scripted, caplog):
     import pytest
 
+    with pytest.raises(ValueError, match="extend_no_repeat_ngram"):
+        sl.Settings(extend_no_repeat_ngram=-1)
     s = sl.Settings(micro_rounds=1, extend_retries=1, extensions=1, min_growth=1.0, word_counter="longwriter",
                     extend_no_repeat_ngram=8)
     r = sl.Response("r", "i", "Write about rivers.", "en", 1, 0, initial="P1 is short.\n\nP2 is short too.")
     eng = scripted(_extender({}))
     eng.decoding_options = frozenset()  # as the openai and vllm engines
-    with pytest.warns(UserWarning, match="cannot enforce extend_no_repeat_ngram=8"):
+    with caplog.at_level("WARNING", logger="lendata.self_lengthen"):
         [r] = sl.extend([r], eng, s)
+    assert "cannot enforce extend_no_repeat_ngram=8" in caplog.text
     assert [q.no_repeat_ngram for q in eng.seen] == [0, 0] and r.extended
 
 

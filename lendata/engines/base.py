@@ -46,7 +46,7 @@ class Request:
     # what the ban indexes: "all" (prompt and output) or "output" (the assistant turn's text: a prefill being
     # continued and what is generated; a task that must copy its prompt, as Self-Lengthen's extender rewriting
     # a text, may repeat the prompt but not itself)
-    no_repeat_scope: str = "all"
+    no_repeat_scope: Literal["all", "output"] = "all"
     # once min_tokens are out, end the output at the first sentence end (the terminator is kept; see
     # engines/sentence_end.py), so a budgeted text ends on a whole sentence instead of being cut or trimmed
     end_at_sentence: bool = False

@@ -48,8 +48,9 @@ class _MinTokens:
 
 
 class _NoRepeat:
-    """Logits processor: the tokens that would repeat a word-key n-gram of the prompt or output so far are
-    impossible (no_repeat.py: case, spaces and punctuation do not make a copy new)."""
+    """Logits processor: the tokens that would repeat a word-key n-gram of the prompt and output so far (with
+    `output_only`: of the assistant turn's text, a prefill and what is generated) are impossible (no_repeat.py:
+    case, spaces and punctuation do not make a copy new)."""
 
     def __init__(self, n: int, keys: np.ndarray, members: dict[int, list[int]], output_only: bool = False,
                  prefill_tokens: int = 0):
@@ -183,7 +184,7 @@ class LlamaCppEngine:
             kwargs["response_format"] = {"type": "json_object", "schema": req.json_schema}
         processors = ([_MinTokens(req.min_tokens, self._eos)] if req.min_tokens > 0 else []) + (
             [_NoRepeat(req.no_repeat_ngram, *self.word_keys, output_only=req.no_repeat_scope == "output",
-                       prefill_tokens=len(self._llm.tokenize((req.prefill or "").encode(), add_bos=False)))]
+                       prefill_tokens=self._prefill_tokens(req))]
             if req.no_repeat_ngram else []) + (
             [_EndAtSentence(req.min_tokens, self._llm.token_eos(), self._llm.detokenize, req.prefill or "")]
             if req.end_at_sentence else [])
@@ -222,6 +223,13 @@ class LlamaCppEngine:
             completion_tokens=out["usage"]["completion_tokens"],
             finish_reason="length" if reason == "length" else "stop",
         )
+
+    def _prefill_tokens(self, req: Request) -> int:
+        """How many of the prompt's last tokens are the prefilled assistant text, for an output-scoped ban (the
+        prompt is tokenized with special tokens read, as llama-cpp-python does; 0 when nothing needs it)."""
+        if req.no_repeat_scope != "output" or not req.prefill:
+            return 0
+        return len(self._llm.tokenize(req.prefill.encode(), add_bos=False, special=True))
 
     def _use_lora(self, lora: str | None) -> bool:
         """Set `lora` (or none) on the context; True when that changed the adapter."""

@@ -3,7 +3,9 @@ is never sampled (Hugging Face's `no_repeat_ngram_size`, over prompt and output 
 
 Small models fall into loops in long text; detecting a loop afterwards costs a resample of the whole paragraph,
 often several. Banning the loop while decoding costs one dictionary lookup per token. The prompt counts because
-AgentWrite's prompt holds the text written so far: a paragraph that copies an earlier one is a loop too.
+AgentWrite's prompt holds the text written so far: a paragraph that copies an earlier one is a loop too. A
+request may narrow the ban to its own answer (`Request.no_repeat_scope = "output"`: a prefilled assistant text
+and what is generated), for a task that must copy its prompt, as Self-Lengthen's extender.
 
 Deviation from Hugging Face, deliberate: the n-grams are over *word keys*, not raw token ids, when the engine
 gives a key table (`word_keys`): a token's key is its letters and digits, lower-cased; tokens with none

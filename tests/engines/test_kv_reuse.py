@@ -6,6 +6,7 @@ from a saved state, from the live context, or was evaluated from nothing, in any
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -355,6 +356,28 @@ def test_output_scope_covers_a_prefilled_assistant_text(llama):
         gram = tuple(units[end - n:end])
         assert gram not in seen, f"the continuation repeated {gram}"
         seen.add(gram)
+    # not vacuous: without the ban the same seeded continuation does repeat the head
+    free = llama.generate([dataclasses.replace(req, no_repeat_ngram=0)])[0]
+    free_units = head_units + [int(keys[t]) for t in llama._llm._input_ids[-free.completion_tokens + 1:]
+                               if keys[t] >= 0]
+    free_grams = [tuple(free_units[i:i + n]) for i in range(len(free_units) - n + 1)]
+    assert len(set(free_grams)) < len(free_grams)
+
+
+def test_output_scope_with_a_prefill_still_lets_the_answer_copy_the_prompt(llama):
+    """Only the assistant turn is banned: a continuation may copy the user's text (the extender's whole job)."""
+    n = 4
+    prompt = "Repeat this line forever: the cat sat on the mat. the cat sat on the mat. the cat sat on the mat."
+    req = Request(messages=({"role": "user", "content": prompt}, {"role": "assistant", "content": "Sure:"}),
+                  max_tokens=60, min_tokens=40, temperature=0.7, seed=3, no_repeat_ngram=n,
+                  no_repeat_scope="output")
+    res = llama.generate([req])[0]
+    assert res.ok
+    keys, _ = llama.word_keys
+    prompt_units = [int(keys[t]) for t in llama._llm.tokenize(prompt.encode(), add_bos=False) if keys[t] >= 0]
+    out_units = [int(keys[t]) for t in llama._llm._input_ids[-res.completion_tokens + 1:] if keys[t] >= 0]
+    prompt_grams = {tuple(prompt_units[i:i + n]) for i in range(len(prompt_units) - n + 1)}
+    assert prompt_grams & {tuple(out_units[i:i + n]) for i in range(len(out_units) - n + 1)}
 
 
 def test_no_repeat_scope_is_validated_and_keyed_only_when_it_changes_something():

@@ -15,7 +15,9 @@ Sampling as the reference's client: T=0.7, top_p=0.8, top_k=20, repetition penal
 
 Differences from the reference, on purpose: every call carries a seed derived from the row and attempt, so a
 rerun gives the same data (the reference stops each step at 95% completion, so its output depends on timing);
-every step runs in rounds across rows (one engine batch per micro-step) instead of thread pools; zh sentence
+every step runs in rounds across rows (one engine batch per micro-step) instead of thread pools; with
+`extend_no_repeat_ngram` (the shipped recipe: 8, the code default 0 as the reference) the extend calls may not
+repeat an n-gram of word keys of their own answer while decoding (issue 19: loops were most failed rounds); zh sentence
 endings accept ASCII `.!?`; no `---` stop string; a one-paragraph text extends as a whole instead of an empty
 first half; the English extend prompt is lendata's own wording of the reference's (which only exists in
 Chinese in the qwen folder). Every rejection is returned as a record with its stage and reason.
@@ -26,9 +28,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import random
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,6 +43,8 @@ from lendata.methods.shared.budget import language_of
 from lendata.methods.shared.quality_gate import JudgeGate
 from lendata.methods.shared.sft import row_id
 from lendata.training.lora import LoraSettings
+
+log = logging.getLogger("lendata.self_lengthen")
 
 SELF_INSTRUCT = {
     "en": ("Your task is to write user instructions that lead to the generation of long texts. Each instruction "
@@ -147,6 +151,9 @@ class Settings:
             raise ValueError(f"n and iterations must be at least 1, got n={self.n}, iterations={self.iterations}")
         if self.extensions < 1 or self.extend_retries < 1 or self.generate_attempts < 1:
             raise ValueError("extensions, extend_retries and generate_attempts must be at least 1")
+        if self.extend_no_repeat_ngram < 0:  # checked here, not after a whole generate step has run
+            raise ValueError(f"extend_no_repeat_ngram must be 0 (off) or a positive n-gram size, got "
+                             f"{self.extend_no_repeat_ngram}")
 
     @property
     def instructions(self) -> int:
@@ -344,8 +351,9 @@ def extend_no_repeat(engine: Engine, s: Settings) -> int:
     """The extend calls' `no_repeat_ngram`: the setting, or 0 with a warning on an engine that cannot enforce it
     (it would refuse the requests)."""
     if s.extend_no_repeat_ngram and not enforces(engine, "no_repeat_ngram"):
-        warnings.warn(f"the {engine.name} engine cannot enforce extend_no_repeat_ngram="
-                      f"{s.extend_no_repeat_ngram}: extending without it", stacklevel=2)
+        log.warning("self_lengthen: the %s engine cannot enforce extend_no_repeat_ngram=%d while decoding; "
+                    "extending without it (loops are rejected by the check after the call)", engine.name,
+                    s.extend_no_repeat_ngram)
         return 0
     return s.extend_no_repeat_ngram
 

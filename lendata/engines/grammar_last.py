@@ -18,7 +18,8 @@ Deviation from the stock sampler, deliberate: the distribution over valid tokens
 picks and the grammar allows is kept; the stock chain renormalises over valid tokens before top-k). Greedy
 decoding (temperature 0) picks the same tokens as the stock chain: the most likely token is either valid, and
 then also the most likely valid token, or rejected, and then `full` picks the most likely valid token.
-The engine names this sampler in its identity so cached outputs of the stock sampler are not replayed.
+The engine names this sampler in its identity (`base.JSON_SAMPLING`), which enters the cache keys of JSON
+requests only, so cached plans of the stock sampler are not replayed and cached free text keeps its keys.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class GrammarLast:
         return lc.llama_token_data_array(
             data=buf.ctypes.data_as(lc.llama_token_data_p), size=len(buf), selected=-1, sorted=False)
 
-    def _sample_with(self, chain: Any, logits: np.ndarray) -> int:
+    def _sample_with(self, chain: Any, logits: np.ndarray) -> tuple[int, float]:
+        """(the token `chain` picks, its logit after the chain)."""
         self._all["id"] = self._ids
         self._all["logit"] = logits
         self._all["p"] = 0.0
@@ -66,8 +68,7 @@ class GrammarLast:
         if not 0 <= arr.selected < arr.size:
             raise RuntimeError("llama.cpp's sampler chain selected no token")
         chosen = arr.data[arr.selected]  # samplers sort in place: read through the array, not the ids
-        self._chose_finite = bool(np.isfinite(chosen.logit))
-        return int(chosen.id)
+        return int(chosen.id), float(chosen.logit)
 
     def _allowed(self, token: int, logit: float) -> bool:
         self._one["id"], self._one["logit"], self._one["p"] = token, logit, 0.0
@@ -81,12 +82,12 @@ class GrammarLast:
         if not ptr:
             raise RuntimeError(f"llama.cpp has no logits at index {idx}")
         logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
-        token = self._sample_with(self.free, logits)
+        token, _ = self._sample_with(self.free, logits)
         self.stats["sampled"] += 1
         if not self._allowed(token, float(logits[token])):
             self.stats["resampled"] += 1
-            token = self._sample_with(self.full, logits)
-            if not self._chose_finite:  # accepting it would abort the process in llama.cpp: a row's error
+            token, logit = self._sample_with(self.full, logits)
+            if not np.isfinite(logit):  # accepting it would abort the process in llama.cpp: a row's error
                 raise RuntimeError("the grammar and the logits processors leave no token to sample")
         for sampler in (self.free.sampler, self.full.sampler, self.check):
             lc.llama_sampler_accept(sampler, token)

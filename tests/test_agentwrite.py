@@ -516,3 +516,92 @@ def test_a_last_step_leaves_room_in_the_window_for_its_continuations(scripted):
     for r in conts:
         assert r.max_tokens >= aw.CONTINUE_MIN_TOKENS
         assert estimate_prompt_tokens(engine, [r.messages])[0] + r.max_tokens <= engine.context_window
+
+
+def _hashed_writer(req):
+    """An answer that depends on the request alone (as a seeded engine's does): plans parse, paragraphs are
+    new words, a few steps are cut at their limit (continued) and some loop (resampled)."""
+    import hashlib
+
+    h = int(hashlib.sha256(repr((req.messages, req.seed, req.json_schema is not None)).encode()).hexdigest(), 16)
+    if req.json_schema is not None:
+        if h % 4 == 0:
+            return Result(text="{not json", completion_tokens=5)  # a retry
+        return Result(text=json.dumps({"paragraphs": [{"main_point": f"point {k}", "words": 100}
+                                                      for k in range(2 + h % 3)]}), completion_tokens=30)
+    n = max(req.min_tokens, 1)
+    if h % 5 == 0:  # a looping paragraph: resampled
+        return Result(text=" ".join(["the same words again"] * (n // 4 + 3)), completion_tokens=n)
+    body = _words(n - 1, start=h % 10_000_000) + " end"
+    cut = h % 2 == 0 and req.prefill is None
+    return Result(text=body if cut else body + ".", completion_tokens=n, finish_reason="length" if cut else "stop")
+
+
+class ShuffledContinuous:
+    """A scripted engine that drives chains one request at a time in a random order, as a continuously batching
+    engine may finish them; the results depend on the requests alone."""
+
+    name, model_id, context_window = "shuffled", "shuffled-1", 4096
+    continuous_batching = True
+    decoding_options = frozenset({"no_repeat_ngram", "end_at_sentence"})
+
+    def __init__(self, seed):
+        import random
+
+        self.rng = random.Random(seed)
+        self.orders = []
+
+    def generate(self, requests, on_result=None):
+        return [_hashed_writer(r) for r in requests]
+
+    def generate_chains(self, chains, on_result=None):
+        from lendata.engines.chains import Chains
+
+        state = Chains(chains, on_result)
+        state.start()
+        while state.pending:
+            i = self.rng.choice(sorted(state.pending))
+            self.orders.append(i)
+            state.send(i, _hashed_writer(state.pending[i]))
+        return state.values
+
+    def count_tokens(self, texts):
+        return [len(t.split()) for t in texts]
+
+    def close(self):
+        pass
+
+
+def test_the_same_seeds_give_the_same_texts_whatever_order_the_calls_finish_in(scripted):
+    """Chains (one per sample: plan, steps, resamples, continuations) finishing in any order give exactly what
+    rounds give: nothing a sample writes depends on the other samples or on timing."""
+    rows = [{"instruction": f"Write about {t} in {w} words.", "source": ""}
+            for t, w in [("rivers", 400), ("hills", 250), ("mud", 600), ("salt", 300), ("moss", 500)]]
+    s = S(min_paragraph=80, max_paragraph=200, write_prompt="concise", continue_attempts=2, step_attempts=3)
+    rounds_engine = scripted(_hashed_writer)
+    _, _, in_rounds = aw.agentwrite(rows, rounds_engine, s)
+    seen_orders = set()
+    for seed in range(4):
+        eng = ShuffledContinuous(seed)
+        _, _, shuffled = aw.agentwrite(rows, eng, s)
+        seen_orders.add(tuple(eng.orders))
+        assert [(x.plan, x.paragraphs, x.step_finish, x.failed) for x in shuffled] == \
+            [(x.plan, x.paragraphs, x.step_finish, x.failed) for x in in_rounds]
+    assert len(seen_orders) == 4  # the orders really differed
+    # the scripted answers exercised plan retries, step resamples and continuations
+    seen = rounds_engine.seen
+    assert sum(r.json_schema is not None for r in seen) > len(rows)
+    assert any(r.sample_index > 0 and r.json_schema is None for r in seen)
+    assert any(r.prefill is not None for r in seen)
+    assert sum(len(x.paragraphs) for x in in_rounds) >= 8
+
+
+def test_plan_and_write_reports_every_call_and_every_finished_sample(scripted):
+    calls, done = [], []
+    samples = aw.prepare([{"instruction": "Write about rivers in 400 words.", "source": ""},
+                          {"instruction": "Write about hills in 250 words.", "source": ""}], S(write_prompt="concise"))
+    eng = scripted(_writer(label=False))
+    aw.plan_and_write(samples, eng, S(min_paragraph=100, max_paragraph=300, write_prompt="concise"),
+                      on_result=lambda i, r: calls.append(i), on_sample=done.append)
+    assert sorted(done) == [0, 1]
+    assert len(calls) == len(eng.seen) and sorted(set(calls)) == [0, 1]

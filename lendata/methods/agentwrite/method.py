@@ -18,12 +18,13 @@ from schemas.sft import SFTSchema
 
 def plan_write_filter(s: aw.Settings, samples: Sequence[aw.Sample], offset: int, engines: Any, progress: Progress
                       ) -> tuple[pa.Table, list[dict[str, Any]]]:
-    """One shard: plans, paragraphs in rounds, the output filters, then the judge when one is set."""
+    """One shard: each sample planned and written as one chain (all samples at once), the output filters, then
+    the judge when one is set. The bar counts finished samples; its rate counts every token generated."""
     engine, samples = engines.get(), list(samples)
-    with progress(len(samples), "planning") as bar:
-        aw.make_plans(samples, engine, s, on_result=bar.update)
-    with progress(sum(len(x.plan) for x in samples), "writing") as bar:
-        aw.write(samples, engine, s, on_result=bar.update)
+    with progress(len(samples), "planning and writing") as bar:
+        aw.plan_and_write(samples, engine, s, on_result=lambda _i, r: bar.advance(0, 0 if r.cached
+                                                                                   else r.completion_tokens),
+                          on_sample=lambda _i: bar.advance(1, 0))
     table, filtered = aw.to_table(samples, engine, s)
     table, below = quality_gate.judge_shard(table, s, engines, progress)
     return table, filtered + below

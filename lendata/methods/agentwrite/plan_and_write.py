@@ -9,8 +9,11 @@ model hits its targets:
 - every step gets `min_tokens`/`max_tokens` from its word target and a tokens-per-word estimate that is
   re-measured on the sample's own output after each step, and each step's target is what remains of the
   goal, so errors of early steps are corrected by later ones;
-- step k of every active sample goes to the engine in one batch ("rounds"), and each prompt is fitted to the
-  context window by keeping the instruction, the plan and the most recent text that fits.
+- each sample is one chain of calls (its plan, then its steps; engines/chains.py) and all samples run at once:
+  on vLLM a sample's next call joins the running batch the moment its previous one finishes (continuous
+  batching), elsewhere the current call of every sample goes in one batch ("rounds"); each prompt is fitted
+  to the context window by keeping the instruction, the plan and the most recent text that fits, in that order,
+  so consecutive steps of a sample share their longest prefix (vLLM's prefix cache reuses it).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 
 from lendata.engines.base import DECODING_OPTIONS, Engine, OnResult, Request, enforces, estimate_prompt_tokens
+from lendata.engines.chains import Chain, run_chains
 from lendata.engines.identity import model_name
 from lendata.lengths import WordCounter, count_words, length_score
 from lendata.methods.shared import checks
@@ -355,35 +359,30 @@ def _plan_request(smp: Sample, engine: Engine, s: Settings) -> Request:
     )
 
 
-def make_plans(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResult | None = None) -> None:
-    """Plan every sample: schema-constrained calls, retried for the ones that did not parse, then repaired.
+def plan_chain(smp: Sample, first: Request, s: Settings) -> Chain[None]:
+    """A sample's plan calls (engines/chains.py): schema-constrained attempts until one parses, then repaired.
     A sample that ends on the even fallback plan records why (`plan_fallback`) and is logged as a warning."""
-    pending = list(samples)
-    parsed: dict[str, list[dict[str, Any]]] = {}
-    failures: dict[str, str] = {}
-    first = {smp.id: _plan_request(smp, engine, s) for smp in samples}  # prompt and budget: sized once
+    parsed, failure = None, "no plan call"
     for attempt in range(s.plan_attempts):
-        if not pending:
+        req = _resample(first, attempt)
+        res = yield req
+        parsed = parse_plan(res.text) if res.ok else None
+        if parsed:
             break
-        reqs = [_resample(first[smp.id], attempt) for smp in pending]
-        results = engine.generate(reqs, on_result=on_result)
-        still = []
-        for smp, req, res in zip(pending, reqs, results, strict=True):
-            plan = parse_plan(res.text) if res.ok else None
-            if plan:
-                parsed[smp.id] = plan
-            else:
-                failures[smp.id] = _plan_failure(res, req.max_tokens)
-                still.append(smp)
-        pending = still
-    for smp in samples:
-        smp.plan, smp.plan_source = repair_plan(parsed.get(smp.id), smp.goal, s)
-        if smp.plan_source == "fallback":
-            smp.plan_fallback = f"{failures.get(smp.id, 'no plan call')} (after {s.plan_attempts} attempts)"
-            log.warning("agentwrite: sample %s uses the even fallback plan: %s", smp.id, smp.plan_fallback)
+        failure = _plan_failure(res, req.max_tokens)
+    smp.plan, smp.plan_source = repair_plan(parsed, smp.goal, s)
+    if smp.plan_source == "fallback":
+        smp.plan_fallback = f"{failure} (after {s.plan_attempts} attempts)"
+        log.warning("agentwrite: sample %s uses the even fallback plan: %s", smp.id, smp.plan_fallback)
 
 
-# --- 3. write in rounds -------------------------------------------------------------------------------
+def make_plans(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResult | None = None) -> None:
+    """Plan every sample (`plan_chain`), all samples at once."""
+    firsts = [_plan_request(smp, engine, s) for smp in samples]  # prompt and budget: sized once
+    run_chains(engine, [plan_chain(smp, first, s) for smp, first in zip(samples, firsts, strict=True)], on_result)
+
+
+# --- 3. write, step by step --------------------------------------------------------------------------
 
 
 def _seed(base: int, sid: str, what: str) -> int:
@@ -417,43 +416,40 @@ def fit_text(
     return "..." + tail
 
 
-def step_requests(
-    active: list[Sample], step: int, engine: Engine, s: Settings, tpw_prior: dict[str, float]
-) -> list[Request]:
-    reqs = []
-    for smp in active:
-        remaining = max(1, smp.goal - smp.words_out)
-        rest = smp.plan[step:]
-        share = smp.plan[step]["words"] / max(1, sum(p["words"] for p in rest))
-        words = max(10, round(remaining * share))
-        # a server that reports no usage gives 0 tokens: the prior then, not a 16-token budget for every step
-        tpw = (smp.tokens_out / smp.words_written if smp.words_written >= 50 and smp.tokens_out > 0
-               else tpw_prior[smp.language])
-        max_tokens = max(16, math.ceil(words * tpw * s.max_ratio))
-        min_tokens = min(max_tokens, math.floor(words * tpw * s.min_ratio))
-        base = WRITE_PROMPTS[s.write_prompt].format(
-            instruction=smp.instruction, plan=render_plan(smp.plan), text="{text}", step=step + 1,
-            point=smp.plan[step]["main_point"], words=words,
-        )
-        fixed = estimate_prompt_tokens(engine, [({"role": "user", "content": base},)])[0]
-        # a last step may be continued (continue_cut): its prompt leaves room for the continuations too
-        reserve = s.continue_attempts * continuation_tokens(max_tokens) if step == len(smp.plan) - 1 else 0
+def step_request(smp: Sample, step: int, engine: Engine, s: Settings, tpw_prior: dict[str, float]) -> Request:
+    """Step `step` of `smp`: its word target is what remains of the goal in the plan's proportions; its prompt
+    holds the instruction, the plan and the most recent text that fits the window beside the step's budget."""
+    remaining = max(1, smp.goal - smp.words_out)
+    rest = smp.plan[step:]
+    share = smp.plan[step]["words"] / max(1, sum(p["words"] for p in rest))
+    words = max(10, round(remaining * share))
+    # a server that reports no usage gives 0 tokens: the prior then, not a 16-token budget for every step
+    tpw = (smp.tokens_out / smp.words_written if smp.words_written >= 50 and smp.tokens_out > 0
+           else tpw_prior[smp.language])
+    max_tokens = max(16, math.ceil(words * tpw * s.max_ratio))
+    min_tokens = min(max_tokens, math.floor(words * tpw * s.min_ratio))
+    base = WRITE_PROMPTS[s.write_prompt].format(
+        instruction=smp.instruction, plan=render_plan(smp.plan), text="{text}", step=step + 1,
+        point=smp.plan[step]["main_point"], words=words,
+    )
+    fixed = estimate_prompt_tokens(engine, [({"role": "user", "content": base},)])[0]
+    # a last step may be continued (continue_step): its prompt leaves room for the continuations too
+    reserve = s.continue_attempts * continuation_tokens(max_tokens) if step == len(smp.plan) - 1 else 0
+    budget = engine.context_window - max_tokens - reserve - 16
+    if budget - fixed < 0:  # the window cannot hold this step's output: shrink it to what fits
+        max_tokens = max(16, engine.context_window - fixed - reserve - 16)
+        min_tokens = min(min_tokens, max_tokens)
         budget = engine.context_window - max_tokens - reserve - 16
-        if budget - fixed < 0:  # the window cannot hold this step's output: shrink it to what fits
-            max_tokens = max(16, engine.context_window - fixed - reserve - 16)
-            min_tokens = min(min_tokens, max_tokens)
-            budget = engine.context_window - max_tokens - reserve - 16
-        text = fit_text(fixed, smp.text, budget, engine.count_tokens) or "(nothing yet)"
-        smp.step_targets.append(words)
-        reqs.append(Request(
-            messages=({"role": "user", "content": base.replace("{text}", text, 1)},),
-            max_tokens=max_tokens, min_tokens=min_tokens, temperature=s.temperature, top_p=s.top_p,
-            # zh: a character is 1-3 byte-level tokens, so the same span takes about twice the n
-            repetition_penalty=s.repetition_penalty,
-            no_repeat_ngram=s.no_repeat_ngram * (2 if smp.language == "zh" else 1),
-            end_at_sentence=s.end_at_sentence, seed=_seed(s.seed, smp.id, f"step{step}"),
-        ))
-    return reqs
+    text = fit_text(fixed, smp.text, budget, engine.count_tokens) or "(nothing yet)"
+    smp.step_targets.append(words)
+    return Request(
+        messages=({"role": "user", "content": base.replace("{text}", text, 1)},),
+        max_tokens=max_tokens, min_tokens=min_tokens, temperature=s.temperature, top_p=s.top_p,
+        # zh: a character is 1-3 byte-level tokens, so the same span takes about twice the n
+        repetition_penalty=s.repetition_penalty,
+        no_repeat_ngram=s.no_repeat_ngram * (2 if smp.language == "zh" else 1),
+        end_at_sentence=s.end_at_sentence, seed=_seed(s.seed, smp.id, f"step{step}"),
+    )
 
 
 PARAGRAPH_END = "\n\n"
@@ -468,96 +464,108 @@ def continuation_tokens(step_max_tokens: int) -> int:
     return max(CONTINUE_MIN_TOKENS, step_max_tokens // 6)
 
 
-def continue_cut(
-    reqs: list[Request], results: list[Any], engine: Engine, s: Settings, on_result: OnResult | None = None,
-) -> list[Any]:
-    """Steps that stopped at their token limit are continued from where they stopped (the assistant turn is
+def continue_step(req: Request, res: Any, engine: Engine, s: Settings) -> Chain[Any]:
+    """A step that stopped at its token limit is continued from where it stopped (the assistant turn is
     prefilled with what was written), with a sixth of the step's budget (which bounds the overshoot) but at least
-    `CONTINUE_MIN_TOKENS`, so a
-    paragraph ends on its own instead of being trimmed back to its last sentence. A continuation also ends where
-    the model starts a new paragraph (the step asked for one), or, with `end_at_sentence`, at the first sentence
-    end. The continuation's text is appended, its tokens counted and its finish reason becomes the step's."""
+    `CONTINUE_MIN_TOKENS`, so a paragraph ends on its own instead of being trimmed back to its last sentence. A
+    continuation also ends where the model starts a new paragraph (the step asked for one), or, with
+    `end_at_sentence`, at the first sentence end. Its text is appended, its tokens counted and its finish reason
+    becomes the step's; a failed continuation is tried again (new seed) and, failing every attempt, the cut
+    paragraph stays, trimmed as before."""
     from dataclasses import replace
 
-    results = list(results)
     for attempt in range(s.continue_attempts):
-        cut = [i for i, r in enumerate(results) if r.ok and r.finish_reason == "length" and r.text.strip()]
-        if not cut:
+        if not (res.ok and res.finish_reason == "length" and res.text.strip()):
             break
-        more = [replace(reqs[i], messages=(*reqs[i].messages, {"role": "assistant", "content": results[i].text}),
-                        max_tokens=continuation_tokens(reqs[i].max_tokens), min_tokens=0,
-                        stop=tuple(dict.fromkeys((*reqs[i].stop, PARAGRAPH_END))),
-                        seed=(reqs[i].seed or 0) + 7919 * (attempt + 1)) for i in cut]
+        more = replace(req, messages=(*req.messages, {"role": "assistant", "content": res.text}),
+                       max_tokens=continuation_tokens(req.max_tokens), min_tokens=0,
+                       stop=tuple(dict.fromkeys((*req.stop, PARAGRAPH_END))),
+                       seed=(req.seed or 0) + 7919 * (attempt + 1))
         # the step's prompt was fitted with room for the step alone: a continuation gets what the window has
         # left (a server rejects a request whose prompt and max_tokens pass the window)
-        room = [engine.context_window - n - 16 for n in estimate_prompt_tokens(engine, [m.messages for m in more])]
-        keep = [k for k, r in enumerate(room) if r >= 16]
-        cut, more = [cut[k] for k in keep], [replace(more[k], max_tokens=min(more[k].max_tokens, room[k]))
-                                             for k in keep]
-        if not cut:
+        room = engine.context_window - estimate_prompt_tokens(engine, [more.messages])[0] - 16
+        if room < 16:
             break
-        for i, r in zip(cut, engine.generate(more, on_result=on_result), strict=True):
-            if not r.ok:
-                continue  # the cut paragraph stays, trimmed as before
-            prev = results[i]
-            results[i] = type(prev)(text=prev.text + r.text, prompt_tokens=prev.prompt_tokens,
-                                    completion_tokens=prev.completion_tokens + r.completion_tokens,
-                                    finish_reason=r.finish_reason)
-    return results
+        r = yield replace(more, max_tokens=min(more.max_tokens, room))
+        if r.ok:
+            res = type(res)(text=res.text + r.text, prompt_tokens=res.prompt_tokens,
+                            completion_tokens=res.completion_tokens + r.completion_tokens,
+                            finish_reason=r.finish_reason)
+    return res
 
 
-def write(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResult | None = None) -> None:
-    """Write every sample's plan step by step; step k of all active samples is one batch."""
-    s = _decoding_options_for(engine, s)
-    tpw_prior = measure_tokens_per_word(engine, s.word_counter)
-    for step in range(min(s.max_steps, max((len(x.plan) for x in samples), default=0))):
-        active = [x for x in samples if x.failed is None and step < len(x.plan)]
-        if not active:
-            break
-        reqs = step_requests(active, step, engine, s, tpw_prior)
-        results = engine.generate(reqs, on_result=on_result)
-        # failed or looping paragraphs are sampled again (bounded); the least repetitive candidate wins
+def write_chain(smp: Sample, engine: Engine, s: Settings, tpw_prior: dict[str, float]) -> Chain[None]:
+    """A sample's steps in order (engines/chains.py): each step's call, its resamples when it failed or loops,
+    its continuation when it is the last and was cut, then the paragraph recorded."""
+    for step in range(min(s.max_steps, len(smp.plan))):
+        req = step_request(smp, step, engine, s, tpw_prior)
+        res = yield req
+        # a failed or looping paragraph is sampled again (bounded); the least repetitive candidate wins
         # a paragraph that repeats itself or re-writes the recent text counts as a loop
-        bad = lambda i, r, active=active: _step_badness(r, active[i], s)  # noqa: E731
-        redo = [i for i, r in enumerate(results) if bad(i, r) > 0]
+        bad = _step_badness(res, smp, s)
         for attempt in range(1, s.step_attempts):
-            if not redo:
+            if bad == 0:
                 break
-            again = engine.generate([_resample(reqs[i], attempt) for i in redo])
-            for i, r in zip(redo, again, strict=True):
-                if bad(i, r) < bad(i, results[i]):
-                    results[i] = r
-            redo = [i for i in redo if bad(i, results[i]) > 0]
+            again = yield _resample(req, attempt)
+            if (worse := _step_badness(again, smp, s)) < bad:
+                res, bad = again, worse
         # only a sample's last step is continued: a middle paragraph cut at its limit is trimmed to its last
         # sentence and the next step goes on from there, but the text's own ending must be the model's.
         # Without end_at_sentence a continuation runs to a paragraph break, so one already well over its word
         # target is trimmed instead (continuing it would cost length fidelity); with it, a continuation adds
         # one sentence at most
-        last = [i for i, smp in enumerate(active) if step == len(smp.plan) - 1 and (
-            s.end_at_sentence or count_words(results[i].text, s.word_counter) < 1.25 * smp.step_targets[-1])]
-        for i, r in zip(last, continue_cut([reqs[i] for i in last], [results[i] for i in last], engine, s),
-                        strict=True):
-            results[i] = r
-        for smp, res in zip(active, results, strict=True):
-            if not res.ok:  # never a placeholder in the data: the row fails
-                smp.failed = f"step {step + 1} failed: {res.error}"
-                continue
-            raw = checks.strip_step_label(res.text)
-            # a paragraph cut at its limit goes back to its last sentence end; so does the text's last paragraph
-            # when it ends mid-sentence (a continuation stopped at a paragraph break); a middle paragraph that
-            # ends on a heading or a list is left as written
-            cut = res.finish_reason == "length" or step == len(smp.plan) - 1
-            para = checks.trim_to_sentence(raw, smp.language) if cut else raw.strip()
-            raw_words = count_words(raw, s.word_counter)
-            if raw_words:  # this sample's own tokens per word, for the next steps' budgets
-                smp.tokens_out += res.completion_tokens
-                smp.words_written += raw_words
-                smp.words_out += raw_words
-            kept = count_words(para, s.word_counter)
-            smp.words_out += kept - raw_words  # what was trimmed away no longer counts
-            smp.paragraphs.append(para)
-            smp.step_words.append(kept)
-            smp.step_finish.append(res.finish_reason)
+        if step == len(smp.plan) - 1 and (
+                s.end_at_sentence or count_words(res.text, s.word_counter) < 1.25 * smp.step_targets[-1]):
+            res = yield from continue_step(req, res, engine, s)
+        if not res.ok:  # never a placeholder in the data: the row fails
+            smp.failed = f"step {step + 1} failed: {res.error}"
+            return
+        _record_step(smp, step, res, s)
+
+
+def _record_step(smp: Sample, step: int, res: Any, s: Settings) -> None:
+    raw = checks.strip_step_label(res.text)
+    # a paragraph cut at its limit goes back to its last sentence end; so does the text's last paragraph when it
+    # ends mid-sentence (a continuation stopped at a paragraph break); a middle paragraph that ends on a heading
+    # or a list is left as written
+    cut = res.finish_reason == "length" or step == len(smp.plan) - 1
+    para = checks.trim_to_sentence(raw, smp.language) if cut else raw.strip()
+    raw_words = count_words(raw, s.word_counter)
+    if raw_words:  # this sample's own tokens per word, for the next steps' budgets
+        smp.tokens_out += res.completion_tokens
+        smp.words_written += raw_words
+        smp.words_out += raw_words
+    kept = count_words(para, s.word_counter)
+    smp.words_out += kept - raw_words  # what was trimmed away no longer counts
+    smp.paragraphs.append(para)
+    smp.step_words.append(kept)
+    smp.step_finish.append(res.finish_reason)
+
+
+def write(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResult | None = None) -> None:
+    """Write every planned sample's steps (`write_chain`), all samples at once."""
+    s = _decoding_options_for(engine, s)
+    tpw_prior = measure_tokens_per_word(engine, s.word_counter)
+    run_chains(engine, [write_chain(smp, engine, s, tpw_prior) for smp in samples], on_result)
+
+
+def plan_and_write(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResult | None = None,
+                   on_sample: Callable[[int], None] | None = None) -> None:
+    """Plan and write every sample, each as one chain (plan, then its steps): on an engine with continuous
+    batching (vLLM) a sample starts writing the moment its plan is done and never waits for the others.
+    `on_result(i, result)` hears every call of sample i, `on_sample(i)` when sample i is finished."""
+    firsts = [_plan_request(smp, engine, s) for smp in samples]
+    writing = _decoding_options_for(engine, s)
+    tpw_prior = measure_tokens_per_word(engine, s.word_counter)
+
+    def chain(i: int, smp: Sample, first: Request) -> Chain[None]:
+        yield from plan_chain(smp, first, s)
+        yield from write_chain(smp, engine, writing, tpw_prior)
+        if on_sample:
+            on_sample(i)
+
+    run_chains(engine, [chain(i, smp, first) for i, (smp, first) in enumerate(zip(samples, firsts, strict=True))],
+               on_result)
 
 
 def _decoding_options_for(engine: Engine, s: Settings) -> Settings:
@@ -688,7 +696,6 @@ def agentwrite(
     """The whole method: (kept rows, quarantine records, every sample with its plan and steps)."""
     s = s or Settings()
     samples = prepare(rows, s)
-    make_plans(samples, engine, s, on_result)
-    write(samples, engine, s, on_result)
+    plan_and_write(samples, engine, s, on_result)
     table, quarantine = to_table(samples, engine, s)
     return table, quarantine, samples

@@ -1,0 +1,88 @@
+"""Chains: a sample's calls as one sequence, so that an engine with continuous batching never waits for a round.
+
+A *chain* is a generator that yields a `Request`, receives its `Result` (`result = yield request`) and returns
+a value when the sample is done: AgentWrite's plan, then each step with its resamples and continuations, is one
+chain per sample. `run_chains` drives many chains at once:
+
+- an engine with `continuous_batching` (vLLM, unless its option turns it off) has `generate_chains`: it
+  submits a chain's next request the moment its previous one finishes, so the batch stays full while samples
+  are at different steps (in rounds, every step waited for the slowest sample of the round: measured on the
+  vLLM CPU build, a batch of 8 decodes at 0.61 of a batch of 16);
+- any other engine gets rounds: the current request of every live chain in one `generate` call, which is what
+  the methods did before chains (llama.cpp decodes one row at a time either way).
+
+Nothing a chain sends depends on other chains or on timing, so on an engine whose seeded results depend on the
+request alone (llama.cpp, which decodes one row at a time) any order of finishing gives the same outputs. vLLM's
+kernels are not batch-invariant (a seeded request alone and beside others diverge): there a text depends on
+what else was running, in rounds as in chains, and the response cache is what makes a rerun replay it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, TypeVar
+
+from lendata.engines.base import Request, Result
+
+T = TypeVar("T")
+Chain = Generator[Request, Result, T]
+# called once per result a chain receives: (the chain's index, the result)
+OnChainResult = Callable[[int, Result], None]
+
+
+class Chains:
+    """The bookkeeping shared by both drivers: start chains, hand results in, collect return values."""
+
+    def __init__(self, chains: Sequence[Chain[Any]], on_result: OnChainResult | None = None):
+        self.chains = list(chains)
+        self.values: list[Any] = [None] * len(self.chains)
+        self.on_result = on_result
+        self.pending: dict[int, Request] = {}  # chain index -> the request it waits on
+
+    def start(self) -> dict[int, Request]:
+        """Every chain's first request (a chain that makes no call is done at once)."""
+        for i, chain in enumerate(self.chains):
+            self._next(i, lambda chain=chain: next(chain))
+        return dict(self.pending)
+
+    def send(self, i: int, result: Result) -> Request | None:
+        """Hand chain `i` its result; its next request, or None when it is done."""
+        del self.pending[i]
+        if self.on_result:
+            self.on_result(i, result)
+        self._next(i, lambda: self.chains[i].send(result))
+        return self.pending.get(i)
+
+    def _next(self, i: int, step: Callable[[], Request]) -> None:
+        try:
+            req = step()
+        except StopIteration as done:
+            self.values[i] = done.value
+            return
+        if not isinstance(req, Request):
+            raise TypeError(f"a chain yields Request objects, chain {i} yielded {type(req).__name__}")
+        self.pending[i] = req
+
+
+def in_rounds(engine: Any, chains: Sequence[Chain[T]], on_result: OnChainResult | None = None) -> list[T]:
+    """Drive `chains` with `engine.generate`: each call holds the current request of every live chain."""
+    state = Chains(chains, on_result)
+    state.start()
+    while state.pending:
+        order = list(state.pending)
+        for i, res in zip(order, engine.generate([state.pending[i] for i in order]), strict=True):
+            state.send(i, res)
+    return state.values
+
+
+def run_chains(engine: Any, chains: Sequence[Chain[T]], on_result: OnChainResult | None = None) -> list[T]:
+    """Drive every chain to its end and return their values in order: continuously on an engine that says
+    `continuous_batching` (its `generate_chains`), else in rounds."""
+    if getattr(engine, "continuous_batching", False):
+        return engine.generate_chains(chains, on_result)
+    return in_rounds(engine, chains, on_result)
+
+
+def one_call(request: Request) -> Chain[Result]:
+    """A chain of one request, returning its result (a plain batch as chains)."""
+    return (yield request)

@@ -605,3 +605,44 @@ def test_plan_and_write_reports_every_call_and_every_finished_sample(scripted):
                       on_result=lambda i, r: calls.append(i), on_sample=done.append)
     assert sorted(done) == [0, 1]
     assert len(calls) == len(eng.seen) and sorted(set(calls)) == [0, 1]
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_the_progress_bars_end_at_their_totals(scripted, continuous):
+    """Rounds: a planning bar over the samples, then a writing bar over the planned steps; continuous batching:
+    one bar over the samples. Each ends exactly at its total (resamples and continuations are not rows)."""
+    import contextlib
+
+    from lendata.methods.agentwrite.method import plan_write_filter
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, label):
+            self.total, self.label, self.rows, self.tokens = total, label, 0, 0
+
+        def update(self, i, r):
+            self.rows += 1
+
+        def advance(self, rows, tokens):
+            self.rows, self.tokens = self.rows + rows, self.tokens + tokens
+
+    def progress(total, label):
+        bars.append(Bar(total, label))
+        return contextlib.nullcontext(bars[-1])
+
+    class Engines:
+        def get(self):
+            return eng
+
+    eng = ShuffledContinuous(0) if continuous else scripted(_hashed_writer)
+    s = S(min_paragraph=80, max_paragraph=200, write_prompt="concise", continue_attempts=2, step_attempts=3)
+    samples = aw.prepare([{"instruction": f"Write about {t} in {w} words.", "source": ""}
+                          for t, w in [("rivers", 400), ("hills", 250), ("mud", 600)]], s)
+    plan_write_filter(s, samples, 0, Engines(), progress)
+    labels = [b.label for b in bars if b.label != "judging"]
+    assert labels == (["planning and writing"] if continuous else ["planning", "writing"])
+    for b in bars:
+        assert b.rows == b.total and b.tokens > 0
+    if not continuous:
+        assert bars[1].total == sum(len(x.plan) for x in samples) > len(samples)

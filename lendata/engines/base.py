@@ -1,7 +1,8 @@
 """The one engine contract: `generate(requests) -> results` over a batch.
 
-Methods advance all rows one step per call ("rounds") so that an engine that batches (vLLM, a server with
-concurrency) can work on many samples at once; engines that cannot batch still work, one row at a time.
+Methods send many rows per call so that an engine that batches (vLLM, a server with concurrency) can work on
+many samples at once; engines that cannot batch still work, one row at a time. A row that needs several calls
+in turn is a chain (engines/chains.py), driven continuously where the engine can, else in rounds.
 Per-row failures are results with `finish_reason="error"`, never exceptions, so one bad row cannot sink a
 batch.
 

@@ -19,6 +19,7 @@ what else was running, in rounds as in chains, and the response cache is what ma
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, TypeVar
 
@@ -31,13 +32,15 @@ OnChainResult = Callable[[int, Result], None]
 
 
 class Chains:
-    """The bookkeeping shared by both drivers: start chains, hand results in, collect return values."""
+    """The bookkeeping shared by both drivers: start chains, hand results in, collect return values, and close
+    every chain when the drive ends early (an exception, a kill), so none is left suspended."""
 
     def __init__(self, chains: Sequence[Chain[Any]], on_result: OnChainResult | None = None):
         self.chains = list(chains)
         self.values: list[Any] = [None] * len(self.chains)
         self.on_result = on_result
         self.pending: dict[int, Request] = {}  # chain index -> the request it waits on
+        self._lock = threading.Lock()  # an engine may report finished rows from another thread
 
     def start(self) -> dict[int, Request]:
         """Every chain's first request (a chain that makes no call is done at once)."""
@@ -47,11 +50,16 @@ class Chains:
 
     def send(self, i: int, result: Result) -> Request | None:
         """Hand chain `i` its result; its next request, or None when it is done."""
-        del self.pending[i]
-        if self.on_result:
-            self.on_result(i, result)
-        self._next(i, lambda: self.chains[i].send(result))
-        return self.pending.get(i)
+        with self._lock:
+            del self.pending[i]
+            if self.on_result:
+                self.on_result(i, result)
+            self._next(i, lambda: self.chains[i].send(result))
+            return self.pending.get(i)
+
+    def close(self) -> None:
+        for chain in self.chains:
+            chain.close()
 
     def _next(self, i: int, step: Callable[[], Request]) -> None:
         try:
@@ -65,15 +73,27 @@ class Chains:
 
 
 def in_rounds(engine: Any, chains: Sequence[Chain[T]], on_result: OnChainResult | None = None) -> list[T]:
-    """Drive `chains` with `engine.generate`: each call holds the current request of every live chain."""
+    """Drive `chains` with `engine.generate`: each call holds the current request of every live chain. A row is
+    handed to its chain the moment the engine reports it finished (so a response cache in the chain stores it
+    then: a kill loses only the rows in flight); the chain's next request waits for the next round."""
     state = Chains(chains, on_result)
-    state.start()
-    while state.pending:
-        order = list(state.pending)
-        for i, res in zip(order, engine.generate([state.pending[i] for i in order]), strict=True):
-            state.send(i, res)
-    return state.values
+    try:
+        state.start()
+        while state.pending:
+            order = list(state.pending)
+            handed: set[int] = set()
 
+            def finished(j: int, res: Result, order: list[int] = order, handed: set[int] = handed) -> None:
+                if j not in handed:
+                    handed.add(j)
+                    state.send(order[j], res)
+
+            results = engine.generate([state.pending[i] for i in order], on_result=finished)
+            for j, res in enumerate(results):
+                finished(j, res)
+    finally:
+        state.close()
+    return state.values
 
 def run_chains(engine: Any, chains: Sequence[Chain[T]], on_result: OnChainResult | None = None) -> list[T]:
     """Drive every chain to its end and return their values in order: continuously on an engine that says

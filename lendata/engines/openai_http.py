@@ -28,14 +28,15 @@ import os
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from lendata.engines.base import AdapterError, OnResult, Request, Result, refuse_unenforced_options
+from lendata.engines.chains import Chain, Chains, OnChainResult
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 # tokenize routes: (path, the body for a text and a model, the answer's field)
@@ -45,6 +46,7 @@ _ROUTES = {
     "llama_cpp": ("/extras/tokenize", lambda text, model: {"model": model, "input": text}, "tokens"),
 }
 log = logging.getLogger("lendata.engines")
+T = TypeVar("T")
 
 
 class OpenAIEngine:
@@ -236,20 +238,56 @@ class OpenAIEngine:
 
             return list(await asyncio.gather(*(run(i, r) for i, r in enumerate(requests))))
 
-    def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Result]:
-        if not requests:
-            return []
+    def _check(self, requests: Sequence[Request]) -> None:
+        """Setup errors, raised: a decoding option the server cannot enforce, an adapter it cannot load."""
         refuse_unenforced_options(self.name, requests)
         failed = self._load_adapters(requests)
         if failed:
             raise AdapterError("; ".join(dict.fromkeys(failed.values())))
+
+    def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Result]:
+        if not requests:
+            return []
+        self._check(requests)
+        return self._in_loop(lambda: self._run(requests, on_result))
+
+    # a server batches whatever arrives: a chain's next request goes out the moment its previous one is answered
+    continuous_batching = True
+
+    def generate_chains(self, chains: Sequence[Chain[Any]], on_result: OnChainResult | None = None) -> list[Any]:
+        """Chains (engines/chains.py) with at most `concurrency` requests in flight: each chain sends its next
+        request as soon as its previous one is answered, never waiting for a round's slowest."""
+        state = Chains(chains, on_result)
+
+        async def drive() -> None:
+            sem = asyncio.Semaphore(self.concurrency)
+            limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+            async with httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout, limits=limits) as client:
+
+                async def follow(i: int, req: Request | None) -> None:
+                    while req is not None:
+                        self._check([req])
+                        async with sem:
+                            res = await self._one(client, req)
+                        req = state.send(i, res)
+
+                await asyncio.gather(*(follow(i, req) for i, req in state.start().items()))
+
+        try:
+            self._in_loop(drive)
+        finally:
+            state.close()
+        return state.values
+
+    @staticmethod
+    def _in_loop(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self._run(requests, on_result))
+            return asyncio.run(make())
         # called from inside an event loop (a notebook, an async flow): run on a thread of its own
         with ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, self._run(requests, on_result)).result()
+            return pool.submit(lambda: asyncio.run(make())).result()
 
     @property
     def _root(self) -> str:

@@ -8,12 +8,15 @@ one running batch. A row's result is handed on the moment it finishes, and a cha
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lendata.engines.base import OnResult, Request, Result, refuse_unenforced_options
 from lendata.engines.chains import Chain, Chains, OnChainResult, one_call
+
+log = logging.getLogger("lendata.engines")
 
 # LLM(...) arguments that change speed or memory, not what is generated
 _NO_OUTPUT_EFFECT = {"gpu_memory_utilization", "swap_space", "cpu_offload_gb", "enable_prefix_caching",
@@ -46,6 +49,13 @@ class VLLMEngine:
             raise ImportError(
                 "the vllm engine needs vLLM: `pip install vllm` on GPU nodes, or `make test-vllm` for the CPU build"
             ) from e
+        if not hasattr(LLM, "enqueue_chat"):  # the engine loop this engine drives came with it
+            import vllm
+
+            raise ImportError(f"the vllm engine needs vLLM with LLM.enqueue_chat (0.32 has it); this is "
+                              f"{getattr(vllm, '__version__', 'an unknown version')}")
+        if llm_kwargs.pop("result_chunk", None) is not None:  # an option of earlier lendata versions
+            log.warning("vllm: result_chunk is no longer an option (every row reaches the cache as it finishes)")
         # the model as data and cards name it: a local checkpoint by its folder name, never its path
         self.model_id = model_id or (Path(model).name if Path(model).expanduser().exists() else model)
         self._model = model
@@ -129,8 +139,9 @@ class VLLMEngine:
         as soon as its previous one finishes. Both `generate` and this go through `LLM.enqueue_chat` (vLLM's
         own chat rendering, one conversation per request, so a prefill and a fresh turn share a batch) and
         `LLMEngine.step`."""
+        self._abort_leftovers()
         state = Chains(chains, on_result)
-        running: dict[str, int] = {}  # vLLM request id -> chain index
+        running: dict[str, int] = {}  # vLLM's external request id -> chain index
 
         def submit(i: int, req: Request | None) -> None:
             while req is not None:
@@ -140,34 +151,50 @@ class VLLMEngine:
                     req = state.send(i, Result.failed(
                         f"prompt does not fit the context window: {n} tokens >= {self.context_window}", n))
                     continue
-                lora = self._lora(req.lora)
                 (rid,) = self._llm.enqueue_chat(
-                    [list(req.messages)], [self._params(req, n)], use_tqdm=False, lora_request=lora,
+                    [list(req.messages)], [self._params(req, n)], use_tqdm=False, lora_request=self._lora(req.lora),
                     add_generation_prompt=req.prefill is None, continue_final_message=req.prefill is not None)
-                # enqueue_chat returns vLLM's internal id ("<external>-<8 random chars>"); outputs and
-                # abort_request use the external one, LLM's request counter
+                # enqueue_chat returns vLLM's internal id, "<external>-<8 random characters>"; outputs and
+                # abort_request use the external one (LLM's request counter)
                 running[rid.rsplit("-", 1)[0]] = i
                 return
 
-        for i, req in state.start().items():
-            submit(i, req)
+        failure: BaseException | None = None
         try:
-            while running:
+            for i, req in state.start().items():
+                submit(i, req)
+            while running and failure is None:
                 for out in self._llm.llm_engine.step():
                     if not out.finished or out.request_id not in running:
                         continue
                     i = running.pop(out.request_id)
                     comp = out.outputs[0]
-                    submit(i, state.send(i, Result(
-                        text=comp.text,
-                        prompt_tokens=len(out.prompt_token_ids or []),
-                        completion_tokens=len(comp.token_ids),
-                        finish_reason="length" if comp.finish_reason == "length" else "stop",
-                    )))
-        finally:  # an exception (or a kill) leaves nothing running in the engine for the next call
+                    res = Result(text=comp.text, prompt_tokens=len(out.prompt_token_ids or []),
+                                 completion_tokens=len(comp.token_ids),
+                                 finish_reason="length" if comp.finish_reason == "length" else "stop")
+                    try:
+                        nxt = state.send(i, res)  # a response cache in the chain stores it here
+                        if failure is None:
+                            submit(i, nxt)
+                    except Exception as e:  # every other row finished in this step is still handed on
+                        failure = failure or e
+            if failure is not None:
+                raise failure
+        finally:  # an exception or a kill leaves nothing running in the engine, and no chain suspended
+            state.close()
             if running:
-                self._llm.llm_engine.abort_request(list(running))
+                try:
+                    self._llm.llm_engine.abort_request(list(running))
+                except Exception:  # the original error is the one to report
+                    pass
         return state.values
+
+    def _abort_leftovers(self) -> None:
+        """Requests an earlier call left in the engine (a kill inside `enqueue_chat`, after vLLM had added the
+        request but before its id came back) would share this call's batch for nothing: abort them."""
+        engine = self._llm.llm_engine
+        if engine.has_unfinished_requests():
+            engine.abort_request(list(engine.output_processor.request_states), internal=True)
 
     def _prompt_lengths(self, requests: Sequence[Request]) -> list[int]:
         tok = self._llm.get_tokenizer()

@@ -98,3 +98,52 @@ def test_progress_sees_cache_hits_and_misses_alike(tmp_path, scripted):
     run_chains(CachedEngine(scripted(), ResponseCache(tmp_path / "c.sqlite")), [counter("a", 3)],
                on_result=lambda i, r: got.append(r.cached))
     assert got == [True, True, False]
+
+
+def test_a_kill_mid_round_keeps_every_row_that_finished_before_it(tmp_path, scripted):
+    """Rounds hand each row to its chain (and so to the cache) the moment the engine reports it, not when the
+    round ends: a kill loses only the rows in flight."""
+    calls = []
+
+    def answer(r):
+        calls.append(r)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the process dies on the third row of the round
+        return Result(text="done", completion_tokens=1)
+
+    chains = [one_call(ask(str(i))) for i in range(5)]
+    with pytest.raises(KeyboardInterrupt):
+        run_chains(CachedEngine(scripted(answer), ResponseCache(tmp_path / "c.sqlite")), chains)
+    resumed = CachedEngine(scripted(), ResponseCache(tmp_path / "c.sqlite"))
+    run_chains(resumed, [one_call(ask(str(i))) for i in range(5)])
+    assert resumed.hits == 2 and resumed.calls == 3
+
+
+def test_a_failing_chain_closes_every_chain(scripted):
+    closed = []
+
+    def chain(name, fail):
+        try:
+            res = yield ask(name)
+            if fail:
+                raise ValueError("a bug in a method")
+            yield ask(name + " again", min_tokens=len(res.text))
+        finally:
+            closed.append(name)
+
+    try:
+        in_rounds(scripted(), [chain("a", False), chain("b", True), chain("c", False)])
+    except ValueError as error:  # the error (and its traceback, which holds the chains) is still alive here
+        assert "a bug" in str(error)
+        assert sorted(closed) == ["a", "b", "c"]  # closed by the driver, not by the garbage collector later
+    else:
+        pytest.fail("the chain's error did not reach the caller")
+
+
+def test_counters_count_through_a_continuous_inner_engine(tmp_path):
+    cached = CachedEngine(Continuous(), ResponseCache(tmp_path / "c.sqlite"))
+    run_chains(cached, [counter("a", 2), counter("b", 1)])
+    assert (cached.calls, cached.hits, cached.tokens) == (3, 0, 3)
+    again = CachedEngine(Continuous(), ResponseCache(tmp_path / "c.sqlite"))
+    run_chains(again, [counter("a", 2), counter("b", 1)])
+    assert (again.calls, again.hits, again.tokens) == (0, 3, 0) and again.engine.used == ["chains"]

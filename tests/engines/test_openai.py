@@ -351,3 +351,60 @@ def test_a_server_that_cannot_load_adapters_is_a_clear_error(llama_server, tmp_p
     assert engine.generate([ask("Say hi.", max_tokens=4)])[0].ok
     with pytest.raises(AdapterError, match="cannot load LoRA adapters at run time.*VLLM_ALLOW_RUNTIME_LORA_UPDATING"):
         engine.generate([ask("Say hi.", max_tokens=4), ask("Say hi.", max_tokens=4, lora=str(adapter))])
+
+
+class _SlowOnRequest(_Handler):
+    """Answers at once, except a request whose prompt says "slow", which takes a second."""
+
+    def do_POST(self):
+        n = int(self.headers.get("content-length", 0))
+        body = json.loads(self.rfile.read(n))
+        prompt = body["messages"][-1]["content"]
+        self.server.requests.append((prompt, time.monotonic()))
+        if "slow" in prompt:
+            time.sleep(1.0)
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": f"re: {prompt}"},
+                                        "finish_reason": "stop"}],
+                           "usage": {"prompt_tokens": 3, "completion_tokens": 2}}).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_chains_send_their_next_request_without_waiting_for_a_round():
+    """Against a server, a chain's next request goes out when its previous one is answered: three quick calls
+    of one chain are done while another chain's slow call is still running (rounds would wait for it)."""
+    from lendata.engines.chains import in_rounds, run_chains
+
+    srv = FaultServer([])
+    srv.RequestHandlerClass = _SlowOnRequest
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        engine = OpenAIEngine(base_url=srv.url, model="m", context_window=1024, backoff=0.01)
+        finished = []
+
+        def chain(name, prompts):
+            texts = []
+            for p in prompts:
+                texts.append((yield ask(p, max_tokens=5)).text)
+            finished.append(name)
+            return texts
+
+        values = run_chains(engine, [chain("slow", ["slow one"]), chain("quick", ["a", "b", "c"])])
+        assert finished == ["quick", "slow"]
+        assert values == [["re: slow one"], ["re: a", "re: b", "re: c"]]
+        finished.clear()
+        in_rounds(engine, [chain("slow", ["slow one"]), chain("quick", ["a", "b", "c"])])
+        assert finished == ["slow", "quick"]  # the control
+    finally:
+        srv.shutdown()
+
+
+def test_a_chain_request_the_server_cannot_enforce_is_refused():
+    from lendata.engines.base import UnsupportedOption
+    from lendata.engines.chains import one_call, run_chains
+
+    engine = OpenAIEngine(base_url="http://127.0.0.1:9/v1", model="m", context_window=1024)  # refused before any call
+    with pytest.raises(UnsupportedOption):
+        run_chains(engine, [one_call(ask("hi", max_tokens=5, no_repeat_ngram=4))])

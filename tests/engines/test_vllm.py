@@ -208,6 +208,47 @@ def test_chains_batch_continuously(engine):
         engine.continuous_batching = True
 
 
+def test_a_chain_that_fails_mid_run_leaves_nothing_running_and_loses_no_finished_row(engine, tmp_path):
+    """A method's bug (or a kill) in one chain: the error reaches the caller, the other chains' requests are
+    aborted (the engine's next call does not decode them for nothing), every chain is closed, and a row that
+    finished is in the cache."""
+    from lendata.engines import CachedEngine, ResponseCache
+    from lendata.engines.chains import run_chains
+
+    closed = []
+
+    def chain(name, reqs, fail_after=None):
+        try:
+            for k, r in enumerate(reqs):
+                yield r
+                if k == fail_after:
+                    raise ValueError("a bug in a method")
+        finally:
+            closed.append(name)
+
+    long = ask("Write a long story about a ship.", max_tokens=400, min_tokens=400, seed=7)
+    short = ask("Name a colour.", max_tokens=4, seed=1)
+    cached = CachedEngine(engine, ResponseCache(tmp_path / "c.sqlite"))
+    with pytest.raises(ValueError, match="a bug"):
+        run_chains(cached, [chain("long", [long]), chain("short", [short], fail_after=0)])
+    assert not engine._llm.llm_engine.has_unfinished_requests()
+    assert sorted(closed) == ["long", "short"]
+    assert len(cached.cache) == 1  # the short row finished before its chain failed: stored
+    # a prompt too long for the window inside a chain: that chain gets a row error and goes on
+    got = run_chains(engine, [chain("too long", [ask("word " * 3000, max_tokens=8), short])])
+    assert got == [None] and engine.generate([short])[0].ok
+
+
+def test_requests_left_in_the_engine_by_an_earlier_call_are_aborted(engine):
+    """A kill inside enqueue_chat can leave a request vLLM added but whose id never came back: the next call
+    aborts it instead of decoding it beside its own rows."""
+    engine._llm.enqueue_chat([[{"role": "user", "content": "Write a long story."}]],
+                             [engine._params(ask("x", max_tokens=400, min_tokens=400), 10)], use_tqdm=False)
+    assert engine._llm.llm_engine.has_unfinished_requests()
+    res = engine.generate([ask("Say yes.", max_tokens=4, seed=1)])
+    assert res[0].ok and not engine._llm.llm_engine.has_unfinished_requests()
+
+
 def test_the_cache_key_names_the_weights_not_the_folder(engine, model_dir):
     ident = engine.identity()
     assert ident["weights"] != model_dir and len(ident["weights"]) == 64

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -18,13 +18,23 @@ from schemas.sft import SFTSchema
 
 def plan_write_filter(s: aw.Settings, samples: Sequence[aw.Sample], offset: int, engines: Any, progress: Progress
                       ) -> tuple[pa.Table, list[dict[str, Any]]]:
-    """One shard: each sample planned and written as one chain (all samples at once), the output filters, then
-    the judge when one is set. The bar counts finished samples; its rate counts every token generated."""
+    """One shard: plans and paragraphs (all samples at once), the output filters, then the judge when one is
+    set. On an engine with continuous batching each sample is one chain (its plan, then its steps) and the bar
+    counts finished samples; elsewhere all plans come first (a bar over the samples), then the steps (a bar over
+    the planned steps). Both give the same rows; the rate counts every token generated."""
     engine, samples = engines.get(), list(samples)
-    with progress(len(samples), "planning and writing") as bar:
-        aw.plan_and_write(samples, engine, s, on_result=lambda _i, r: bar.advance(0, 0 if r.cached
-                                                                                   else r.completion_tokens),
-                          on_sample=lambda _i: bar.advance(1, 0))
+
+    def tokens(bar: Any) -> Callable[[int, Any], None]:
+        return lambda _i, r: bar.advance(0, 0 if r.cached else r.completion_tokens)
+
+    if getattr(engine, "continuous_batching", False):
+        with progress(len(samples), "planning and writing") as bar:
+            aw.plan_and_write(samples, engine, s, on_result=tokens(bar), on_sample=lambda _i: bar.advance(1, 0))
+    else:
+        with progress(len(samples), "planning") as bar:
+            aw.make_plans(samples, engine, s, on_result=tokens(bar), on_sample=lambda _i: bar.advance(1, 0))
+        with progress(sum(min(len(x.plan), s.max_steps) for x in samples), "writing") as bar:
+            aw.write(samples, engine, s, on_result=tokens(bar), on_step=lambda _i: bar.advance(1, 0))
     table, filtered = aw.to_table(samples, engine, s)
     table, below = quality_gate.judge_shard(table, s, engines, progress)
     return table, filtered + below

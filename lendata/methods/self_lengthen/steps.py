@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lendata.engines.base import Engine, OnResult, Request, enforces, estimate_prompt_tokens
+from lendata.engines.chains import Chain, run_chains
 from lendata.lengths import WordCounter, count_words
 from lendata.methods.self_lengthen.queries import QuerySettings
 from lendata.methods.shared import checks
@@ -433,30 +434,35 @@ def extend(
     lora: str | None = None,
     on_result: OnResult | None = None,
 ) -> list[Response]:
-    """The extension submissions of every usable initial response (`submissions`), each extended in rounds
-    (each micro-step is one engine batch across all rows); a submission that never grows enough has
-    `failed` set. The initial responses are not changed."""
+    """The extension submissions of every usable initial response (`submissions`), each extended as one chain
+    of calls (engines/chains.py: A then B of each micro-round, round after round, attempt after attempt),
+    all rows at once: on vLLM a row's next call joins the running batch when its last ends, elsewhere each
+    micro-step is one engine batch across the rows. A submission that never grows enough has `failed` set.
+    The initial responses are not changed."""
     rows = submissions(responses, s)
-    active = [_ExtendState(r, r.initial) for r in rows]
-    no_repeat = extend_no_repeat(engine, s) if active else 0
-    while active:
-        # zh: a character is 1-3 byte-level tokens, so the same span takes about twice the n (as AgentWrite)
-        bans = [no_repeat * (2 if st.resp.language == "zh" else 1) for st in active]
-        # A: extend the first half, keep the head of what comes back
-        key = [(st.resp.id, st.attempt, st.round) for st in active]
-        chats = [extend_chat(st.resp.instruction, first_half(st.current), st.resp.language) for st in active]
-        reqs = _sampled(engine, chats, [_seed(s.seed, *k, "A") for k in key], s, lora, no_repeat_ngram=bans)
-        for st, res in zip(active, engine.generate(reqs, on_result), strict=True):
-            head = keep_head(res.text, s.keep_share) if res.ok else ""
-            st.prefix = head + "\n\n" if head else ""
-        # B: the extend prompt over the whole text, continued after that head
-        chats = [extend_chat(st.resp.instruction, st.current, st.resp.language, st.prefix) for st in active]
-        reqs = _sampled(engine, chats, [_seed(s.seed, *k, "B") for k in key], s, lora, no_repeat_ngram=bans)
-        for st, res in zip(active, engine.generate(reqs, on_result), strict=True):
-            out = (st.prefix + _finished(res, st.resp.language)).strip() if res.ok else ""
-            _accept_round(st, out, res.error if not res.ok else None, s)
-        active = [st for st in active if _advance(st, s)]
+    no_repeat = extend_no_repeat(engine, s) if rows else 0
+    run_chains(engine, [_extend_chain(_ExtendState(r, r.initial), engine, s, lora, no_repeat) for r in rows],
+               on_result)
     return rows
+
+
+def _extend_chain(st: _ExtendState, engine: Engine, s: Settings, lora: str | None, no_repeat: int) -> Chain[None]:
+    # zh: a character is 1-3 byte-level tokens, so the same span takes about twice the n (as AgentWrite)
+    ban = [no_repeat * (2 if st.resp.language == "zh" else 1)]
+    while True:
+        key = (st.resp.id, st.attempt, st.round)
+        # A: extend the first half, keep the head of what comes back
+        chat = extend_chat(st.resp.instruction, first_half(st.current), st.resp.language)
+        res = yield _sampled(engine, [chat], [_seed(s.seed, *key, "A")], s, lora, no_repeat_ngram=ban)[0]
+        head = keep_head(res.text, s.keep_share) if res.ok else ""
+        st.prefix = head + "\n\n" if head else ""
+        # B: the extend prompt over the whole text, continued after that head
+        chat = extend_chat(st.resp.instruction, st.current, st.resp.language, st.prefix)
+        res = yield _sampled(engine, [chat], [_seed(s.seed, *key, "B")], s, lora, no_repeat_ngram=ban)[0]
+        out = (st.prefix + _finished(res, st.resp.language)).strip() if res.ok else ""
+        _accept_round(st, out, res.error if not res.ok else None, s)
+        if not _advance(st, s):
+            return
 
 
 def drop_short_initial(responses: Sequence[Response], s: Settings, iteration: int

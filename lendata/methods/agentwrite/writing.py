@@ -1,0 +1,268 @@
+"""AgentWrite's writing (LongWriter, METHODS.md §3): each sample's steps as one chain (engines/chains.py).
+
+A step's word target is what remains of the goal in the plan's proportions, its token budget that target times
+the sample's own tokens per word; its prompt holds the instruction, the plan and the most recent text that fits
+the window. A paragraph that fails or loops is resampled (a new seed), a last paragraph cut at its limit is
+continued from where it stopped, and a paragraph cut anywhere else is trimmed to its last sentence. Deviations
+from the reference are listed in plan_and_write.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from lendata.engines.base import DECODING_OPTIONS, Engine, OnResult, Request, enforces, estimate_prompt_tokens
+from lendata.engines.chains import Chain, run_chains
+from lendata.lengths import count_words
+from lendata.methods.shared import checks
+from lendata.methods.shared.budget import measure_tokens_per_word
+
+if TYPE_CHECKING:  # the data types live beside the plan; at run time this module needs only their attributes
+    from lendata.methods.agentwrite.plan_and_write import Sample, Settings
+
+log = logging.getLogger("lendata.agentwrite")
+
+WRITE_PROMPT = """You are an excellent writing assistant. I will give you an original writing instruction and \
+my planned writing steps. I will also provide you with the text I have already written. Please help me \
+continue writing the next paragraph based on the writing instruction, writing steps, and the already written \
+text.
+
+Writing instruction:
+{instruction}
+
+Writing steps:
+{plan}
+
+Already written text:
+{text}
+
+Please integrate the original writing instruction, writing steps, and the already written text, and now \
+continue writing step {step}: {point} ({words} words). If needed, you can add a small subtitle at the \
+beginning. Remember to only output the paragraph you write, without repeating the already written text. As \
+this is an ongoing work, omit open-ended conclusions or other rhetorical hooks."""
+
+# Small models answer the reference prompt conversationally ("I'm happy to help..."); this one asks only for
+# the text. Same inputs: instruction, plan, text so far, current step.
+WRITE_PROMPT_CONCISE = """Task: {instruction}
+
+Outline:
+{plan}
+
+Text written so far:
+{text}
+
+Write section {step} of the outline now: {point}. Write about {words} words of the text itself, continuing \
+from where the text so far ends. Do not greet, do not comment on the task, do not repeat earlier sections. \
+This is an ongoing work: omit open-ended conclusions or other rhetorical hooks."""
+
+WRITE_PROMPTS = {"longwriter": WRITE_PROMPT, "concise": WRITE_PROMPT_CONCISE}
+
+
+# --- 3. write, step by step --------------------------------------------------------------------------
+
+
+def _seed(base: int, sid: str, what: str) -> int:
+    return (base * 1_000_003 + int(hashlib.sha256(f"{sid}|{what}".encode()).hexdigest()[:8], 16)) % (2**31)
+
+
+def render_plan(plan: list[dict[str, Any]]) -> str:
+    return "\n".join(f"Step {i}: {p['main_point']} ({p['words']} words)" for i, p in enumerate(plan, 1))
+
+
+def fit_text(
+    fixed_tokens: int, text: str, budget: int, count: Callable[[list[str]], list[int]]
+) -> str:
+    """The most recent part of `text` that fits in `budget - fixed_tokens` tokens (whole paragraphs first)."""
+    room = budget - fixed_tokens
+    if room <= 0 or not text:
+        return ""
+    if count([text])[0] <= room:
+        return text
+    paras = text.split("\n\n")
+    kept: list[str] = []
+    for p in reversed(paras):  # newest paragraphs first
+        if count(["\n\n".join([p, *kept])])[0] > room:
+            break
+        kept.insert(0, p)
+    if kept:
+        return "...\n\n" + "\n\n".join(kept)
+    tail = paras[-1]  # even the last paragraph is too long: keep its end
+    while tail and count([tail])[0] > room:
+        tail = tail[len(tail) // 4 :]
+    return "..." + tail
+
+
+def step_request(smp: Sample, step: int, engine: Engine, s: Settings, tpw_prior: dict[str, float]) -> Request:
+    """Step `step` of `smp`: its word target is what remains of the goal in the plan's proportions; its prompt
+    holds the instruction, the plan and the most recent text that fits the window beside the step's budget."""
+    remaining = max(1, smp.goal - smp.words_out)
+    rest = smp.plan[step:]
+    share = smp.plan[step]["words"] / max(1, sum(p["words"] for p in rest))
+    words = max(10, round(remaining * share))
+    # a server that reports no usage gives 0 tokens: the prior then, not a 16-token budget for every step
+    tpw = (smp.tokens_out / smp.words_written if smp.words_written >= 50 and smp.tokens_out > 0
+           else tpw_prior[smp.language])
+    max_tokens = max(16, math.ceil(words * tpw * s.max_ratio))
+    min_tokens = min(max_tokens, math.floor(words * tpw * s.min_ratio))
+    base = WRITE_PROMPTS[s.write_prompt].format(
+        instruction=smp.instruction, plan=render_plan(smp.plan), text="{text}", step=step + 1,
+        point=smp.plan[step]["main_point"], words=words,
+    )
+    fixed = estimate_prompt_tokens(engine, [({"role": "user", "content": base},)])[0]
+    # a last step may be continued (continue_step): its prompt leaves room for the continuations too
+    reserve = s.continue_attempts * continuation_tokens(max_tokens) if step == len(smp.plan) - 1 else 0
+    budget = engine.context_window - max_tokens - reserve - 16
+    if budget - fixed < 0:  # the window cannot hold this step's output: shrink it to what fits
+        max_tokens = max(16, engine.context_window - fixed - reserve - 16)
+        min_tokens = min(min_tokens, max_tokens)
+        budget = engine.context_window - max_tokens - reserve - 16
+    text = fit_text(fixed, smp.text, budget, engine.count_tokens) or "(nothing yet)"
+    smp.step_targets.append(words)
+    return Request(
+        messages=({"role": "user", "content": base.replace("{text}", text, 1)},),
+        max_tokens=max_tokens, min_tokens=min_tokens, temperature=s.temperature, top_p=s.top_p,
+        # zh: a character is 1-3 byte-level tokens, so the same span takes about twice the n
+        repetition_penalty=s.repetition_penalty,
+        no_repeat_ngram=s.no_repeat_ngram * (2 if smp.language == "zh" else 1),
+        end_at_sentence=s.end_at_sentence, seed=_seed(s.seed, smp.id, f"step{step}"),
+    )
+
+
+PARAGRAPH_END = "\n\n"
+# the least a continuation may write: a sixth of a short step's budget (a 60-word step: 13 tokens) is too few
+# to finish the sentence it was cut in, and a continuation that is cut again leaves the text's ending truncated
+CONTINUE_MIN_TOKENS = 64
+
+
+def continuation_tokens(step_max_tokens: int) -> int:
+    """The budget of one continuation of a step: a sixth of the step's (bounding the overshoot), at least
+    `CONTINUE_MIN_TOKENS`."""
+    return max(CONTINUE_MIN_TOKENS, step_max_tokens // 6)
+
+
+def continue_step(req: Request, res: Any, engine: Engine, s: Settings) -> Chain[Any]:
+    """A step that stopped at its token limit is continued from where it stopped (the assistant turn is
+    prefilled with what was written), with a sixth of the step's budget (which bounds the overshoot) but at least
+    `CONTINUE_MIN_TOKENS`, so a paragraph ends on its own instead of being trimmed back to its last sentence. A
+    continuation also ends where the model starts a new paragraph (the step asked for one), or, with
+    `end_at_sentence`, at the first sentence end. Its text is appended, its tokens counted and its finish reason
+    becomes the step's; a failed continuation is tried again (new seed) and, failing every attempt, the cut
+    paragraph stays, trimmed as before."""
+    from dataclasses import replace
+
+    for attempt in range(s.continue_attempts):
+        if not (res.ok and res.finish_reason == "length" and res.text.strip()):
+            break
+        more = replace(req, messages=(*req.messages, {"role": "assistant", "content": res.text}),
+                       max_tokens=continuation_tokens(req.max_tokens), min_tokens=0,
+                       stop=tuple(dict.fromkeys((*req.stop, PARAGRAPH_END))),
+                       seed=(req.seed or 0) + 7919 * (attempt + 1))
+        # the step's prompt was fitted with room for the step alone: a continuation gets what the window has
+        # left (a server rejects a request whose prompt and max_tokens pass the window)
+        room = engine.context_window - estimate_prompt_tokens(engine, [more.messages])[0] - 16
+        if room < 16:
+            break
+        r = yield replace(more, max_tokens=min(more.max_tokens, room))
+        if r.ok:
+            res = type(res)(text=res.text + r.text, prompt_tokens=res.prompt_tokens,
+                            completion_tokens=res.completion_tokens + r.completion_tokens,
+                            finish_reason=r.finish_reason)
+    return res
+
+
+def write_chain(smp: Sample, engine: Engine, s: Settings, tpw_prior: dict[str, float],
+                on_step: Callable[[], None] | None = None) -> Chain[None]:
+    """A sample's steps in order (engines/chains.py): each step's call, its resamples when it failed or loops,
+    its continuation when it is the last and was cut, then the paragraph recorded."""
+    for step in range(min(s.max_steps, len(smp.plan))):
+        req = step_request(smp, step, engine, s, tpw_prior)
+        res = yield req
+        # a failed or looping paragraph is sampled again (bounded); the least repetitive candidate wins
+        # a paragraph that repeats itself or re-writes the recent text counts as a loop
+        bad = _step_badness(res, smp, s)
+        for attempt in range(1, s.step_attempts):
+            if bad == 0:
+                break
+            again = yield _resample(req, attempt)
+            if (worse := _step_badness(again, smp, s)) < bad:
+                res, bad = again, worse
+        # only a sample's last step is continued: a middle paragraph cut at its limit is trimmed to its last
+        # sentence and the next step goes on from there, but the text's own ending must be the model's.
+        # Without end_at_sentence a continuation runs to a paragraph break, so one already well over its word
+        # target is trimmed instead (continuing it would cost length fidelity); with it, a continuation adds
+        # one sentence at most
+        if step == len(smp.plan) - 1 and (
+                s.end_at_sentence or count_words(res.text, s.word_counter) < 1.25 * smp.step_targets[-1]):
+            res = yield from continue_step(req, res, engine, s)
+        if not res.ok:  # never a placeholder in the data: the row fails
+            smp.failed = f"step {step + 1} failed: {res.error}"
+            if on_step:
+                on_step()
+            return
+        _record_step(smp, step, res, s)
+        if on_step:
+            on_step()
+
+
+def _record_step(smp: Sample, step: int, res: Any, s: Settings) -> None:
+    raw = checks.strip_step_label(res.text)
+    # a paragraph cut at its limit goes back to its last sentence end; so does the text's last paragraph when it
+    # ends mid-sentence (a continuation stopped at a paragraph break); a middle paragraph that ends on a heading
+    # or a list is left as written
+    cut = res.finish_reason == "length" or step == len(smp.plan) - 1
+    para = checks.trim_to_sentence(raw, smp.language) if cut else raw.strip()
+    raw_words = count_words(raw, s.word_counter)
+    if raw_words:  # this sample's own tokens per word, for the next steps' budgets
+        smp.tokens_out += res.completion_tokens
+        smp.words_written += raw_words
+        smp.words_out += raw_words
+    kept = count_words(para, s.word_counter)
+    smp.words_out += kept - raw_words  # what was trimmed away no longer counts
+    smp.paragraphs.append(para)
+    smp.step_words.append(kept)
+    smp.step_finish.append(res.finish_reason)
+
+
+def write(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResult | None = None,
+          on_step: Callable[[int], None] | None = None) -> None:
+    """Write every planned sample's steps (`write_chain`), all samples at once."""
+    s = _decoding_options_for(engine, s)
+    tpw_prior = measure_tokens_per_word(engine, s.word_counter)
+    run_chains(engine, [write_chain(smp, engine, s, tpw_prior, on_step and (lambda i=i: on_step(i)))
+                        for i, smp in enumerate(samples)], on_result)
+
+
+def _decoding_options_for(engine: Engine, s: Settings) -> Settings:
+    """`s` without the decoding options the engine cannot enforce (it would refuse every step), with a warning:
+    the steps then go as in the reference, loops resampled after the fact and cut paragraphs trimmed."""
+    from dataclasses import replace
+
+    dropped = [o for o in DECODING_OPTIONS if getattr(s, o) and not enforces(engine, o)]  # same names as Request
+    if not dropped:
+        return s
+    log.warning("agentwrite: the %s engine cannot enforce %s while decoding; writing without (loops are "
+                "resampled after the fact, cut paragraphs trimmed)", engine.name, ", ".join(dropped))
+    return replace(s, **{o: type(getattr(s, o))() for o in dropped})
+
+
+def _step_badness(res: Any, smp: Sample, s: Settings) -> float:
+    """0 for a usable paragraph; higher is worse: an error, else how often one of its n-grams occurs in the
+    paragraph plus the sample's recent text (the last ~2 paragraphs' worth)."""
+    if not res.ok:
+        return math.inf
+    before = smp.text[-3000:]
+    reps = checks.new_text_repeats(before, res.text, checks.default_n(smp.language), smp.language)
+    return max(0, reps - 1)
+
+
+def _resample(req: Request, attempt: int) -> Request:
+    """Another sample of the same request. The seed moves too: an engine seeds from `seed` alone (llama.cpp
+    does), so a new `sample_index` with the old seed gave the same text again and retries were wasted."""
+    from dataclasses import replace
+
+    seed = None if req.seed is None else (req.seed + 1_000_003 * attempt) % 2**31
+    return replace(req, sample_index=req.sample_index + attempt, seed=seed)

@@ -551,8 +551,10 @@ class ShuffledContinuous:
         self.rng = random.Random(seed)
         self.orders = []
 
+    answer = staticmethod(_hashed_writer)
+
     def generate(self, requests, on_result=None):
-        return [_hashed_writer(r) for r in requests]
+        return [self.answer(r) for r in requests]
 
     def generate_chains(self, chains, on_result=None):
         from lendata.engines.chains import Chains
@@ -562,7 +564,7 @@ class ShuffledContinuous:
         while state.pending:
             i = self.rng.choice(sorted(state.pending))
             self.orders.append(i)
-            state.send(i, _hashed_writer(state.pending[i]))
+            state.send(i, self.answer(state.pending[i]))
         return state.values
 
     def count_tokens(self, texts):
@@ -635,7 +637,14 @@ def test_the_progress_bars_end_at_their_totals(scripted, continuous):
         def get(self):
             return eng
 
-    eng = ShuffledContinuous(0) if continuous else scripted(_hashed_writer)
+    def failing(req):  # the mud sample's second step fails: the bar still ends at its total
+        if "mud" in req.messages[0]["content"] and "Write section 2" in req.messages[0]["content"]:
+            return Result.failed("server exploded")
+        return _hashed_writer(req)
+
+    eng = ShuffledContinuous(0) if continuous else scripted(failing)
+    if continuous:
+        eng.answer = failing
     s = S(min_paragraph=80, max_paragraph=200, write_prompt="concise", continue_attempts=2, step_attempts=3)
     samples = aw.prepare([{"instruction": f"Write about {t} in {w} words.", "source": ""}
                           for t, w in [("rivers", 400), ("hills", 250), ("mud", 600)]], s)
@@ -644,5 +653,6 @@ def test_the_progress_bars_end_at_their_totals(scripted, continuous):
     assert labels == (["planning and writing"] if continuous else ["planning", "writing"])
     for b in bars:
         assert b.rows == b.total and b.tokens > 0
+    assert any(x.failed for x in samples)
     if not continuous:
         assert bars[1].total == sum(len(x.plan) for x in samples) > len(samples)

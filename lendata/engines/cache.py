@@ -145,13 +145,15 @@ class CachedEngine:
                     if on_result:
                         on_result(index, res)
                 else:
-                    self.calls += 1
                     res = yield req
+                    self.calls += 1  # counted once answered: a request the drive never sent is no call
                     self.tokens += res.completion_tokens
                     self.cache.put(key, self.name, self.model_id, res)
                 req = chain.send(res)
         except StopIteration as done:
             return done.value
+        finally:  # a drive that ends early closes this wrapper: the method's chain is closed with it
+            chain.close()
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return self.engine.count_tokens(texts)

@@ -67,6 +67,9 @@ class OpenAIEngine:
         json_format: str = "json_schema",
         send_min_tokens: bool = True,
         tokenizer: str | None = None,
+        # a chain's next request goes out as soon as its previous one is answered (engines/chains.py); False:
+        # rounds, every request of a round waits for the round's slowest
+        continuous_batching: bool = True,
     ):
         if json_format not in {"json_schema", "json_object"}:
             raise ValueError(f"json_format must be json_schema or json_object, got {json_format!r}")
@@ -79,6 +82,7 @@ class OpenAIEngine:
         self.max_backoff = float(max_backoff)
         self.json_format = json_format
         self.send_min_tokens = send_min_tokens
+        self.continuous_batching = bool(continuous_batching)
         self._tokenizer = tokenizer
         self._route: str | None = None  # the tokenize route found on first use: a key of _ROUTES, or none
         self._client: httpx.Client | None = None
@@ -251,12 +255,11 @@ class OpenAIEngine:
         self._check(requests)
         return self._in_loop(lambda: self._run(requests, on_result))
 
-    # a server batches whatever arrives: a chain's next request goes out the moment its previous one is answered
-    continuous_batching = True
-
     def generate_chains(self, chains: Sequence[Chain[Any]], on_result: OnChainResult | None = None) -> list[Any]:
         """Chains (engines/chains.py) with at most `concurrency` requests in flight: each chain sends its next
-        request as soon as its previous one is answered, never waiting for a round's slowest."""
+        request as soon as its previous one is answered, never waiting for a round's slowest. Chain code (which
+        may count tokens through the server, synchronously) runs on a worker thread, one chain at a time, so
+        the event loop keeps receiving answers meanwhile; the first error cancels every other chain's call."""
         state = Chains(chains, on_result)
 
         async def drive() -> None:
@@ -266,15 +269,20 @@ class OpenAIEngine:
 
                 async def follow(i: int, req: Request | None) -> None:
                     while req is not None:
-                        self._check([req])
+                        await asyncio.to_thread(self._check, [req])
                         async with sem:
                             res = await self._one(client, req)
-                        req = state.send(i, res)
+                        req = await asyncio.to_thread(state.send, i, res)
 
-                await asyncio.gather(*(follow(i, req) for i, req in state.start().items()))
+                firsts = await asyncio.to_thread(state.start)
+                async with asyncio.TaskGroup() as group:  # an error cancels the other chains' calls
+                    for i, req in firsts.items():
+                        group.create_task(follow(i, req))
 
         try:
             self._in_loop(drive)
+        except BaseExceptionGroup as group:  # TaskGroup wraps: the caller gets the first error itself
+            raise group.exceptions[0] from None
         finally:
             state.close()
         return state.values

@@ -73,6 +73,7 @@ class VLLMEngine:
         )
         self.context_window = int(self._llm.model_config.max_model_len)  # what vLLM settled on
         self.continuous_batching = bool(continuous_batching)
+        self._driving = False
         self._lora_ids: dict[str, int] = {}
         self.supports_lora, self.max_lora_rank = bool(enable_lora), int(max_lora_rank)
         tok = tokenizer or (str(Path(model) / "tokenizer.json") if (Path(model) / "tokenizer.json").is_file() else None)
@@ -139,6 +140,15 @@ class VLLMEngine:
         as soon as its previous one finishes. Both `generate` and this go through `LLM.enqueue_chat` (vLLM's
         own chat rendering, one conversation per request, so a prefill and a fresh turn share a batch) and
         `LLMEngine.step`."""
+        if self._driving:  # a second drive on the same LLM would abort this one's requests and eat its outputs
+            raise RuntimeError("the vllm engine is already running chains (a chain cannot call the same engine)")
+        self._driving = True
+        try:
+            return self._drive(chains, on_result)
+        finally:
+            self._driving = False
+
+    def _drive(self, chains: Sequence[Chain[Any]], on_result: OnChainResult | None) -> list[Any]:
         self._abort_leftovers()
         state = Chains(chains, on_result)
         running: dict[str, int] = {}  # vLLM's external request id -> chain index
@@ -164,6 +174,11 @@ class VLLMEngine:
             for i, req in state.start().items():
                 submit(i, req)
             while running and failure is None:
+                if not self._llm.llm_engine.has_unfinished_requests():  # vLLM dropped them: never wait forever
+                    for rid, i in list(running.items()):
+                        del running[rid]
+                        submit(i, state.send(i, Result.failed("vLLM dropped the request without an output")))
+                    continue
                 for out in self._llm.llm_engine.step():
                     if not out.finished or out.request_id not in running:
                         continue
@@ -193,8 +208,14 @@ class VLLMEngine:
         """Requests an earlier call left in the engine (a kill inside `enqueue_chat`, after vLLM had added the
         request but before its id came back) would share this call's batch for nothing: abort them."""
         engine = self._llm.llm_engine
-        if engine.has_unfinished_requests():
+        if not engine.has_unfinished_requests():
+            return
+        try:  # vLLM 0.32's own bookkeeping: every request it still holds, by internal id
             engine.abort_request(list(engine.output_processor.request_states), internal=True)
+        except (AttributeError, TypeError) as e:  # another vLLM: decode them to their end instead (slow, correct)
+            log.warning("vllm: cannot abort the requests an earlier call left (%s); finishing them first", e)
+            while engine.has_unfinished_requests():
+                engine.step()
 
     def _prompt_lengths(self, requests: Sequence[Request]) -> list[int]:
         tok = self._llm.get_tokenizer()

@@ -147,3 +147,33 @@ def test_counters_count_through_a_continuous_inner_engine(tmp_path):
     again = CachedEngine(Continuous(), ResponseCache(tmp_path / "c.sqlite"))
     run_chains(again, [counter("a", 2), counter("b", 1)])
     assert (again.calls, again.hits, again.tokens) == (0, 3, 0) and again.engine.used == ["chains"]
+
+
+def test_the_cache_closes_the_method_s_own_chain_when_a_drive_ends_early(tmp_path, scripted):
+    closed = []
+
+    def chain(name, fail):
+        try:
+            yield ask(name)
+            if fail:
+                raise ValueError("a bug in a method")
+            yield ask(name + " again")
+        finally:
+            closed.append(name)
+
+    for inner in (scripted(), Continuous()):
+        closed.clear()
+        cached = CachedEngine(inner, ResponseCache(tmp_path / f"{inner.name}.sqlite"))
+        try:
+            run_chains(cached, [chain("a", False), chain("b", True), chain("c", False)])
+        except ValueError:
+            assert sorted(closed) == ["a", "b", "c"]  # the wrappers closed what they wrap, before the caller
+        else:
+            pytest.fail("the chain's error did not reach the caller")
+
+
+def test_an_engine_that_answers_fewer_requests_than_it_was_sent_is_an_error_not_a_loop(scripted):
+    eng = scripted()
+    eng.generate = lambda reqs, on_result=None: [Result(text="x")] * (len(reqs) - 1)
+    with pytest.raises(RuntimeError, match="answered 1 of 2"):
+        in_rounds(eng, [counter("a", 2), counter("b", 2)])

@@ -408,3 +408,31 @@ def test_a_chain_request_the_server_cannot_enforce_is_refused():
     engine = OpenAIEngine(base_url="http://127.0.0.1:9/v1", model="m", context_window=1024)  # refused before any call
     with pytest.raises(UnsupportedOption):
         run_chains(engine, [one_call(ask("hi", max_tokens=5, no_repeat_ngram=4))])
+
+
+def test_a_failing_chain_stops_the_others_instead_of_letting_them_run_on():
+    from lendata.engines.chains import run_chains
+
+    srv = FaultServer([])
+    srv.RequestHandlerClass = _SlowOnRequest
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    closed = []
+    try:
+        engine = OpenAIEngine(base_url=srv.url, model="m", context_window=1024, backoff=0.01)
+
+        def chain(name, prompts, fail=False):
+            try:
+                for p in prompts:
+                    yield ask(p, max_tokens=5)
+                    if fail:
+                        raise ValueError("a bug in a method")
+            finally:
+                closed.append(name)
+
+        with pytest.raises(ValueError, match="a bug"):
+            run_chains(engine, [chain("slow", ["slow one", "after the slow one"]), chain("quick", ["q"], fail=True)])
+        time.sleep(1.2)  # the slow answer has come back by now: nothing more may go out
+        sent = [p for p, _ in srv.requests]
+        assert "after the slow one" not in sent and sorted(closed) == ["quick", "slow"]
+    finally:
+        srv.shutdown()

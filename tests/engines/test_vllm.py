@@ -239,6 +239,19 @@ def test_a_chain_that_fails_mid_run_leaves_nothing_running_and_loses_no_finished
     assert got == [None] and engine.generate([short])[0].ok
 
 
+def test_a_chain_that_calls_the_engine_it_runs_on_is_a_clear_error(engine):
+    """A nested drive on the same LLM would abort the outer drive's requests and eat their outputs."""
+    from lendata.engines.chains import run_chains
+
+    def chain():
+        yield ask("Say hi.", max_tokens=4, seed=1)
+        engine.generate([ask("Say yes.", max_tokens=4, seed=2)])
+
+    with pytest.raises(RuntimeError, match="already running chains"):
+        run_chains(engine, [chain()])
+    assert engine.generate([ask("Say yes.", max_tokens=4, seed=2)])[0].ok  # and the engine goes on
+
+
 def test_requests_left_in_the_engine_by_an_earlier_call_are_aborted(engine):
     """A kill inside enqueue_chat can leave a request vLLM added but whose id never came back: the next call
     aborts it instead of decoding it beside its own rows."""

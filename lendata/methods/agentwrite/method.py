@@ -34,7 +34,7 @@ def plan_write_filter(s: aw.Settings, samples: Sequence[aw.Sample], offset: int,
         with progress(len(samples), "planning") as bar:
             aw.make_plans(samples, engine, s, on_result=tokens(bar), on_sample=lambda _i: bar.advance(1, 0))
         with progress(sum(min(len(x.plan), s.max_steps) for x in samples), "writing") as bar:
-            aw.write(samples, engine, s, on_result=tokens(bar), on_step=lambda _i: bar.advance(1, 0))
+            aw.write(samples, engine, s, on_result=tokens(bar), on_step=lambda _i, n: bar.advance(n, 0))
     table, filtered = aw.to_table(samples, engine, s)
     table, below = quality_gate.judge_shard(table, s, engines, progress)
     return table, filtered + below

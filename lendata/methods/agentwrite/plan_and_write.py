@@ -10,7 +10,7 @@ model hits its targets:
   re-measured on the sample's own output after each step, and each step's target is what remains of the
   goal, so errors of early steps are corrected by later ones;
 - each sample is one chain of calls (its plan, then its steps; engines/chains.py) and all samples run at once:
-  on vLLM a sample's next call joins the running batch the moment its previous one finishes (continuous
+  on vLLM and servers a sample's next call joins the running batch the moment its previous one finishes (continuous
   batching), elsewhere the current call of every sample goes in one batch ("rounds"); each prompt is fitted
   to the context window by keeping the instruction, the plan and the most recent text that fits, in that order
   (consecutive steps share the instruction and the plan, and the text so far while it fits whole, a prefix
@@ -378,7 +378,8 @@ def make_plans(samples: list[Sample], engine: Engine, s: Settings, on_result: On
 def plan_and_write(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResult | None = None,
                    on_sample: Callable[[int], None] | None = None) -> None:
     """Plan and write every sample, each as one chain (plan, then its steps): on an engine with continuous
-    batching (vLLM) a sample starts writing the moment its plan is done and never waits for the others.
+    batching (vLLM, servers) a sample starts writing once its plan is done and never waits for the slowest
+    sample of a step (with more samples than a server's `concurrency`, the plans still go out first).
     `on_result(i, result)` hears every call of sample i, `on_sample(i)` when sample i is finished."""
     firsts = [_plan_request(smp, engine, s) for smp in samples]
     writing = _decoding_options_for(engine, s)

@@ -175,10 +175,16 @@ def continue_step(req: Request, res: Any, engine: Engine, s: Settings) -> Chain[
 
 
 def write_chain(smp: Sample, engine: Engine, s: Settings, tpw_prior: dict[str, float],
-                on_step: Callable[[], None] | None = None) -> Chain[None]:
+                on_step: Callable[[int], None] | None = None) -> Chain[None]:
     """A sample's steps in order (engines/chains.py): each step's call, its resamples when it failed or loops,
-    its continuation when it is the last and was cut, then the paragraph recorded."""
-    for step in range(min(s.max_steps, len(smp.plan))):
+    its continuation when it is the last and was cut, then the paragraph recorded. `on_step(n)`: n more of
+    the sample's steps are done (the rest at once when the sample fails)."""
+    steps = min(s.max_steps, len(smp.plan))
+    if smp.failed:  # failed before writing (a caller's own sample): nothing to write
+        if on_step:
+            on_step(steps)
+        return
+    for step in range(steps):
         req = step_request(smp, step, engine, s, tpw_prior)
         res = yield req
         # a failed or looping paragraph is sampled again (bounded); the least repetitive candidate wins
@@ -201,11 +207,11 @@ def write_chain(smp: Sample, engine: Engine, s: Settings, tpw_prior: dict[str, f
         if not res.ok:  # never a placeholder in the data: the row fails
             smp.failed = f"step {step + 1} failed: {res.error}"
             if on_step:
-                on_step()
+                on_step(steps - step)  # this step and the ones that will never be written
             return
         _record_step(smp, step, res, s)
         if on_step:
-            on_step()
+            on_step(1)
 
 
 def _record_step(smp: Sample, step: int, res: Any, s: Settings) -> None:
@@ -228,11 +234,11 @@ def _record_step(smp: Sample, step: int, res: Any, s: Settings) -> None:
 
 
 def write(samples: list[Sample], engine: Engine, s: Settings, on_result: OnResult | None = None,
-          on_step: Callable[[int], None] | None = None) -> None:
+          on_step: Callable[[int, int], None] | None = None) -> None:
     """Write every planned sample's steps (`write_chain`), all samples at once."""
     s = _decoding_options_for(engine, s)
     tpw_prior = measure_tokens_per_word(engine, s.word_counter)
-    run_chains(engine, [write_chain(smp, engine, s, tpw_prior, on_step and (lambda i=i: on_step(i)))
+    run_chains(engine, [write_chain(smp, engine, s, tpw_prior, on_step and (lambda n, i=i: on_step(i, n)))
                         for i, smp in enumerate(samples)], on_result)
 
 

@@ -436,7 +436,7 @@ def extend(
 ) -> list[Response]:
     """The extension submissions of every usable initial response (`submissions`), each extended as one chain
     of calls (engines/chains.py: A then B of each micro-round, round after round, attempt after attempt),
-    all rows at once: on vLLM a row's next call joins the running batch when its last ends, elsewhere each
+    all rows at once: on vLLM and servers a row's next call goes out when its last ends, on llama.cpp each
     micro-step is one engine batch across the rows. A submission that never grows enough has `failed` set.
     The initial responses are not changed."""
     rows = submissions(responses, s)

@@ -105,6 +105,7 @@ def in_rounds(engine: Any, chains: Sequence[Chain[T]], on_result: OnChainResult 
         state.close()
     return state.values
 
+
 def run_chains(engine: Any, chains: Sequence[Chain[T]], on_result: OnChainResult | None = None) -> list[T]:
     """Drive every chain to its end and return their values in order: continuously on an engine that says
     `continuous_batching` (its `generate_chains`), else in rounds."""

@@ -463,7 +463,7 @@ def test_a_long_last_step_cut_at_its_limit_is_continued_only_when_the_continuati
 
 def test_an_engine_that_cannot_enforce_the_decoding_options_gets_steps_without_them_and_a_warning(
         scripted, caplog):
-    # the recipe asks for no_repeat_ngram and end_at_sentence; the openai and vllm engines refuse a request that
+    # the recipe asks for no_repeat_ngram and end_at_sentence; the openai engine refuses a request that
     # carries them (they cannot enforce them), so the method must not send them there: the build goes on as the
     # reference does (loops resampled after the fact, paragraphs trimmed) and says so
     class Plain(scripted):

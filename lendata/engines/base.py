@@ -140,12 +140,12 @@ def refuse_unenforced_options(engine_name: str, requests: Sequence[Request]) -> 
     asked = sorted({r.no_repeat_ngram for r in requests if r.no_repeat_ngram})
     if asked:
         raise UnsupportedOption(
-            f"the {engine_name} engine cannot enforce no_repeat_ngram={asked[0]} (only the embedded llamacpp "
-            "engine can today); set no_repeat_ngram=0 in the recipe or use engine=llamacpp")
+            f"the {engine_name} engine cannot enforce no_repeat_ngram={asked[0]} (the llamacpp "
+            "and vllm engines can); set no_repeat_ngram=0 in the recipe or use engine=llamacpp or vllm")
     if any(r.end_at_sentence for r in requests):
         raise UnsupportedOption(
-            f"the {engine_name} engine cannot enforce end_at_sentence (only the embedded llamacpp engine can "
-            "today); set end_at_sentence=false in the recipe or use engine=llamacpp")
+            f"the {engine_name} engine cannot enforce end_at_sentence (the llamacpp and vllm engines can); "
+            "set end_at_sentence=false in the recipe or use engine=llamacpp or vllm")
 
 
 # called once per finished row: (index in the batch, its result)

@@ -27,7 +27,7 @@ from lendata.engines.base import DECODING_OPTIONS, JSON_SAMPLING, AdapterError, 
 from lendata.engines.grammar_last import llama_class
 from lendata.engines.kv_states import CHUNK, AlignedPrefill, KVStates, default_ram_mb
 from lendata.engines.no_repeat import NoRepeatNgram, word_keys
-from lendata.engines.sentence_end import ENDING_CHARS, ends_sentence
+from lendata.engines.sentence_end import SentenceReader
 from lendata.models import BUNDLED_MODEL_ID, bundled_gguf_path, gguf_tokenizer_path
 
 
@@ -70,19 +70,13 @@ class _NoRepeat:
 
 
 class _EndAtSentence:
-    """Logits processor: once `n` tokens are out and the output ends a sentence, only end-of-sequence remains.
-
-    The output's bytes are kept as they come (one token detokenized per call, not the whole output again), after
-    the prefilled text when there is one, and the sentence rule runs only after a token that can end a sentence
-    and at least one generated token."""
-
-    _ENDERS = tuple(c.encode() for c in ENDING_CHARS)
+    """Logits processor: once `n` tokens are out and the output ends a sentence, only end-of-sequence remains
+    (sentence_end.SentenceReader; one token detokenized per call, not the whole output again)."""
 
     def __init__(self, n: int, eos: int, detokenize, prefill: str = ""):
-        self.n, self.eos, self.detokenize = n, eos, detokenize
+        self.eos, self.detokenize = eos, detokenize
+        self.reader = SentenceReader(n, prefill)
         self.start: int | None = None
-        # a continuation's sentence began in the prefilled text: "3" + "." is no end, nor is a quotation left open
-        self.out = bytearray(prefill.encode())
         self.seen = 0
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -91,13 +85,11 @@ class _EndAtSentence:
         new = [int(t) for t in input_ids[self.seen:]]
         self.seen = len(input_ids)
         if new:
-            self.out += self.detokenize(new)
-        if len(input_ids) - self.start >= max(1, self.n) and self.out.rstrip().endswith(self._ENDERS):
-            # the whole output so far: quotation marks opened early must be closed before the end
-            if ends_sentence(self.out.decode("utf-8", errors="ignore")):
-                eos = scores[self.eos]
-                scores[:] = -np.inf
-                scores[self.eos] = eos if np.isfinite(eos) else 0.0
+            self.reader.add(self.detokenize(new))
+        if self.reader.due(len(input_ids) - self.start):
+            eos = scores[self.eos]
+            scores[:] = -np.inf
+            scores[self.eos] = eos if np.isfinite(eos) else 0.0
         return scores
 
 

@@ -23,6 +23,7 @@ word-level loop check after the step still catches it. A ban over decoded words 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -70,18 +71,57 @@ class NoRepeatNgram:
 
     def banned(self, tokens: Sequence[int]) -> list[int]:
         """`tokens`: the whole sequence so far, which only grows between calls (one instance per request)."""
+        self.extend(tokens[self._consumed:])
+        return self.following()
+
+    def extend(self, new_tokens: Sequence[int]) -> None:
+        """Index the tokens that came after those indexed so far."""
         n, units = self.n, self._units
-        for t in tokens[self._consumed:]:
+        for t in new_tokens:
             unit = int(t) if self.keys is None else int(self.keys[int(t)])
             if unit < 0:
                 continue
             units.append(unit)
             if len(units) >= n:
                 self._seen.setdefault(tuple(units[len(units) - n:-1]), set()).add(unit)
-        self._consumed = len(tokens)
+        self._consumed += len(new_tokens)
+
+    def following(self) -> list[int]:
+        """The tokens that may not come next: each would complete an n-gram already indexed."""
+        n, units = self.n, self._units
         if len(units) < n - 1:
             return []
         nxt = self._seen.get(tuple(units[len(units) - n + 1:]) if n > 1 else (), ())
         if self.members is None:
             return sorted(nxt)
         return sorted(t for k in nxt for t in self.members[k])
+
+
+def vocabulary_bytes(tokenizer: Any) -> list[bytes]:
+    """Each token id's bytes, as llama.cpp's `detokenize` gives them, from a Hugging Face `tokenizers.Tokenizer`
+    (for engines that hold no llama.cpp vocabulary: vLLM). Byte-level BPE vocabularies (GPT-2, Llama 3, Qwen,
+    SmolLM2) through the byte table their pieces are spelt in; a "<0xNN>" byte token as that byte; any other
+    token as its decoded text. Special tokens (control tokens: "<|im_end|>") are empty, as llama.cpp renders
+    them, so they never count as words."""
+    import json
+
+    decoder = (json.loads(tokenizer.to_str()).get("decoder") or {})
+    byte_level = decoder.get("type") == "ByteLevel" or any(
+        d.get("type") == "ByteLevel" for d in decoder.get("decoders") or [])
+    from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2's byte -> character table
+
+    table = {ch: b for b, ch in bytes_to_unicode().items()}
+    special = {i for i, tok in tokenizer.get_added_tokens_decoder().items() if tok.special}
+    out: list[bytes] = []
+    for i in range(tokenizer.get_vocab_size(with_added_tokens=True)):
+        piece = tokenizer.id_to_token(i)
+        if piece is None or i in special:
+            out.append(b"")
+        elif byte_level and all(ch in table for ch in piece):
+            out.append(bytes(table[ch] for ch in piece))
+        elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            out.append(bytes([int(piece[3:5], 16)]))
+        else:
+            out.append(tokenizer.decode([i], skip_special_tokens=False).encode())
+    return out
+

@@ -66,3 +66,25 @@ def _open_straight_quote(text: str) -> bool:
     before = text[last - 1] if last else ""
     closes = before.isascii() and before.isalnum() or before in _CLOSES_AFTER
     return not closes
+
+
+class SentenceReader:
+    """An output read as it is generated, for `end_at_sentence` in any engine's logits processor: `add` each new
+    token's bytes; `due(generated)` says whether only end-of-sequence may follow (at least `min_tokens` and one
+    token generated, and the text ends a sentence). A continuation's sentence began in its prefilled text: "3"
+    + "." is no end, nor is a quotation the prefill left open. The rule itself runs only after a byte that can
+    end a sentence."""
+
+    _ENDERS = tuple(c.encode() for c in ENDING_CHARS)
+
+    def __init__(self, min_tokens: int, prefill: str = ""):
+        self.min_tokens = max(1, min_tokens)
+        self.out = bytearray(prefill.encode())
+
+    def add(self, piece: bytes) -> None:
+        self.out += piece
+
+    def due(self, generated: int) -> bool:
+        return (generated >= self.min_tokens and self.out.rstrip().endswith(self._ENDERS)
+                # the whole output so far: quotation marks opened early must be closed before the end
+                and ends_sentence(self.out.decode("utf-8", errors="ignore")))

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lendata.engines.base import OnResult, Request, Result, refuse_unenforced_options
+from lendata.engines.base import DECODING_OPTIONS, OnResult, Request, Result
 from lendata.engines.chains import Chain, Chains, OnChainResult, one_call
 
 log = logging.getLogger("lendata.engines")
@@ -61,8 +61,13 @@ class VLLMEngine:
         self._model = model
         self._options = {"dtype": dtype, "max_model_len": max_model_len, "tensor_parallel_size": tensor_parallel_size,
                          **{k: v for k, v in llm_kwargs.items() if k not in _NO_OUTPUT_EFFECT}}
+        from lendata.engines.vllm_decoding import FQCN
+
+        # no_repeat_ngram and end_at_sentence run in vLLM's engine process (engines/vllm_decoding.py)
+        processors = [*(llm_kwargs.pop("logits_processors", None) or []), FQCN]
         self._llm = LLM(
             model=model,
+            logits_processors=processors,
             max_model_len=max_model_len,
             dtype=dtype,
             enforce_eager=enforce_eager,
@@ -97,8 +102,12 @@ class VLLMEngine:
             raise TrainingUnsupported(f"vllm serves {self._model}, not a local checkpoint; set lora.base to one")
         return path
 
+    decoding_options = frozenset(DECODING_OPTIONS)  # engines/vllm_decoding.py
+
     def _params(self, req: Request, prompt_tokens: int):
         from vllm import SamplingParams
+
+        from lendata.engines.vllm_decoding import decoding_args
 
         # vLLM rejects the whole batch when prompt + max_tokens passes the window; cap it per row instead
         max_tokens = min(req.max_tokens, self.context_window - prompt_tokens)
@@ -116,8 +125,16 @@ class VLLMEngine:
             repetition_penalty=req.repetition_penalty,
             seed=req.seed,
             stop=list(req.stop) or None,
+            extra_args=decoding_args(req, self._prefill_tokens(req)),
             **kwargs,
         )
+
+    def _prefill_tokens(self, req: Request) -> int:
+        """How many of the prompt's last tokens are the prefilled assistant text, for an output-scoped ban (0 when
+        nothing needs it)."""
+        if not req.no_repeat_ngram or req.no_repeat_scope != "output" or not req.prefill:
+            return 0
+        return len(self._llm.get_tokenizer().encode(req.prefill, add_special_tokens=False))
 
     def _lora(self, path: str | None):
         if path is None:
@@ -132,7 +149,6 @@ class VLLMEngine:
         finishes, not when the batch does."""
         if not requests:
             return []
-        refuse_unenforced_options(self.name, requests)
         return self.generate_chains([one_call(r) for r in requests], on_result)
 
     def generate_chains(self, chains: Sequence[Chain[Any]], on_result: OnChainResult | None = None) -> list[Any]:
@@ -155,7 +171,6 @@ class VLLMEngine:
 
         def submit(i: int, req: Request | None) -> None:
             while req is not None:
-                refuse_unenforced_options(self.name, [req])
                 n = self._prompt_lengths([req])[0]
                 if n >= self.context_window:  # vLLM would fail the request: the chain gets a row error instead
                     req = state.send(i, Result.failed(

@@ -511,3 +511,23 @@ def test_a_cached_engine_says_what_its_engine_enforces(tmp_path):
     for inner, able in ((ScriptedEngine(), True), (Plain(), False)):
         wrapped = CachedEngine(inner, cache)
         assert enforces(wrapped, "end_at_sentence") is able and enforces(wrapped, "no_repeat_ngram") is able
+
+
+def test_the_vocabulary_read_from_a_tokenizers_file_is_byte_for_byte_llama_cpp_s(llama):
+    """Differential: engines without a llama.cpp vocabulary (vLLM) read each token's bytes from the model's
+    `tokenizers` file; for the bundled model they must be exactly what llama.cpp detokenizes, so the word-key
+    ban and the sentence rule see the same text on every engine (half characters included)."""
+    from tokenizers import Tokenizer
+
+    from lendata.engines.no_repeat import vocabulary_bytes
+    from lendata.models import gguf_tokenizer_path
+
+    tok = Tokenizer.from_file(str(gguf_tokenizer_path(llama.model_path)))
+    ours = vocabulary_bytes(tok)
+    theirs = [llama._llm.detokenize([t]) for t in range(llama._llm.n_vocab())]
+    assert len(ours) == len(theirs)
+    differ = [(t, ours[t], theirs[t]) for t in range(len(ours)) if ours[t] != theirs[t]]
+    # llama-cpp-python detokenizes one token into a 32-byte buffer: its longer tokens (runs of spaces, dashes,
+    # hashes: no letter or digit, so no word key either way) come back empty. Every other token is identical.
+    assert differ and all(theirs == b"" and len(ours) > 32 for _, ours, theirs in differ), differ[:10]
+    assert any(b"\xe4" in p for p in ours) and word_keys(ours)[0].tolist() == word_keys(theirs)[0].tolist()

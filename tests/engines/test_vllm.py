@@ -3,6 +3,7 @@
 The default suite (`make test`) has no vLLM and skips these with the reason.
 """
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -266,3 +267,125 @@ def test_the_cache_key_names_the_weights_not_the_folder(engine, model_dir):
     ident = engine.identity()
     assert ident["weights"] != model_dir and len(ident["weights"]) == 64
     assert engine.model_id == os.path.basename(model_dir.rstrip("/"))  # no local path in the data
+
+
+# --- no_repeat_ngram and end_at_sentence inside vLLM (engines/vllm_decoding.py) -------------------------
+
+REPEAT = "Repeat this line forever: the cat sat on the mat. the cat sat on the mat. the cat sat on the mat."
+
+
+@pytest.fixture(scope="module")
+def keys(model_dir):
+    """The model's word keys, read independently of the engine's processor (from its tokenizer file)."""
+    from tokenizers import Tokenizer
+
+    from lendata.engines.no_repeat import vocabulary_bytes, word_keys
+
+    return word_keys(vocabulary_bytes(Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))))[0]
+
+
+def _run(engine, req):
+    """`req` through the engine, then once more straight through vLLM (same parameters, a batch of one as
+    well, so the same text) for the token ids the engine does not return."""
+    res = engine.generate([req])[0]
+    n = engine._prompt_lengths([req])[0]
+    out = engine._llm.chat([list(req.messages)], [engine._params(req, n)], use_tqdm=False,
+                           add_generation_prompt=req.prefill is None, continue_final_message=req.prefill is not None)
+    assert out[0].outputs[0].text == res.text  # the ids below are this result's
+    return res, list(out[0].prompt_token_ids), list(out[0].outputs[0].token_ids)
+
+
+def _grams(units, n):
+    return [tuple(units[i:i + n]) for i in range(len(units) - n + 1)]
+
+
+def test_no_repeat_ngram_never_repeats_an_ngram_of_prompt_or_output(engine, keys):
+    from lendata.engines.base import enforces
+
+    n = 4
+    assert enforces(engine, "no_repeat_ngram") and enforces(engine, "end_at_sentence")
+    req = ask(REPEAT, max_tokens=80, min_tokens=60, temperature=0.7, seed=3, no_repeat_ngram=n)
+    res, prompt, output = _run(engine, req)
+    assert res.ok and res.completion_tokens >= 60
+    units = [(int(keys[t]), False) for t in prompt if keys[t] >= 0]
+    units += [(int(keys[t]), True) for t in output if t < len(keys) and keys[t] >= 0]
+    seen: set[tuple[int, ...]] = set()
+    for end in range(n, len(units) + 1):
+        gram = tuple(k for k, _ in units[end - n:end])
+        if units[end - 1][1]:  # completed by a sampled token: never one seen before
+            assert gram not in seen, f"repeated {gram}"
+        seen.add(gram)
+    # the same request without the ban repeats itself: the test is not vacuous
+    _, _, free = _run(engine, dataclasses.replace(req, no_repeat_ngram=0))
+    grams = _grams([int(keys[t]) for t in free if t < len(keys) and keys[t] >= 0], n)
+    assert len(set(grams)) < len(grams)
+
+
+def test_output_scope_with_a_prefill_bans_the_head_and_the_answer_but_not_the_prompt(engine, keys):
+    """Self-Lengthen's round B: a continuation may not repeat its prefilled head nor itself, but may copy the
+    user's text (the extender's whole job)."""
+    n = 4
+    tok = engine._llm.get_tokenizer()
+    head = "The cat sat on the mat. The dog sat on the rug. The cat sat on the mat again, and"
+    chat = ({"role": "user", "content": "Write about a cat and a dog."}, {"role": "assistant", "content": head})
+    req = Request(messages=chat, max_tokens=80, min_tokens=60, temperature=0.7, seed=3, no_repeat_ngram=n,
+                  no_repeat_scope="output")
+    head_units = [int(keys[t]) for t in tok.encode(head, add_special_tokens=False) if keys[t] >= 0]
+
+    def continued(r):
+        res, _, output = _run(engine, r)
+        assert res.ok and res.completion_tokens >= 60
+        return head_units + [int(keys[t]) for t in output if t < len(keys) and keys[t] >= 0]
+
+    units = continued(req)
+    seen = set(_grams(head_units, n))
+    for end in range(max(n, len(head_units) + 1), len(units) + 1):
+        gram = tuple(units[end - n:end])
+        assert gram not in seen, f"the continuation repeated {gram}"
+        seen.add(gram)
+    free = _grams(continued(dataclasses.replace(req, no_repeat_ngram=0)), n)
+    assert len(set(free)) < len(free)  # not vacuous: unbanned, the same continuation repeats
+    # the user's text is not banned: an answer begun with "Sure:" copies one of its n-grams
+    copy = Request(messages=({"role": "user", "content": REPEAT}, {"role": "assistant", "content": "Sure:"}),
+                   max_tokens=60, min_tokens=40, temperature=0.7, seed=3, no_repeat_ngram=n, no_repeat_scope="output")
+    _, _, output = _run(engine, copy)
+    user = [int(keys[t]) for t in tok.encode(REPEAT, add_special_tokens=False) if keys[t] >= 0]
+    out = [int(keys[t]) for t in output if t < len(keys) and keys[t] >= 0]
+    assert set(_grams(user, n)) & set(_grams(out, n))
+
+
+def test_end_at_sentence_stops_on_a_whole_sentence_after_the_minimum(engine):
+    from lendata.engines.sentence_end import ends_sentence
+
+    req = ask("Write a long essay about the sea.", max_tokens=300, min_tokens=40, temperature=0.7, seed=11,
+              end_at_sentence=True)
+    res = engine.generate([req])[0]
+    assert res.finish_reason == "stop" and 40 <= res.completion_tokens < 300
+    assert ends_sentence(res.text.rstrip())
+    plain = engine.generate([dataclasses.replace(req, end_at_sentence=False)])[0]
+    assert plain.text.startswith(res.text.rstrip()[:-1])  # the same text up to where it was ended
+    assert plain.completion_tokens > res.completion_tokens  # it did not end there by itself
+
+
+def test_rows_with_and_without_the_rules_share_a_batch_and_only_the_asking_rows_change(engine):
+    # every row decodes exactly 60 tokens, so both batches have the same shape at every step (vLLM's CPU build
+    # is not batch-invariant: a neighbour that ends early could change a row's last bits by itself)
+    plain = ask(REPEAT, max_tokens=60, min_tokens=60, temperature=0.7, seed=3)
+    banned = dataclasses.replace(plain, no_repeat_ngram=4)
+    with_ban = engine.generate([banned, plain])
+    without = engine.generate([plain, plain])
+    assert all(r.ok for r in with_ban + without)
+    assert with_ban[0].text != without[0].text  # the asking row changed
+    assert with_ban[1].text == without[1].text  # its neighbour decoded as if the rule did not exist
+
+
+def test_agentwrite_on_vllm_keeps_the_recipe_s_decoding_options(engine, caplog):
+    """The shipped recipe asks for both rules; on vLLM they now hold instead of being dropped with a warning."""
+    from lendata.methods.agentwrite import plan_and_write as aw
+
+    s = aw.Settings(min_paragraph=60, max_paragraph=90, no_repeat_ngram=8, end_at_sentence=True, plan_attempts=1)
+    with caplog.at_level("WARNING", logger="lendata.agentwrite"):
+        rows, _, samples = aw.agentwrite([{"instruction": "Write a 200-word story about a lighthouse.",
+                                           "source": ""}], engine, s)
+    assert "cannot enforce" not in caplog.text
+    assert samples[0].step_words and sum(samples[0].step_words) > 50

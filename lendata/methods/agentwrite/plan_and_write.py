@@ -85,9 +85,9 @@ class Settings(InstructionInput, JudgeGate):
     # never complete an n-gram of this size of word keys (engines/no_repeat.py: a token's letters and digits,
     # lower-cased) already in the prompt (which holds the text so far) or the paragraph: loops are prevented
     # while decoding instead of resampled afterwards. 0 = off (the reference). A copy whose words the tokenizer
-    # splits differently still passes; the step check after decoding catches it. llamacpp only for now.
+    # splits differently still passes; the step check after decoding catches it. llamacpp and vllm.
     no_repeat_ngram: int = 0  # ban repeating a word-key n-gram of prompt or output while decoding (0 = off)
-    # end each step at its first sentence end once its min_tokens are out (llamacpp only for now), instead of
+    # end each step at its first sentence end once its min_tokens are out (llamacpp and vllm), instead of
     # running to max_tokens and being trimmed; off in the reference
     end_at_sentence: bool = False  # end each step at its first sentence end after its minimum
     continue_attempts: int = 0  # a last step that hits its token limit is continued this often before it is trimmed

@@ -51,6 +51,9 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=300)
     ap.add_argument("--compare-rounds", action="store_true",
                     help="vllm: run the rounds driver too (continuous_batching off), the way before chains")
+    ap.add_argument("--recipe-decoding", action="store_true",
+                    help="decode the steps with the shipped recipe's no_repeat_ngram=8 and end_at_sentence (vLLM: "
+                         "engines/vllm_decoding.py), as a build does; off: the settings of earlier runs")
     ap.add_argument("--skip-sequential", action="store_true",
                     help="only the rounds and the raw-throughput limit (issue 19), not one sample at a time")
     args = ap.parse_args()
@@ -60,7 +63,8 @@ def main() -> None:
             if args.engine == "vllm" else {})
     engine = make_engine(args.engine, **opts)
     s = aw.Settings(min_paragraph=100, max_paragraph=150, temperature=0.7, repetition_penalty=1.2,
-                    write_prompt="concise", step_attempts=1, plan_attempts=1)
+                    write_prompt="concise", step_attempts=1, plan_attempts=1,
+                    **({"no_repeat_ngram": 8, "end_at_sentence": True} if args.recipe_decoding else {}))
     rows = [{"instruction": f"Write a {args.words}-word article about {t}.", "source": ""}
             for t in (TOPICS * 4)[: args.n]]
     aw.agentwrite(rows[:1], engine, s)  # warm-up (compilation, caches) outside both timings
@@ -157,6 +161,7 @@ def main() -> None:
           f"calls (same prompts and sampling; their mean prompt {picked_mean:.0f} tokens, all writing calls' "
           f"{prompt_mean:.0f})")
     out = {"bench": "agentwrite_batching", "engine": args.engine, "samples": args.n, "steps": steps,
+           "recipe_decoding": args.recipe_decoding,
            "driver": driver, "raw_tokens_per_s": round(raw, 1), "workload_raw_tokens_per_s": round(raw_workload, 1),
            "workload_prompt_tokens": round(picked_mean, 1), "writing_prompt_tokens": round(prompt_mean, 1)}
     if rounds_run:

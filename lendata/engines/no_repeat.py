@@ -100,16 +100,20 @@ class NoRepeatNgram:
 def vocabulary_bytes(tokenizer: Any) -> list[bytes]:
     """Each token id's bytes, as llama.cpp's `detokenize` gives them, from a Hugging Face `tokenizers.Tokenizer`
     (for engines that hold no llama.cpp vocabulary: vLLM). Byte-level BPE vocabularies (GPT-2, Llama 3, Qwen,
-    SmolLM2) through the byte table their pieces are spelt in; a "<0xNN>" byte token as that byte; any other
-    token as its decoded text. Special tokens (control tokens: "<|im_end|>") are empty, as llama.cpp renders
-    them, so they never count as words."""
+    SmolLM2) through the byte table their pieces are spelt in; sentencepiece vocabularies (Llama 2, Mistral,
+    Gemma) with "▁" read as the space it stands for (decoding one token alone would strip it: "▁Dr" must stay
+    " Dr", or the sentence rule reads "toldDr."); a "<0xNN>" byte token as that byte; any other token as its
+    decoded text. Special tokens (control tokens: "<|im_end|>") are empty, as llama.cpp renders them, so they
+    never count as words."""
     import json
 
-    decoder = (json.loads(tokenizer.to_str()).get("decoder") or {})
-    byte_level = decoder.get("type") == "ByteLevel" or any(
-        d.get("type") == "ByteLevel" for d in decoder.get("decoders") or [])
     from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2's byte -> character table
 
+    decoder = json.loads(tokenizer.to_str()).get("decoder") or {}
+    kinds = [decoder, *(decoder.get("decoders") or [])]
+    byte_level = any(d.get("type") == "ByteLevel" for d in kinds)
+    metaspace = any(d.get("type") == "Metaspace"
+                    or (d.get("type") == "Replace" and "▁" in json.dumps(d, ensure_ascii=False)) for d in kinds)
     table = {ch: b for b, ch in bytes_to_unicode().items()}
     special = {i for i, tok in tokenizer.get_added_tokens_decoder().items() if tok.special}
     out: list[bytes] = []
@@ -121,7 +125,8 @@ def vocabulary_bytes(tokenizer: Any) -> list[bytes]:
             out.append(bytes(table[ch] for ch in piece))
         elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
             out.append(bytes([int(piece[3:5], 16)]))
+        elif metaspace:
+            out.append(piece.replace("▁", " ").encode())
         else:
             out.append(tokenizer.decode([i], skip_special_tokens=False).encode())
     return out
-

@@ -45,6 +45,15 @@ class LendataDecoding(AdapterLogitsProcessor):
         self._model_config = vllm_config.model_config
         self._vocabulary: tuple[list[bytes], Any, dict[int, list[int]]] | None = None
 
+    @classmethod
+    def validate_params(cls, sampling_params: Any) -> None:
+        """At admission, so a malformed request fails alone instead of inside the engine's step."""
+        opts = (sampling_params.extra_args or {}).get(EXTRA_ARGS_KEY)
+        if opts is None:
+            return
+        if not isinstance(opts, dict) or int(opts.get("no_repeat_ngram") or 0) < 0:
+            raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}] must be lendata's decoding arguments, got {opts!r}")
+
     def is_argmax_invariant(self) -> bool:
         return False  # both rules change which token is likeliest
 
@@ -80,7 +89,10 @@ class _Row:
         self.output_only, self.prefill_tokens = bool(opts.get("output_only")), int(opts.get("prefill_tokens") or 0)
         self.reader = (SentenceReader(int(opts.get("min_tokens") or 0), opts.get("prefill") or "")
                        if opts.get("end_at_sentence") else None)
-        self.pieces, self.stop = pieces, stop_ids
+        self.pieces = pieces
+        # llama.cpp's processor leaves only its end-of-sequence token; vLLM stops on any of the request's stop
+        # tokens (end of turn, end of text), so all of them stay possible
+        self.stop = stop_ids
         self.read: int | None = None  # output ids consumed so far (None: the prompt is not indexed yet)
 
     def __call__(self, prompt_ids: list[int], output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
@@ -93,16 +105,20 @@ class _Row:
         if -1 in new:  # a placeholder of a token not sampled yet (async scheduling): read up to it
             new = new[:new.index(-1)]
         self.read += len(new)
+        # ids past the tokenizer (a model's padded vocabulary) have no text: no word key, nothing to read
+        known = [t for t in new if t < len(self.pieces)]
         if self.ban is not None:
-            self.ban.extend(new)
-            banned = self.ban.following()
+            self.ban.extend(known)
+            banned = [t for t in self.ban.following() if t < logits.shape[-1]]
             if banned:
+                kept = logits[banned].clone()
                 logits[banned] = -float("inf")
+                if not torch.isfinite(logits).any():  # a grammar allowed only banned tokens: a repeat, not NaN
+                    logits[banned] = kept
         if self.reader is not None:
-            for t in new:
-                if t < len(self.pieces):
-                    self.reader.add(self.pieces[t])
-            if self.reader.due(self.read):
+            for t in known:
+                self.reader.add(self.pieces[t])
+            if self.stop and self.reader.due(self.read):
                 stop = logits[self.stop].clone()
                 logits.fill_(-float("inf"))
                 logits[self.stop] = torch.where(torch.isfinite(stop), stop, torch.zeros_like(stop))

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lendata.engines.base import DECODING_OPTIONS, OnResult, Request, Result
+from lendata.engines.base import DECODING_OPTIONS, OnResult, Request, Result, refuse_unenforced_options
 from lendata.engines.chains import Chain, Chains, OnChainResult, one_call
 
 log = logging.getLogger("lendata.engines")
@@ -22,6 +22,26 @@ log = logging.getLogger("lendata.engines")
 _NO_OUTPUT_EFFECT = {"gpu_memory_utilization", "swap_space", "cpu_offload_gb", "enable_prefix_caching",
                      "max_num_seqs", "max_num_batched_tokens", "disable_log_stats", "distributed_executor_backend",
                      "enforce_eager"}
+
+
+def _decoding_unsupported(llm_kwargs: dict[str, Any]) -> str | None:
+    """Why lendata's logits processor (engines/vllm_decoding.py, vLLM's V1 interface) cannot run with these
+    options, or None when it can. vLLM's V2 model runner (its default wherever Triton runs: CUDA GPUs) takes
+    only processors of another interface, speculative decoding takes none, TPUs drop them silently."""
+    from vllm import envs
+    from vllm.platforms import current_platform
+    from vllm.triton_utils import HAS_TRITON
+
+    if "watermark_config" in llm_kwargs:  # watermarking always runs the V2 model runner
+        return "vLLM's watermarking runs the V2 model runner, which takes another processor interface"
+    if "speculative_config" in llm_kwargs:
+        return "vLLM runs no custom logits processor with speculative decoding"
+    if current_platform.is_tpu():
+        return "vLLM drops custom logits processors on TPUs"
+    if HAS_TRITON and envs.VLLM_USE_V2_MODEL_RUNNER is not False:
+        return ("vLLM's V2 model runner takes another processor interface; set VLLM_USE_V2_MODEL_RUNNER=0 to run "
+                "the V1 runner, which enforces them")
+    return None
 
 
 class VLLMEngine:
@@ -61,10 +81,16 @@ class VLLMEngine:
         self._model = model
         self._options = {"dtype": dtype, "max_model_len": max_model_len, "tensor_parallel_size": tensor_parallel_size,
                          **{k: v for k, v in llm_kwargs.items() if k not in _NO_OUTPUT_EFFECT}}
-        from lendata.engines.vllm_decoding import FQCN
+        # no_repeat_ngram and end_at_sentence run in vLLM's engine process (engines/vllm_decoding.py) where its
+        # interface holds; elsewhere the engine does not claim them and methods write without them, with a warning
+        processors = list(llm_kwargs.pop("logits_processors", None) or [])
+        why_not = _decoding_unsupported(llm_kwargs)
+        if why_not:
+            log.info("vllm: no_repeat_ngram and end_at_sentence are not enforced here (%s)", why_not)
+        else:
+            from lendata.engines.vllm_decoding import FQCN
 
-        # no_repeat_ngram and end_at_sentence run in vLLM's engine process (engines/vllm_decoding.py)
-        processors = [*(llm_kwargs.pop("logits_processors", None) or []), FQCN]
+            processors.append(FQCN)
         self._llm = LLM(
             model=model,
             logits_processors=processors,
@@ -77,6 +103,11 @@ class VLLMEngine:
             **llm_kwargs,
         )
         self.context_window = int(self._llm.model_config.max_model_len)  # what vLLM settled on
+        if not why_not and not hasattr(self._llm.get_tokenizer(), "backend_tokenizer"):
+            why_not = "the rules read the vocabulary from a fast (tokenizers) tokenizer; this model has none"
+            log.info("vllm: no_repeat_ngram and end_at_sentence are not enforced here (%s)", why_not)
+        # what the processor enforces; a request asking for more is refused, never silently decoded without
+        self.decoding_options = frozenset() if why_not else frozenset(DECODING_OPTIONS)
         self.continuous_batching = bool(continuous_batching)
         self._driving = False
         self._lora_ids: dict[str, int] = {}
@@ -101,8 +132,6 @@ class VLLMEngine:
         if not path.is_dir():
             raise TrainingUnsupported(f"vllm serves {self._model}, not a local checkpoint; set lora.base to one")
         return path
-
-    decoding_options = frozenset(DECODING_OPTIONS)  # engines/vllm_decoding.py
 
     def _params(self, req: Request, prompt_tokens: int):
         from vllm import SamplingParams
@@ -171,6 +200,8 @@ class VLLMEngine:
 
         def submit(i: int, req: Request | None) -> None:
             while req is not None:
+                if not self.decoding_options:
+                    refuse_unenforced_options(self.name, [req])
                 n = self._prompt_lengths([req])[0]
                 if n >= self.context_window:  # vLLM would fail the request: the chain gets a row error instead
                     req = state.send(i, Result.failed(

@@ -531,3 +531,21 @@ def test_the_vocabulary_read_from_a_tokenizers_file_is_byte_for_byte_llama_cpp_s
     # hashes: no letter or digit, so no word key either way) come back empty. Every other token is identical.
     assert differ and all(theirs == b"" and len(ours) > 32 for _, ours, theirs in differ), differ[:10]
     assert any(b"\xe4" in p for p in ours) and word_keys(ours)[0].tolist() == word_keys(theirs)[0].tolist()
+
+
+@pytest.mark.parametrize("decoder", ["replace", "metaspace"])
+def test_a_sentencepiece_vocabulary_keeps_the_space_its_pieces_stand_for(decoder):
+    """Decoding one sentencepiece token alone strips its leading space ("▁Dr" -> "Dr"): read that way, the
+    sentence rule would see "toldDr." and end there. The pieces keep the space, byte tokens are their byte,
+    control tokens are empty (as llama.cpp renders them)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+
+    from lendata.engines.no_repeat import vocabulary_bytes
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<0xE4>": 3, "▁Dr": 4, ".": 5, "▁the": 6, "A": 7}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    tok.decoder = (decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                      decoders.Strip(" ", 1, 0)]) if decoder == "replace" else decoders.Metaspace())
+    tok.add_special_tokens([AddedToken("</s>", special=True), AddedToken("<s>", special=True)])
+    got = vocabulary_bytes(tok)
+    assert got[1:] == [b"", b"", b"\xe4", b" Dr", b".", b" the", b"A"]

@@ -389,3 +389,34 @@ def test_agentwrite_on_vllm_keeps_the_recipe_s_decoding_options(engine, caplog):
                                            "source": ""}], engine, s)
     assert "cannot enforce" not in caplog.text
     assert samples[0].step_words and sum(samples[0].step_words) > 50
+
+
+def test_the_processor_is_registered_only_where_vllm_runs_its_interface(monkeypatch):
+    """vLLM's V2 model runner (its default wherever Triton runs: CUDA) rejects a V1-interface processor at start
+    and speculative decoding takes none: there the engine must start without it and claim neither option."""
+    import vllm.envs
+    import vllm.triton_utils
+
+    from lendata.engines.vllm_offline import _decoding_unsupported
+
+    vllm.envs.disable_envs_cache()  # a started engine caches the environment; this test changes it
+
+    assert _decoding_unsupported({}) is None  # this CPU build: no Triton backend, the V1 runner
+    assert "speculative" in _decoding_unsupported({"speculative_config": {"method": "ngram"}})
+    monkeypatch.setattr(vllm.triton_utils, "HAS_TRITON", True)
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    assert "V2 model runner" in _decoding_unsupported({})
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
+    assert _decoding_unsupported({}) is None
+    assert "V2" in _decoding_unsupported({"watermark_config": {}})
+
+
+def test_an_engine_started_without_the_processor_refuses_the_rules_instead_of_ignoring_them(engine, monkeypatch):
+    """Under vLLM's V2 runner (or without a fast tokenizer) the engine claims neither option; a request that asks
+    anyway must fail loudly, not come back decoded without the rule."""
+    from lendata.engines.base import UnsupportedOption
+
+    monkeypatch.setattr(engine, "decoding_options", frozenset())
+    with pytest.raises(UnsupportedOption, match="no_repeat_ngram"):
+        engine.generate([ask("Say hi.", max_tokens=8, no_repeat_ngram=4)])
+    assert engine.generate([ask("Say hi.", max_tokens=8, seed=1)])[0].ok  # and it goes on serving

@@ -135,17 +135,20 @@ def enforces(engine: Any, option: str) -> bool:
     return option in getattr(engine, "decoding_options", frozenset())
 
 
-def refuse_unenforced_options(engine_name: str, requests: Sequence[Request]) -> None:
-    """Raise for an engine that cannot enforce `no_repeat_ngram` or `end_at_sentence` when a request asks."""
+def refuse_unenforced_options(engine_name: str, requests: Sequence[Request], why: str | None = None,
+                              enforced: frozenset[str] = frozenset()) -> None:
+    """Raise when a request asks for `no_repeat_ngram` or `end_at_sentence` and the engine does not enforce it
+    (`enforced`: the ones it does; `why`: the engine's reason, when it has one)."""
+    because = f" ({why})" if why else ""
     asked = sorted({r.no_repeat_ngram for r in requests if r.no_repeat_ngram})
-    if asked:
+    if asked and "no_repeat_ngram" not in enforced:
         raise UnsupportedOption(
-            f"the {engine_name} engine cannot enforce no_repeat_ngram={asked[0]} (the llamacpp "
-            "and vllm engines can); set no_repeat_ngram=0 in the recipe or use engine=llamacpp or vllm")
-    if any(r.end_at_sentence for r in requests):
+            f"the {engine_name} engine cannot enforce no_repeat_ngram={asked[0]} here{because}; set "
+            "no_repeat_ngram=0 in the recipe or use engine=llamacpp (or vllm on its V1 model runner)")
+    if any(r.end_at_sentence for r in requests) and "end_at_sentence" not in enforced:
         raise UnsupportedOption(
-            f"the {engine_name} engine cannot enforce end_at_sentence (the llamacpp and vllm engines can); "
-            "set end_at_sentence=false in the recipe or use engine=llamacpp or vllm")
+            f"the {engine_name} engine cannot enforce end_at_sentence here{because}; set end_at_sentence=false "
+            "in the recipe or use engine=llamacpp (or vllm on its V1 model runner)")
 
 
 # called once per finished row: (index in the batch, its result)

@@ -26,21 +26,23 @@ _NO_OUTPUT_EFFECT = {"gpu_memory_utilization", "swap_space", "cpu_offload_gb", "
 
 def _decoding_unsupported(llm_kwargs: dict[str, Any]) -> str | None:
     """Why lendata's logits processor (engines/vllm_decoding.py, vLLM's V1 interface) cannot run with these
-    options, or None when it can. vLLM's V2 model runner (its default wherever Triton runs: CUDA GPUs) takes
-    only processors of another interface, speculative decoding takes none, TPUs drop them silently."""
+    options, or None when it can. vLLM's V2 model runner takes only processors of another interface; vLLM 0.32
+    runs it for watermarking and sparse attention, else when `VLLM_USE_V2_MODEL_RUNNER` says so, else wherever
+    Triton runs (CUDA GPUs, x86 CPUs with triton-cpu). Speculative decoding takes no processor, TPUs drop them."""
     from vllm import envs
     from vllm.platforms import current_platform
     from vllm.triton_utils import HAS_TRITON
 
-    if "watermark_config" in llm_kwargs:  # watermarking always runs the V2 model runner
-        return "vLLM's watermarking runs the V2 model runner, which takes another processor interface"
-    if "speculative_config" in llm_kwargs:
+    if llm_kwargs.get("watermark_config") is not None or "hisparse" in str(llm_kwargs.get("attention_config")):
+        return "vLLM runs its V2 model runner for watermarking and sparse attention, which takes another interface"
+    if llm_kwargs.get("speculative_config") is not None:
         return "vLLM runs no custom logits processor with speculative decoding"
     if current_platform.is_tpu():
         return "vLLM drops custom logits processors on TPUs"
-    if HAS_TRITON and envs.VLLM_USE_V2_MODEL_RUNNER is not False:
-        return ("vLLM's V2 model runner takes another processor interface; set VLLM_USE_V2_MODEL_RUNNER=0 to run "
-                "the V1 runner, which enforces them")
+    v2 = envs.VLLM_USE_V2_MODEL_RUNNER
+    if v2 is True or (v2 is None and HAS_TRITON):
+        return ("vLLM runs its V2 model runner here, which takes another processor interface; "
+                "VLLM_USE_V2_MODEL_RUNNER=0 runs the V1 runner, which enforces them")
     return None
 
 
@@ -86,7 +88,7 @@ class VLLMEngine:
         processors = list(llm_kwargs.pop("logits_processors", None) or [])
         why_not = _decoding_unsupported(llm_kwargs)
         if why_not:
-            log.info("vllm: no_repeat_ngram and end_at_sentence are not enforced here (%s)", why_not)
+            log.warning("vllm: no_repeat_ngram and end_at_sentence are not enforced here (%s)", why_not)
         else:
             from lendata.engines.vllm_decoding import FQCN
 
@@ -105,9 +107,15 @@ class VLLMEngine:
         self.context_window = int(self._llm.model_config.max_model_len)  # what vLLM settled on
         if not why_not and not hasattr(self._llm.get_tokenizer(), "backend_tokenizer"):
             why_not = "the rules read the vocabulary from a fast (tokenizers) tokenizer; this model has none"
-            log.info("vllm: no_repeat_ngram and end_at_sentence are not enforced here (%s)", why_not)
+            log.warning("vllm: no_repeat_ngram and end_at_sentence are not enforced here (%s)", why_not)
         # what the processor enforces; a request asking for more is refused, never silently decoded without
         self.decoding_options = frozenset() if why_not else frozenset(DECODING_OPTIONS)
+        self._why_not = why_not
+        if self.decoding_options and self._llm.get_tokenizer().eos_token_id is None:
+            # the sentence rule ends a row by leaving only its stop tokens; a model without one cannot end there
+            self._why_not = "the tokenizer has no end-of-sequence token"
+            log.warning("vllm: end_at_sentence is not enforced here (%s)", self._why_not)
+            self.decoding_options = self.decoding_options - {"end_at_sentence"}
         self.continuous_batching = bool(continuous_batching)
         self._driving = False
         self._lora_ids: dict[str, int] = {}
@@ -200,8 +208,7 @@ class VLLMEngine:
 
         def submit(i: int, req: Request | None) -> None:
             while req is not None:
-                if not self.decoding_options:
-                    refuse_unenforced_options(self.name, [req])
+                refuse_unenforced_options(self.name, [req], self._why_not, self.decoding_options)
                 n = self._prompt_lengths([req])[0]
                 if n >= self.context_window:  # vLLM would fail the request: the chain gets a row error instead
                     req = state.send(i, Result.failed(

@@ -343,8 +343,12 @@ def test_output_scope_with_a_prefill_bans_the_head_and_the_answer_but_not_the_pr
         gram = tuple(units[end - n:end])
         assert gram not in seen, f"the continuation repeated {gram}"
         seen.add(gram)
-    free = _grams(continued(dataclasses.replace(req, no_repeat_ngram=0)), n)
-    assert len(set(free)) < len(free)  # not vacuous: unbanned, the same continuation repeats
+    # not vacuous: unbanned, the same continuation completes an n-gram of the head or of itself again (only
+    # grams completed by generated tokens count: the head repeats itself already)
+    free = continued(dataclasses.replace(req, no_repeat_ngram=0))
+    grams = _grams(free, n)
+    first_out = len(head_units) - n + 1  # the first gram that ends on a generated token
+    assert any(grams[k] in grams[:k] for k in range(max(0, first_out), len(grams)))
     # the user's text is not banned: an answer begun with "Sure:" copies one of its n-grams
     copy = Request(messages=({"role": "user", "content": REPEAT}, {"role": "assistant", "content": "Sure:"}),
                    max_tokens=60, min_tokens=40, temperature=0.7, seed=3, no_repeat_ngram=n, no_repeat_scope="output")
@@ -409,6 +413,10 @@ def test_the_processor_is_registered_only_where_vllm_runs_its_interface(monkeypa
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
     assert _decoding_unsupported({}) is None
     assert "V2" in _decoding_unsupported({"watermark_config": {}})
+    assert _decoding_unsupported({"speculative_config": None, "watermark_config": None}) is None
+    monkeypatch.setattr(vllm.triton_utils, "HAS_TRITON", False)  # asked for by name, V2 runs without Triton too
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    assert "V2 model runner" in _decoding_unsupported({})
 
 
 def test_an_engine_started_without_the_processor_refuses_the_rules_instead_of_ignoring_them(engine, monkeypatch):
@@ -417,6 +425,10 @@ def test_an_engine_started_without_the_processor_refuses_the_rules_instead_of_ig
     from lendata.engines.base import UnsupportedOption
 
     monkeypatch.setattr(engine, "decoding_options", frozenset())
-    with pytest.raises(UnsupportedOption, match="no_repeat_ngram"):
+    monkeypatch.setattr(engine, "_why_not", "the test says so")
+    with pytest.raises(UnsupportedOption, match=r"no_repeat_ngram=4 here \(the test says so\)"):
         engine.generate([ask("Say hi.", max_tokens=8, no_repeat_ngram=4)])
+    monkeypatch.setattr(engine, "decoding_options", frozenset({"no_repeat_ngram"}))  # a model without an eos
+    with pytest.raises(UnsupportedOption, match="end_at_sentence"):
+        engine.generate([ask("Say hi.", max_tokens=8, min_tokens=2, no_repeat_ngram=4, end_at_sentence=True)])
     assert engine.generate([ask("Say hi.", max_tokens=8, seed=1)])[0].ok  # and it goes on serving

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import httpx
 
 from lendata.engines.base import AdapterError, OnResult, Request, Result, refuse_unenforced_options
-from lendata.engines.chains import Chain, Chains, OnChainResult
+from lendata.engines.chains import Chain, Chains, OnChainResult, one_call
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 # tokenize routes: (path, the body for a text and a model, the answer's field)
@@ -228,20 +228,6 @@ class OpenAIEngine:
                 await asyncio.sleep(self._delay(attempt, retry_after))
         return Result.failed(f"gave up after {self.max_retries + 1} attempts; last error: {last}")
 
-    async def _run(self, requests: Sequence[Request], on_result: OnResult | None) -> list[Result]:
-        sem = asyncio.Semaphore(self.concurrency)
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout, limits=limits) as client:
-
-            async def run(i: int, req: Request) -> Result:
-                async with sem:
-                    res = await self._one(client, req)
-                if on_result:
-                    on_result(i, res)
-                return res
-
-            return list(await asyncio.gather(*(run(i, r) for i, r in enumerate(requests))))
-
     def _check(self, requests: Sequence[Request]) -> None:
         """Setup errors, raised: a decoding option the server cannot enforce, an adapter it cannot load."""
         refuse_unenforced_options(self.name, requests)
@@ -252,8 +238,8 @@ class OpenAIEngine:
     def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Result]:
         if not requests:
             return []
-        self._check(requests)
-        return self._in_loop(lambda: self._run(requests, on_result))
+        self._check(requests)  # setup errors before any request is sent
+        return self.generate_chains([one_call(r) for r in requests], on_result)
 
     def generate_chains(self, chains: Sequence[Chain[Any]], on_result: OnChainResult | None = None) -> list[Any]:
         """Chains (engines/chains.py) with at most `concurrency` requests in flight: each chain sends its next

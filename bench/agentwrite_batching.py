@@ -13,6 +13,11 @@ time but not in the tokens). Two raw references: short prompts with default samp
 and `--n` of the run's own writing calls (their prompts of instruction, plan and text so far, and their
 sampling: a long context and a repetition penalty make every decoded token dearer). Goal: >= 0.8.
 
+A third reference is the engine with no sampling work at all (top_p 1, no penalty): the decode limit of the
+model at this batch size. `--compare-samplers` (vLLM) runs AgentWrite and the references once more with vLLM's own
+sampler doing top-p and the penalty (`sample_in_processor` off, the engine before issue 19's sixth pass) in the
+same run.
+
 On vLLM AgentWrite runs each sample as a chain (engines/chains.py) with continuous batching; `--compare-rounds`
 also runs it in rounds (`continuous_batching` off: every call of a round waits for its slowest), in the same
 run. Rounds here are this code's rounds (a round may mix one sample's plan retry, another's step and a third's
@@ -54,6 +59,8 @@ def main() -> None:
     ap.add_argument("--recipe-decoding", action="store_true",
                     help="decode the steps with the shipped recipe's no_repeat_ngram=8 and end_at_sentence (vLLM: "
                          "engines/vllm_decoding.py), as a build does; off: the settings of earlier runs")
+    ap.add_argument("--compare-samplers", action="store_true",
+                    help="vllm: also run with vLLM's own sampler doing top-p and the penalty (sample_in_processor off)")
     ap.add_argument("--skip-sequential", action="store_true",
                     help="only the rounds and the raw-throughput limit (issue 19), not one sample at a time")
     args = ap.parse_args()
@@ -99,12 +106,12 @@ def main() -> None:
         if args.engine == "vllm":
             engine._llm.reset_prefix_cache()
 
-    def raw_tps(reqs: list[Request], length: int) -> float:
+    def raw_tps(reqs: list[Request], length: int, **change) -> float:
         """Tokens per second decoding `reqs` in one batch, each forced to `length` tokens."""
         from dataclasses import replace
 
-        forced = [replace(q, max_tokens=length, min_tokens=length, no_repeat_ngram=0, end_at_sentence=False)
-                  for q in reqs]
+        forced = [replace(q, max_tokens=length, min_tokens=length, no_repeat_ngram=0, end_at_sentence=False,
+                          **change) for q in reqs]
         cold()
         t0 = time.monotonic()
         tokens = sum(r.completion_tokens for r in engine.generate(forced))
@@ -128,6 +135,13 @@ def main() -> None:
     prompt_mean = sum(run["prompts"]) / max(1, len(run["prompts"]))
     picked_mean = sum(run["prompts"][k] for k in picked) / max(1, len(picked))
     raw_workload = raw_tps(workload, step_len)
+    raw_free = raw_tps(short, step_len, top_p=1.0, repetition_penalty=1.0)
+    vllm_sampler = None
+    if args.compare_samplers and getattr(engine, "sample_in_processor", False):
+        engine.sample_in_processor = False
+        vllm_sampler = {"run": timed_run(continuous), "raw": raw_tps(short, step_len),
+                        "raw_workload": raw_tps(workload, step_len)}
+        engine.sample_in_processor = True
     sequential, reference = [], float("nan")
     if not args.skip_sequential:
         cold()
@@ -159,14 +173,31 @@ def main() -> None:
     print(f"{args.engine}: raw decode of {args.n} x {step_len} tokens in one batch: {raw:.1f} tok/s on short "
           f"prompts with default sampling, {raw_workload:.1f} tok/s on {len(workload)} of the run's own writing "
           f"calls (same prompts and sampling; their mean prompt {picked_mean:.0f} tokens, all writing calls' "
-          f"{prompt_mean:.0f})")
+          f"{prompt_mean:.0f}); {raw_free:.1f} tok/s with no sampling work (top_p 1, no penalty)")
     out = {"bench": "agentwrite_batching", "engine": args.engine, "samples": args.n, "steps": steps,
            "recipe_decoding": args.recipe_decoding,
-           "driver": driver, "raw_tokens_per_s": round(raw, 1), "workload_raw_tokens_per_s": round(raw_workload, 1),
+           "driver": driver, "raw_tokens_per_s": round(raw, 1), "free_raw_tokens_per_s": round(raw_free, 1),
+           "sample_in_processor": getattr(engine, "sample_in_processor", None),
+           "workload_raw_tokens_per_s": round(raw_workload, 1),
            "workload_prompt_tokens": round(picked_mean, 1), "writing_prompt_tokens": round(prompt_mean, 1)}
     if rounds_run:
         out["rounds"] = shares(rounds_run, "rounds (continuous batching off)")
     out["run"] = shares(run, driver)
+    out["run"]["free_raw_share"] = round(sum(made) / rounds / raw_free, 3)
+    out["run"]["all_tokens_free_raw_share"] = round((sum(made) + run["plan_tokens"]) / rounds / raw_free, 3)
+    print(f"{args.engine}: against the decode limit with no sampling work ({raw_free:.1f} tok/s): writing tokens "
+          f"{out['run']['free_raw_share']:.2f}, every token {out['run']['all_tokens_free_raw_share']:.2f}")
+    if vllm_sampler:
+        v = vllm_sampler["run"]
+        tps, vtps = sum(made) / rounds, sum(v["made"]) / v["wall"]
+        out["vllm_sampler"] = {"seconds": round(v["wall"], 2), "tokens_per_s": round(vtps, 1),
+                               "raw_tokens_per_s": round(vllm_sampler["raw"], 1),
+                               "workload_raw_tokens_per_s": round(vllm_sampler["raw_workload"], 1),
+                               "raw_share": round(vtps / vllm_sampler["raw"], 3),
+                               "free_raw_share": round(vtps / raw_free, 3), "speedup": round(tps / vtps, 3)}
+        print(f"{args.engine} with vLLM's own sampler (sample_in_processor off), same run: {v['wall']:.1f}s, "
+              f"writing tokens / wall {vtps:.1f} tok/s; raw {vllm_sampler['raw']:.1f} tok/s short, "
+              f"{vllm_sampler['raw_workload']:.1f} workload; lendata's processor writes {tps / vtps:.2f}x as fast")
     share = out["run"]["raw_share"]
     print(f"{args.engine}: goal >= 0.80 of raw: {share:.2f} against short prompts "
           f"({'met' if share >= 0.8 else 'NOT met'}), {out['run']['workload_raw_share']:.2f} against the "

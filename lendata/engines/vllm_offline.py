@@ -63,6 +63,10 @@ class VLLMEngine:
         # a chain's next call joins the running batch as soon as its previous one ends (engines/chains.py);
         # False: rounds, every call of a round waits for the round's slowest
         continuous_batching: bool = True,
+        # repetition penalty and top-k/top-p in lendata's processor instead of vLLM's sampler (same kept tokens,
+        # same seeded draws; engines/vllm_decoding.py). None: on vLLM's CPU build, whose sampler sorts the whole
+        # vocabulary per row and step; off on GPUs, whose sampler kernels are fast
+        sample_in_processor: bool | None = None,
         **llm_kwargs: Any,
     ):
         try:
@@ -86,7 +90,7 @@ class VLLMEngine:
         # no_repeat_ngram and end_at_sentence run in vLLM's engine process (engines/vllm_decoding.py) where its
         # interface holds; elsewhere the engine does not claim them and methods write without them, with a warning
         processors = list(llm_kwargs.pop("logits_processors", None) or [])
-        why_not = _decoding_unsupported(llm_kwargs)
+        why_not = unsupported = _decoding_unsupported(llm_kwargs)
         if why_not:
             log.warning("vllm: no_repeat_ngram and end_at_sentence are not enforced here (%s)", why_not)
         else:
@@ -117,6 +121,14 @@ class VLLMEngine:
             log.warning("vllm: end_at_sentence is not enforced here (%s)", self._why_not)
             self.decoding_options = self.decoding_options - {"end_at_sentence"}
         self.continuous_batching = bool(continuous_batching)
+        if sample_in_processor is None:
+            from vllm.platforms import current_platform
+
+            sample_in_processor = current_platform.is_cpu()
+        if sample_in_processor and unsupported:
+            log.warning("vllm: sample_in_processor needs lendata's processor, which does not run here (%s)",
+                        unsupported)
+        self.sample_in_processor = bool(sample_in_processor) and not unsupported
         self._driving = False
         self._lora_ids: dict[str, int] = {}
         self.supports_lora, self.max_lora_rank = bool(enable_lora), int(max_lora_rank)
@@ -144,7 +156,7 @@ class VLLMEngine:
     def _params(self, req: Request, prompt_tokens: int):
         from vllm import SamplingParams
 
-        from lendata.engines.vllm_decoding import decoding_args
+        from lendata.engines.vllm_decoding import decoding_args, vllm_sampling_params
 
         # vLLM rejects the whole batch when prompt + max_tokens passes the window; cap it per row instead
         max_tokens = min(req.max_tokens, self.context_window - prompt_tokens)
@@ -157,12 +169,10 @@ class VLLMEngine:
             max_tokens=max_tokens,
             min_tokens=min(req.min_tokens, max_tokens),
             temperature=req.temperature,
-            top_p=req.top_p,
-            **({"top_k": req.top_k} if req.top_k is not None else {}),  # 0 = off, as in vLLM
-            repetition_penalty=req.repetition_penalty,
+            **vllm_sampling_params(req, self.sample_in_processor),
             seed=req.seed,
             stop=list(req.stop) or None,
-            extra_args=decoding_args(req, self._prefill_tokens(req)),
+            extra_args=decoding_args(req, self._prefill_tokens(req), self.sample_in_processor),
             **kwargs,
         )
 

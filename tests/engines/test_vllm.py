@@ -432,3 +432,98 @@ def test_an_engine_started_without_the_processor_refuses_the_rules_instead_of_ig
     with pytest.raises(UnsupportedOption, match="end_at_sentence"):
         engine.generate([ask("Say hi.", max_tokens=8, min_tokens=2, no_repeat_ngram=4, end_at_sentence=True)])
     assert engine.generate([ask("Say hi.", max_tokens=8, seed=1)])[0].ok  # and it goes on serving
+
+
+def _vllm_filtered(logits, temperature, top_k, top_p, penalty, seen):
+    """What vLLM's own sampler ops keep of a row, and the penalized values (the reference for lendata's)."""
+    import torch
+    from vllm._custom_ops import apply_repetition_penalties_torch
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p_pytorch
+
+    x = logits.clone()[None]
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    mask[0, seen] = True
+    apply_repetition_penalties_torch(x, mask, torch.zeros_like(mask), torch.tensor([penalty]))
+    z = x / torch.tensor([[temperature]])
+    k = torch.tensor([top_k]) if top_k else None
+    kept = torch.isfinite(apply_top_k_top_p_pytorch(z, k, torch.tensor([top_p]) if top_p < 1 else None))[0]
+    return x[0], kept
+
+
+def test_top_k_top_p_and_repetition_penalty_in_the_processor_keep_what_vllm_s_sampler_keeps():
+    """Differential against vLLM's own ops (its CPU sampler sorts the whole vocabulary for top-p each step;
+    lendata's processor cuts the same nucleus from a top-k): over peaked and flat rows, masked entries,
+    top-k ties and every sampling setting lendata's methods use, the same tokens survive with the same values.
+    The one allowed difference is float rounding at the nucleus's edge: a token whose mass before it is top_p
+    to within 1e-6 (computed exactly, in float64), where vLLM's float32 sum over the whole vocabulary and this
+    sum over the top may round to different sides (seen once in 400 rows, on a flat row of 15,000 kept tokens)."""
+    import random
+
+    import torch
+
+    from lendata.engines.vllm_decoding import filter_row, penalize
+
+    rnd = random.Random(0)
+    checked = edges = 0
+    for trial in range(400):
+        vocab = rnd.choice([50, 1000, 49152])
+        g = torch.Generator().manual_seed(trial)
+        logits = torch.randn(vocab, generator=g) * rnd.choice([0.3, 1.0, 3.0, 8.0, 20.0])
+        if trial % 5 == 0:  # a grammar's mask
+            logits[torch.rand(vocab, generator=g) < 0.7] = -float("inf")
+        if trial % 7 == 0:  # ties at the k-th value
+            logits[: vocab // 4] = logits[0]
+        temperature = rnd.choice([0.3, 0.7, 1.0, 1.3])
+        top_p = rnd.choice([0.5, 0.8, 0.95, 0.99, 1.0])
+        top_k = rnd.choice([0, 0, 1, 20, 200, vocab + 5]) if top_p < 1 else 0
+        penalty = rnd.choice([1.0, 1.1, 1.2, 2.0])
+        seen = sorted(rnd.sample(range(vocab), rnd.randrange(0, min(vocab, 400))))
+        ref_values, ref_kept = _vllm_filtered(logits, temperature, min(top_k, vocab), top_p, penalty, seen)
+        ours = logits.clone()
+        penalize(ours, torch.tensor(seen, dtype=torch.long), penalty)
+        exact = torch.softmax(ours.double() / temperature, 0)
+        ours = filter_row(ours, temperature, top_k, top_p)
+        kept = torch.isfinite(ours)
+        for token in (kept != ref_kept).nonzero().squeeze(1).tolist():
+            assert not 0 < top_k < vocab, (trial, token)  # a top-k cut renormalizes a few tokens: no excuse there
+            before = float(exact[exact > exact[token]].sum())
+            assert abs(before - top_p) < 1e-6, (trial, token, before, top_p)
+            edges += 1
+        both = kept & ref_kept
+        assert torch.equal(ours[both], ref_values[both]), trial  # bit for bit, penalty included
+        checked += int(top_p < 1 and 1 < int(ref_kept.sum()) < int(torch.isfinite(logits).sum()))
+    assert checked > 100  # most trials cut a real nucleus (neither everything nor one token)
+    assert edges <= 2
+
+
+SAMPLED = [  # the settings lendata's methods send: AgentWrite, Self-Lengthen, greedy with a penalty, plain
+    {"temperature": 0.7, "top_p": 0.95, "repetition_penalty": 1.2},
+    {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.1},
+    {"temperature": 0.0, "repetition_penalty": 1.3},
+    {"temperature": 0.7, "top_p": 1.0},
+    {"temperature": 0.7, "top_p": 0.95, "repetition_penalty": 1.1, "no_repeat_ngram": 4},
+    {"temperature": 1.0, "top_p": 0.9, "top_k": 0},
+]
+
+
+def test_sampling_in_the_processor_draws_the_same_tokens_as_vllm_s_sampler(engine):
+    """The same seeds through vLLM's sampler and through lendata's processor give the same texts (vLLM's CPU
+    sampler draws with per-token noise from the seed, so the same kept tokens with the same values are the same
+    draw); every row decodes 48 tokens so both batches have the same shape at every step."""
+    assert engine.sample_in_processor  # the default on vLLM's CPU build
+    topics = ["rivers", "owls", "salt", "trains", "glass", "kites"]
+    reqs = [ask(f"Write a long story about {t}.", max_tokens=48, min_tokens=48, seed=i, **kw)
+            for i, (t, kw) in enumerate(zip(topics, SAMPLED, strict=True))]
+    routed = [engine._params(r, engine._prompt_lengths([r])[0]) for r in reqs]
+    assert all(p.repetition_penalty == 1.0 and p.top_p == 1.0 for p in routed)  # vLLM's sampler does no work
+    assert routed[1].extra_args["lendata"]["sampling"]["top_k"] == 20
+    ours = engine.generate(reqs)
+    engine.sample_in_processor = False
+    try:
+        assert engine._params(reqs[0], 10).top_p == 0.95
+        theirs = engine.generate(reqs)
+    finally:
+        engine.sample_in_processor = True
+    assert all(r.ok and r.completion_tokens == 48 for r in ours + theirs)
+    assert [r.text for r in ours] == [r.text for r in theirs]
+    assert len({r.text for r in ours}) == len(reqs)

@@ -59,6 +59,9 @@ def main() -> None:
     ap.add_argument("--recipe-decoding", action="store_true",
                     help="decode the steps with the shipped recipe's no_repeat_ngram=8 and end_at_sentence (vLLM: "
                          "engines/vllm_decoding.py), as a build does; off: the settings of earlier runs")
+    ap.add_argument("--max-num-seqs", type=int, default=None,
+                    help="vllm: the engine's batch size (max_num_seqs); with --n above it, a build larger than one "
+                         "batch, as real builds are (the raw references run at the same batch size)")
     ap.add_argument("--compare-samplers", action="store_true",
                     help="vllm: also run with vLLM's own sampler doing top-p and the penalty (sample_in_processor off)")
     ap.add_argument("--skip-sequential", action="store_true",
@@ -66,14 +69,17 @@ def main() -> None:
     args = ap.parse_args()
     # max_num_batched_tokens: no chunked prefill, which crashes seeded requests on the CPU build
     # ("CPU Generator does not use offset")
-    opts = ({"model": str(Path(args.model).expanduser()), "max_model_len": 4096, "max_num_batched_tokens": 65536}
+    opts = ({"model": str(Path(args.model).expanduser()), "max_model_len": 4096, "max_num_batched_tokens": 65536,
+             **({"max_num_seqs": args.max_num_seqs} if args.max_num_seqs else {})}
             if args.engine == "vllm" else {})
     engine = make_engine(args.engine, **opts)
     s = aw.Settings(min_paragraph=100, max_paragraph=150, temperature=0.7, repetition_penalty=1.2,
                     write_prompt="concise", step_attempts=1, plan_attempts=1,
                     **({"no_repeat_ngram": 8, "end_at_sentence": True} if args.recipe_decoding else {}))
-    rows = [{"instruction": f"Write a {args.words}-word article about {t}.", "source": ""}
-            for t in (TOPICS * 4)[: args.n]]
+    many = TOPICS * (args.n // len(TOPICS) + 1)
+    rows = [{"instruction": f"Write a {args.words}-word article about {t}" + (f" (part {i // len(TOPICS) + 1})."
+                                                                             if i >= len(TOPICS) else "."),
+             "source": ""} for i, t in enumerate(many[: args.n])]
     aw.agentwrite(rows[:1], engine, s)  # warm-up (compilation, caches) outside both timings
 
     def timed_run(continuous: bool) -> dict:
@@ -125,7 +131,7 @@ def main() -> None:
     # short prompt with default sampling (as issue 19 was filed) and on the workload's own prompts and sampling
     step_len = max(1, round(sum(made) / max(1, len(made))))
     short = [Request(messages=({"role": "user", "content": f"Write a long article about {t}."},),
-                     max_tokens=step_len, temperature=0.7, seed=i) for i, t in enumerate((TOPICS * 4)[: args.n])]
+                     max_tokens=step_len, temperature=0.7, seed=i) for i, t in enumerate(many[: args.n])]
     raw = raw_tps(short, step_len)
     import random
 
@@ -175,6 +181,7 @@ def main() -> None:
           f"calls (same prompts and sampling; their mean prompt {picked_mean:.0f} tokens, all writing calls' "
           f"{prompt_mean:.0f}); {raw_free:.1f} tok/s with no sampling work (top_p 1, no penalty)")
     out = {"bench": "agentwrite_batching", "engine": args.engine, "samples": args.n, "steps": steps,
+           "max_num_seqs": args.max_num_seqs,
            "recipe_decoding": args.recipe_decoding,
            "driver": driver, "raw_tokens_per_s": round(raw, 1), "free_raw_tokens_per_s": round(raw_free, 1),
            "sample_in_processor": getattr(engine, "sample_in_processor", None),

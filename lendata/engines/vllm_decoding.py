@@ -6,24 +6,19 @@ On vLLM's CPU build the same processor also applies each row's repetition penalt
 then sends vLLM neutral values, so vLLM's sampler skips them). vLLM's CPU sampler sorts the whole vocabulary
 of every row at every step for top-p and rebuilds prompt and output masks over the vocabulary for the penalty:
 on this machine top-p 0.95 alone took decoding from about 170 to 100 tokens/s (16 rows of the bundled model),
-a repetition penalty of 1.2 on top to 70-80. Here the nucleus is cut from a `topk` of the row (widened until
-it holds top_p of the mass) and the penalty touches only the ids the row has seen. The kept tokens and their
-values are vLLM's (tested against vLLM's own ops), so its seeded draw picks the same token; the one place
-the two can part is a token whose cumulative mass equals top_p to within float rounding.
+a repetition penalty of 1.2 on top to 70-80. Here the nucleus is cut from a `topk` of the row (widened once,
+then a sort of the row when the row is flat) and the penalty touches only the ids the row has seen.
 
-vLLM loads it by name in its engine process (`LLM(logits_processors=[FQCN])`, set by the vllm engine); a
-request carries its options in `SamplingParams.extra_args["lendata"]` (`decoding_args`). The vocabulary's
-bytes come from the model's `tokenizers` file, read once per engine process on the first row that asks
-(no_repeat.vocabulary_bytes: byte for byte what llama.cpp detokenizes for the bundled model).
-
-Deviation from the llama.cpp engine: vLLM hands a processor the prompt's token ids as vLLM rendered them, so the
-"all" scope indexes exactly what the model saw; the "output" scope of a continuation starts `prefill_tokens`
-before the end of the prompt, the prefill tokenized on its own (the same approximation the llama.cpp engine
-makes).
+Deviation from vLLM's sampler: the same rule, the same penalized values (vLLM's float operations) and the same
+number of kept tokens, tested against vLLM's own ops; but which members of a group of equal logits survive at
+the nucleus's edge is an order vLLM's unstable sort leaves open, and with bf16 logits such groups are common in
+the tail. vLLM's seeded draw then picks the same token unless it lands on such an edge token (rare: edge tokens
+hold the least mass), or on a token whose cumulative mass equals top_p to within float rounding.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -37,12 +32,14 @@ EXTRA_ARGS_KEY = "lendata"
 FQCN = f"{__name__}:LendataDecoding"
 
 
-GREEDY = 1e-5  # vLLM's _SAMPLING_EPS: a row below this temperature is decoded greedily, without top-k/top-p
+# vLLM's _SAMPLING_EPS: a row below it is decoded greedily, without top-k/top-p. vLLM raises any temperature in
+# (0, 0.01) to 0.01 before this, so only 0 is greedy; the processor reads the temperature vLLM settled on
+GREEDY = 1e-5
 
 
 def sampling_moved(req: Request) -> bool:
     """Whether the processor has sampling work for this row (a penalty, or a top-p cut of a sampled row)."""
-    return req.repetition_penalty != 1.0 or (req.top_p < 1.0 and req.temperature >= GREEDY)
+    return req.repetition_penalty != 1.0 or (req.top_p < 1.0 and req.temperature > 0)
 
 
 def decoding_args(req: Request, prefill_tokens: int, sampling: bool = False) -> dict[str, Any] | None:
@@ -55,7 +52,7 @@ def decoding_args(req: Request, prefill_tokens: int, sampling: bool = False) -> 
         "no_repeat_ngram": req.no_repeat_ngram, "output_only": req.no_repeat_scope == "output",
         "prefill_tokens": prefill_tokens, "end_at_sentence": req.end_at_sentence, "min_tokens": req.min_tokens,
         "prefill": req.prefill or "",
-        **({"sampling": {"temperature": req.temperature, "top_p": req.top_p,
+        **({"sampling": {"top_p": req.top_p,
                          # top-k stays with vLLM unless top-p comes here (vLLM cuts top-p within the top-k)
                          "top_k": int(req.top_k or 0) if req.top_p < 1.0 else 0,
                          "repetition_penalty": req.repetition_penalty}} if sampling else {}),
@@ -69,7 +66,7 @@ def vllm_sampling_params(req: Request, sampling: bool) -> dict[str, Any]:
     if not (sampling and sampling_moved(req)):
         return own
     own["repetition_penalty"] = 1.0
-    if req.top_p < 1.0 or req.temperature < GREEDY:  # greedy rows: vLLM ignores top-k/top-p anyway
+    if req.top_p < 1.0 or req.temperature == 0:  # greedy rows: vLLM ignores top-k/top-p anyway
         own.update(top_p=1.0, top_k=0)
     return own
 
@@ -92,22 +89,21 @@ def filter_row(logits: torch.Tensor, temperature: float, top_k: int, top_p: floa
     if temperature < GREEDY or (top_p >= 1.0 and not 0 < top_k < vocab):
         return logits
     scaled = logits / torch.tensor(temperature, dtype=logits.dtype)
-    if 0 < top_k < vocab:
+    finite = int(torch.isfinite(scaled).sum())
+    if finite == 0:
+        return logits
+    if 0 < top_k < finite:
         kth = torch.topk(scaled, top_k).values[-1]
-        ids = (scaled >= kth).nonzero().squeeze(1)
+        ids = (scaled >= kth).nonzero().squeeze(1)  # ties at the k-th value stay, as in vLLM
         values, order = scaled[ids].sort(descending=True)
         ids, probs = ids[order], torch.softmax(values, 0)
-    else:
+    else:  # (a top-k at or past the finite tokens, a grammar's mask, keeps them all: vLLM's cut is then -inf)
         total = torch.logsumexp(scaled, 0)
-        if not torch.isfinite(total):
-            return logits
-        width = min(vocab, 256)
-        while True:  # widen until the candidates hold top_p of the mass (a flat row: the whole vocabulary)
-            values, ids = torch.topk(scaled, width)
+        values, ids = torch.topk(scaled, min(finite, 256))
+        probs = torch.exp(values - total)
+        if top_p < 1.0 and float(probs.sum()) < top_p:  # a flat row: one sort of its finite tokens
+            values, ids = torch.topk(scaled, finite)
             probs = torch.exp(values - total)
-            if width == vocab or float(probs.sum()) >= top_p:
-                break
-            width = min(vocab, width * 8)
     if top_p < 1.0:
         before = torch.cumsum(probs, 0) - probs
         keep = (1 - before) > (1 - torch.tensor(top_p, dtype=probs.dtype))  # vLLM's comparison, from the top
@@ -133,12 +129,9 @@ class LendataDecoding(AdapterLogitsProcessor):
         if not isinstance(opts, dict) or int(opts.get("no_repeat_ngram") or 0) < 0:
             raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}] must be lendata's decoding arguments, got {opts!r}")
         sampling = opts.get("sampling")
-        if sampling is not None and not (
-                isinstance(sampling, dict) and float(sampling.get("temperature", -1)) >= 0
-                and 0 < float(sampling.get("top_p", -1)) <= 1 and int(sampling.get("top_k", -1)) >= 0
-                and float(sampling.get("repetition_penalty", -1)) > 0):
-            raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}]['sampling'] must hold temperature >= 0, 0 < top_p <= 1, "
-                             f"top_k >= 0 and repetition_penalty > 0, got {sampling!r}")
+        if sampling is not None and not _valid_sampling(sampling):
+            raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}]['sampling'] must hold 0 < top_p <= 1, an integer "
+                             f"top_k >= 0 and a finite repetition_penalty > 0, got {sampling!r}")
 
     def is_argmax_invariant(self) -> bool:
         return False  # both rules change which token is likeliest
@@ -163,7 +156,17 @@ class LendataDecoding(AdapterLogitsProcessor):
             return None
         # a row that only samples here needs no vocabulary (and no tokenizer load)
         rules = opts.get("no_repeat_ngram") or opts.get("end_at_sentence")
-        return _Row(opts, *(self.vocabulary() if rules else ([], None, {})), sorted(params.all_stop_token_ids))
+        return _Row(opts, *(self.vocabulary() if rules else ([], None, {})), sorted(params.all_stop_token_ids),
+                    params.temperature)  # as vLLM settled it (a temperature under 0.01 is raised to 0.01)
+
+
+def _valid_sampling(sampling: Any) -> bool:
+    if not isinstance(sampling, dict):
+        return False
+    top_p, top_k, penalty = sampling.get("top_p"), sampling.get("top_k"), sampling.get("repetition_penalty")
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (top_p, penalty))
+    return (numbers and 0 < top_p <= 1 and math.isfinite(penalty) and penalty > 0
+            and isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 0)
 
 
 class _Row:
@@ -171,7 +174,7 @@ class _Row:
     and the live list of output ids."""
 
     def __init__(self, opts: dict[str, Any], pieces: list[bytes], keys: Any, members: dict[int, list[int]],
-                 stop_ids: list[int]):
+                 stop_ids: list[int], temperature: float = 0.0):
         n = int(opts.get("no_repeat_ngram") or 0)
         self.ban = NoRepeatNgram(n, keys, members) if n else None
         self.output_only, self.prefill_tokens = bool(opts.get("output_only")), int(opts.get("prefill_tokens") or 0)
@@ -183,7 +186,7 @@ class _Row:
         self.stop = stop_ids
         self.read: int | None = None  # output ids consumed so far (None: the prompt is not indexed yet)
         sampling = opts.get("sampling") or {}
-        self.temperature, self.top_p = float(sampling.get("temperature", 0)), float(sampling.get("top_p", 1))
+        self.temperature, self.top_p = float(temperature), float(sampling.get("top_p", 1))
         self.top_k, self.penalty = int(sampling.get("top_k", 0)), float(sampling.get("repetition_penalty", 1))
         self.seen: set[int] = set()  # prompt and output ids, for the penalty
         self.seen_ids = torch.empty(0, dtype=torch.long)

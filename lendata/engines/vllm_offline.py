@@ -94,9 +94,19 @@ class VLLMEngine:
         if why_not:
             log.warning("vllm: no_repeat_ngram and end_at_sentence are not enforced here (%s)", why_not)
         else:
-            from lendata.engines.vllm_decoding import FQCN
+            from lendata.engines.vllm_decoding import FQCN, LendataDecoding
 
-            processors.append(FQCN)
+            if FQCN not in processors and LendataDecoding not in processors:  # twice would penalize twice
+                processors.append(FQCN)
+        asked = sample_in_processor
+        if sample_in_processor is None:
+            from vllm.platforms import current_platform
+
+            sample_in_processor = current_platform.is_cpu()
+        if asked and unsupported:
+            log.warning("vllm: sample_in_processor needs lendata's processor, which does not run here (%s)",
+                        unsupported)
+        self.sample_in_processor = bool(sample_in_processor) and not unsupported
         self._llm = LLM(
             model=model,
             logits_processors=processors,
@@ -121,14 +131,6 @@ class VLLMEngine:
             log.warning("vllm: end_at_sentence is not enforced here (%s)", self._why_not)
             self.decoding_options = self.decoding_options - {"end_at_sentence"}
         self.continuous_batching = bool(continuous_batching)
-        if sample_in_processor is None:
-            from vllm.platforms import current_platform
-
-            sample_in_processor = current_platform.is_cpu()
-        if sample_in_processor and unsupported:
-            log.warning("vllm: sample_in_processor needs lendata's processor, which does not run here (%s)",
-                        unsupported)
-        self.sample_in_processor = bool(sample_in_processor) and not unsupported
         self._driving = False
         self._lora_ids: dict[str, int] = {}
         self.supports_lora, self.max_lora_rank = bool(enable_lora), int(max_lora_rank)

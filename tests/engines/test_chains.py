@@ -177,3 +177,16 @@ def test_an_engine_that_answers_fewer_requests_than_it_was_sent_is_an_error_not_
     eng.generate = lambda reqs, on_result=None: [Result(text="x")] * (len(reqs) - 1)
     with pytest.raises(RuntimeError, match="answered 1 of 2"):
         in_rounds(eng, [counter("a", 2), counter("b", 2)])
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"temperature": -0.1}, "temperature"), ({"temperature": float("nan")}, "temperature"),
+    ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"),
+    ({"repetition_penalty": 0.0}, "repetition_penalty"), ({"repetition_penalty": float("inf")}, "repetition_penalty"),
+    ({"top_k": 2.5}, "top_k"), ({"top_k": True}, "top_k"), ({"top_k": -1}, "top_k"),
+])
+def test_a_request_with_sampling_values_no_engine_can_use_is_refused_when_it_is_made(bad, message):
+    """An infinite penalty turns a zero logit into NaN inside an engine's step; a fractional top_k is truncated by
+    one engine and refused by another: refused here, where the caller made it, with the field's name."""
+    with pytest.raises(ValueError, match=message):
+        Request(messages=({"role": "user", "content": "x"},), **bad)

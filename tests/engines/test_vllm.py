@@ -456,8 +456,9 @@ def test_top_k_top_p_and_repetition_penalty_in_the_processor_keep_what_vllm_s_sa
     the engine's default dtype hands the sampler: many equal logits), masked entries, top-k ties and every
     sampling setting lendata's methods use, the same number of tokens survives, with the same values. Two
     differences are allowed, both at the nucleus's edge: members of a group of equal logits swapped (vLLM's
-    unstable sort leaves their order open), and a token whose mass before it is top_p to within 1e-6 (computed
-    exactly, in float64), where float32 sums taken from the two ends round to different sides."""
+    unstable sort leaves their order open), and a token whose mass before it is top_p to within 1e-4 (computed
+    exactly, in float64), where vLLM's float32 sum of up to 49,152 masses from the bottom rounds to the other side
+    (lendata's sum is float64; a float32 one erred by 7e-5 on a flat row)."""
     import random
 
     import torch
@@ -478,7 +479,7 @@ def test_top_k_top_p_and_repetition_penalty_in_the_processor_keep_what_vllm_s_sa
             logits[: vocab // 4] = logits[0]
         temperature = rnd.choice([0.3, 0.7, 1.0, 1.3])
         top_p = rnd.choice([0.5, 0.8, 0.95, 0.99, 1.0])
-        top_k = rnd.choice([0, 0, 1, 20, 200, vocab + 5]) if top_p < 1 else 0
+        top_k = rnd.choice([0, 0, 1, 20, 200, 600, vocab + 5])
         penalty = rnd.choice([1.0, 1.1, 1.2, 2.0])
         seen = sorted(rnd.sample(range(vocab), rnd.randrange(0, min(vocab, 400))))
         ref_values, ref_kept = _vllm_filtered(logits, temperature, min(top_k, vocab), top_p, penalty, seen)
@@ -499,11 +500,12 @@ def test_top_k_top_p_and_repetition_penalty_in_the_processor_keep_what_vllm_s_sa
             continue
         for token in (kept != ref_kept).nonzero().squeeze(1).tolist():
             before = float(exact[exact > exact[token]].sum())
-            assert abs(before - top_p) < 1e-6, (trial, token, before, top_p, int(kept.sum()), int(ref_kept.sum()))
+            assert abs(before - top_p) < 1e-4, (trial, token, before, top_p, int(kept.sum()), int(ref_kept.sum()))
             edges += 1
         checked += int(top_p < 1 and 1 < int(ref_kept.sum()) < int(torch.isfinite(logits).sum()))
     assert checked > 150  # most trials cut a real nucleus (neither everything nor one token)
-    assert edges <= 3 and swaps < 150, (edges, swaps)
+    # edges: vLLM's float32 error on flat rows (15 of 600 rows here), one token of thousands kept, the least likely
+    assert edges <= 30 and swaps < 150, (edges, swaps)
 
 
 def test_sampling_moves_to_the_processor_only_where_it_has_work():
@@ -552,7 +554,7 @@ def test_a_row_reads_the_temperature_vllm_settled_on():
     from lendata.engines.vllm_decoding import LendataDecoding
 
     params = SamplingParams(temperature=1e-6, top_p=1.0, extra_args={"lendata": {
-        "sampling": {"top_p": 0.5, "top_k": 0, "repetition_penalty": 1.0}}})
+        "sampling": {"top_p": 0.4, "top_k": 0, "repetition_penalty": 1.0}}})
     row = LendataDecoding.new_req_logits_processor(object.__new__(LendataDecoding), params)
     logits = torch.tensor([5.0, 5.0, 0.0, -1.0])
     kept = torch.isfinite(row([1], [], logits.clone()))

@@ -104,11 +104,11 @@ def filter_row(logits: torch.Tensor, temperature: float, top_k: int, top_p: floa
     else:  # (a top-k at or past the finite tokens keeps them all: vLLM's cut is then -inf)
         # float64: a float32 sum of a flat row's 37,000 kept masses erred by 7e-5 at the edge
         total = torch.logsumexp(scaled.double(), 0)
-        values, ids = torch.topk(scaled, min(finite, 256))
-        probs = torch.exp(values.double() - total)
-        if top_p < 1.0 and float(probs.sum()) < top_p:  # a flat row: one sort of its finite tokens
-            values, ids = torch.topk(scaled, finite)
+        for width in (256, 2048, finite):  # the likeliest first; a flat row: one sort of its finite tokens
+            values, ids = torch.topk(scaled, min(finite, width))
             probs = torch.exp(values.double() - total)
+            if top_p >= 1.0 or width >= finite or float(probs.sum()) >= top_p:
+                break
     if top_p < 1.0:
         before = torch.cumsum(probs, 0) - probs
         keep = (1 - before) > (1 - top_p)  # vLLM's comparison, from the top

@@ -2,6 +2,16 @@
 on each row that asks, the rules the llama.cpp engine runs (engines/no_repeat.py: the word-key n-gram ban;
 engines/sentence_end.py: end at the first sentence end after the minimum).
 
+vLLM loads it by name in its engine process (`LLM(logits_processors=[FQCN])`, set by the vllm engine); a
+request carries its options in `SamplingParams.extra_args["lendata"]` (`decoding_args`). The vocabulary's
+bytes come from the model's `tokenizers` file, read once per engine process on the first row that asks
+(no_repeat.vocabulary_bytes: byte for byte what llama.cpp detokenizes for the bundled model).
+
+Deviation from the llama.cpp engine: vLLM hands a processor the prompt's token ids as vLLM rendered them, so the
+"all" scope indexes exactly what the model saw; the "output" scope of a continuation starts `prefill_tokens`
+before the end of the prompt, the prefill tokenized on its own (the same approximation the llama.cpp engine
+makes).
+
 On vLLM's CPU build the same processor also applies each row's repetition penalty and top-k/top-p (the engine
 then sends vLLM neutral values, so vLLM's sampler skips them). vLLM's CPU sampler sorts the whole vocabulary
 of every row at every step for top-p and rebuilds prompt and output masks over the vocabulary for the penalty:
@@ -107,7 +117,7 @@ def filter_row(logits: torch.Tensor, temperature: float, top_k: int, top_p: floa
         for width in (256, 2048, finite):  # the likeliest first; a flat row: one sort of its finite tokens
             values, ids = torch.topk(scaled, min(finite, width))
             probs = torch.exp(values.double() - total)
-            if top_p >= 1.0 or width >= finite or float(probs.sum()) >= top_p:
+            if width >= finite or float(probs.sum()) >= top_p:
                 break
     if top_p < 1.0:
         before = torch.cumsum(probs, 0) - probs

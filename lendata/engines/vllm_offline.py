@@ -63,9 +63,9 @@ class VLLMEngine:
         # a chain's next call joins the running batch as soon as its previous one ends (engines/chains.py);
         # False: rounds, every call of a round waits for the round's slowest
         continuous_batching: bool = True,
-        # repetition penalty and top-k/top-p in lendata's processor instead of vLLM's sampler (same kept tokens,
-        # same seeded draws; engines/vllm_decoding.py). None: on vLLM's CPU build, whose sampler sorts the whole
-        # vocabulary per row and step; off on GPUs, whose sampler kernels are fast
+        # repetition penalty and top-k/top-p in lendata's processor instead of vLLM's sampler (vLLM's rule and
+        # values; at the nucleus's edge the kept set can differ: engines/vllm_decoding.py). None: on vLLM's CPU
+        # build, whose sampler sorts the whole vocabulary per row and step; off on GPUs, whose kernels are fast
         sample_in_processor: bool | None = None,
         **llm_kwargs: Any,
     ):

@@ -104,3 +104,143 @@ def test_rows_say_when_the_window_stopped_the_text_not_the_model(scripted):
     got = table.to_pylist()
     assert [r["window_limited"] for r in got] == [False, True, False]
     assert [r["stopped_by"] for r in got] == ["model", "window", "max_tokens"]
+
+
+# --- continuing a row cut at max_tokens (issue 19) --------------------------------------------------------
+
+
+def _cut_then_finish(req):
+    """Cut at the budget on the first call; a continuation (a prefilled assistant turn) ends its sentence."""
+    if req.messages[-1]["role"] == "assistant":
+        return Result(text=" and ends here.", completion_tokens=4, finish_reason="stop")
+    return Result(text="word " * (req.max_tokens - 1) + "mid", completion_tokens=req.max_tokens,
+                  finish_reason="length")
+
+
+def test_a_cut_row_is_continued_from_where_it_stopped(scripted):
+    from lendata.methods.agentwrite.writing import continuation_tokens
+
+    eng = scripted(_cut_then_finish)
+    rows = [{"instruction": "write 100 words", "target": 100, "source": "f:1"}]
+    table, quarantine = direct(rows, eng, Settings(seed=1, continue_attempts=1))
+    first, more = eng.seen
+    # the continuation carries the cut text as the assistant's own turn and asks for one sentence more
+    assert more.messages == (*first.messages, {"role": "assistant", "content": "word " * (first.max_tokens - 1)
+                                               + "mid"})
+    assert more.max_tokens == continuation_tokens(first.max_tokens) and more.min_tokens == 0
+    assert more.end_at_sentence and "\n\n" in more.stop and more.seed != first.seed
+    row = table.to_pylist()[0]
+    text = row["messages"][1]["content"]
+    assert text == ("word " * (first.max_tokens - 1) + "mid and ends here.")
+    assert row["finish_reason"] == "stop" and row["continued_tokens"] == 4
+    assert row["response_tokens"] == len(text.split())  # counted over the whole text, continuation included
+    assert row["stopped_by"] == "max_tokens"  # the model did not end its answer: the budget stopped it first
+    assert quarantine == []
+
+
+def test_continuation_is_off_by_default_and_for_the_ruler(scripted):
+    """The code default is LongBench-Write's baseline (one call per row); LongWrite-Ruler measures how long the
+    model writes, so its recipe never continues; the `direct` recipe does."""
+    from lendata import recipes
+
+    eng = scripted(_cut_then_finish)
+    table, _ = direct([{"instruction": "write 100 words", "target": 100}], eng, Settings(seed=1))
+    assert len(eng.seen) == 1 and table.to_pylist()[0]["continued_tokens"] == 0
+    assert table.to_pylist()[0]["finish_reason"] == "length"
+    assert recipes.load("longwrite_ruler", {}).settings.continue_attempts == 0
+    assert recipes.load("direct", {}).settings.continue_attempts >= 1
+
+
+def test_a_failed_or_refused_continuation_keeps_the_cut_text(scripted):
+    def answer(req):
+        if req.messages[-1]["role"] == "assistant":
+            return Result.failed("server went away")
+        return Result(text="one two three", completion_tokens=req.max_tokens, finish_reason="length")
+
+    eng = scripted(answer)
+    table, quarantine = direct([{"instruction": "write 100 words", "target": 100}], eng,
+                               Settings(seed=1, continue_attempts=2))
+    row = table.to_pylist()[0]
+    assert row["messages"][1]["content"] == "one two three" and row["finish_reason"] == "length"
+    assert row["continued_tokens"] == 0 and quarantine == []
+    assert len(eng.seen) == 3  # the first call, then both attempts (each with its own seed)
+    assert len({r.seed for r in eng.seen}) == 3
+
+
+def test_an_engine_that_cannot_end_at_a_sentence_continues_to_the_paragraph_break(scripted):
+    eng = scripted(_cut_then_finish)
+    eng.decoding_options = frozenset()
+    direct([{"instruction": "write 100 words", "target": 100}], eng, Settings(seed=1, continue_attempts=1))
+    assert not eng.seen[1].end_at_sentence and "\n\n" in eng.seen[1].stop
+
+
+def test_a_row_the_window_stopped_is_not_continued(scripted):
+    eng = scripted(lambda req: Result(text="word " * req.max_tokens, completion_tokens=req.max_tokens,
+                                      finish_reason="length"))
+    table, _ = direct([{"instruction": "write 100000 words", "target": 100000}], eng,
+                      Settings(seed=1, continue_attempts=2))
+    assert len(eng.seen) == 1 and table.to_pylist()[0]["stopped_by"] == "window"
+
+
+def test_progress_counts_rows_not_calls(scripted):
+    eng = scripted(_cut_then_finish)
+    seen: list[int] = []
+    direct([{"instruction": "write 100 words", "target": 100}, {"instruction": "write 50 words", "target": 50}],
+           eng, Settings(seed=1, continue_attempts=1), on_result=lambda i, r: seen.append(i))
+    assert sorted(seen) == [0, 1] and len(eng.seen) == 4
+
+
+def test_continued_rows_keep_their_first_text_on_the_bundled_model(llama):
+    """The real model: a row cut at a small budget is continued and its first call's text is kept word for
+    word (the same seed writes the same first call; the continuation only appends)."""
+    rows = [{"instruction": "Write a 40-word story about a lighthouse keeper.", "target": 40}]
+    s = dict(seed=3, min_ratio=1.0, max_ratio=1.0, temperature=0.7)
+    base, _ = direct(rows, llama, Settings(**s))
+    more, _ = direct(rows, llama, Settings(**s, continue_attempts=1))
+    cut, continued = base.to_pylist()[0], more.to_pylist()[0]
+    assert cut["finish_reason"] == "length"  # the budget of 40 words' tokens cut it
+    assert continued["continued_tokens"] > 0
+    assert continued["messages"][1]["content"].startswith(cut["messages"][1]["content"])
+    assert len(continued["messages"][1]["content"]) > len(cut["messages"][1]["content"])
+    assert continued["response_tokens"] > cut["response_tokens"]
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(cut=st.text(min_size=1).filter(str.strip), parts=st.lists(
+    st.tuples(st.text(), st.sampled_from(["stop", "length"]), st.booleans()), min_size=1, max_size=3))
+def test_continuations_only_append_to_the_cut_text(cut, parts):
+    """Whatever the continuations return (text, cut again, failed), the result starts with the cut text word
+    for word and is exactly the cut text plus the continuations that succeeded, in order."""
+    from lendata.engines.base import Request
+    from lendata.engines.chains import run_chains
+    from lendata.methods.shared.continuation import continue_cut
+    from tests.conftest import ScriptedEngine
+
+    answers = iter(parts)
+
+    def answer(req):
+        text, reason, ok = next(answers)
+        return Result(text=text, completion_tokens=len(text.split()), finish_reason=reason) if ok else \
+            Result.failed("down")
+
+    eng = ScriptedEngine(answer)
+    req = Request(messages=({"role": "user", "content": "go"},), max_tokens=100, seed=1)
+    first = Result(text=cut, completion_tokens=3, finish_reason="length")
+
+    def chain():
+        return (yield from continue_cut(req, first, eng, len(parts)))
+
+    [res] = run_chains(eng, [chain()])
+    expected, reason, calls = cut, "length", 0
+    for text, why, ok in parts:
+        if reason != "length":  # a continuation that ended the text is the last one asked for
+            break
+        calls += 1
+        if ok:
+            expected, reason = expected + text, why
+    assert len(eng.seen) == calls
+    assert res.text == expected and res.text.startswith(cut) and res.finish_reason == reason
+    assert all(m.messages[-1]["content"].startswith(cut) for m in eng.seen)  # each call continues the cut text

@@ -20,6 +20,12 @@ from lendata.engines.chains import Chain, run_chains
 from lendata.lengths import count_words
 from lendata.methods.shared import checks
 from lendata.methods.shared.budget import measure_tokens_per_word
+from lendata.methods.shared.continuation import (  # noqa: F401 - re-exported for plan_and_write
+    CONTINUE_MIN_TOKENS,
+    PARAGRAPH_END,
+    continuation_tokens,
+    continue_cut,
+)
 
 if TYPE_CHECKING:  # the data types live beside the plan; at run time this module needs only their attributes
     from lendata.methods.agentwrite.plan_and_write import Sample, Settings
@@ -132,46 +138,10 @@ def step_request(smp: Sample, step: int, engine: Engine, s: Settings, tpw_prior:
     )
 
 
-PARAGRAPH_END = "\n\n"
-# the least a continuation may write: a sixth of a short step's budget (a 60-word step: 13 tokens) is too few
-# to finish the sentence it was cut in, and a continuation that is cut again leaves the text's ending truncated
-CONTINUE_MIN_TOKENS = 64
-
-
-def continuation_tokens(step_max_tokens: int) -> int:
-    """The budget of one continuation of a step: a sixth of the step's (bounding the overshoot), at least
-    `CONTINUE_MIN_TOKENS`."""
-    return max(CONTINUE_MIN_TOKENS, step_max_tokens // 6)
-
-
 def continue_step(req: Request, res: Any, engine: Engine, s: Settings) -> Chain[Any]:
-    """A step that stopped at its token limit is continued from where it stopped (the assistant turn is
-    prefilled with what was written), with a sixth of the step's budget (which bounds the overshoot) but at least
-    `CONTINUE_MIN_TOKENS`, so a paragraph ends on its own instead of being trimmed back to its last sentence. A
-    continuation also ends where the model starts a new paragraph (the step asked for one), or, with
-    `end_at_sentence`, at the first sentence end. Its text is appended, its tokens counted and its finish reason
-    becomes the step's; a failed continuation is tried again (new seed) and, failing every attempt, the cut
-    paragraph stays, trimmed as before."""
-    from dataclasses import replace
-
-    for attempt in range(s.continue_attempts):
-        if not (res.ok and res.finish_reason == "length" and res.text.strip()):
-            break
-        more = replace(req, messages=(*req.messages, {"role": "assistant", "content": res.text}),
-                       max_tokens=continuation_tokens(req.max_tokens), min_tokens=0,
-                       stop=tuple(dict.fromkeys((*req.stop, PARAGRAPH_END))),
-                       seed=(req.seed or 0) + 7919 * (attempt + 1))
-        # the step's prompt was fitted with room for the step alone: a continuation gets what the window has
-        # left (a server rejects a request whose prompt and max_tokens pass the window)
-        room = engine.context_window - estimate_prompt_tokens(engine, [more.messages])[0] - 16
-        if room < 16:
-            break
-        r = yield replace(more, max_tokens=min(more.max_tokens, room))
-        if r.ok:
-            res = type(res)(text=res.text + r.text, prompt_tokens=res.prompt_tokens,
-                            completion_tokens=res.completion_tokens + r.completion_tokens,
-                            finish_reason=r.finish_reason)
-    return res
+    """A step that stopped at its token limit, continued from where it stopped (shared/continuation.py) up to
+    `continue_attempts` times; failing every attempt, the cut paragraph stays and is trimmed as before."""
+    return (yield from continue_cut(req, res, engine, s.continue_attempts))
 
 
 def write_chain(smp: Sample, engine: Engine, s: Settings, tpw_prior: dict[str, float],

@@ -3,6 +3,13 @@
 The baseline that AgentWrite improves on, and the simplest recipe that exercises the whole toolkit: per-row
 `min_tokens`/`max_tokens` from the word target and the tokenizer's measured tokens per word, targets capped
 to what the context window holds, and every row scored with S_l against its target.
+
+Deviation from LongBench-Write's baseline, off by default: with `continue_attempts`, a row cut at
+`max_tokens` is continued from where it stopped (shared/continuation.py: the cut text as the assistant's
+turn, ending at the first sentence end on engines that enforce `end_at_sentence`, else at the next paragraph
+break), so it ends on the model's own sentence instead of mid-word. The `direct` recipe turns it on; the
+LongWrite-Ruler recipe keeps it off (it measures how long the model writes in one call). `continued_tokens`
+records what the continuations added; `stopped_by` stays `max_tokens` for such a row.
 """
 
 from __future__ import annotations
@@ -13,10 +20,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from lendata.engines.base import Engine, OnResult, Request, estimate_prompt_tokens
+from lendata.engines.base import Engine, OnResult, Request, Result, enforces, estimate_prompt_tokens
+from lendata.engines.chains import Chain, run_chains
 from lendata.engines.identity import model_name
 from lendata.lengths import WordCounter, count_words, length_score
 from lendata.methods.shared.budget import budget_for, language_of, measure_tokens_per_word
+from lendata.methods.shared.continuation import continue_cut
 from lendata.methods.shared.inputs import InstructionInput
 from lendata.methods.shared.quality_gate import JudgeGate
 from lendata.methods.shared.sft import SFT_SCHEMA, row_id
@@ -30,6 +39,7 @@ class Settings(InstructionInput, JudgeGate):
     word_counter: WordCounter = "longwriter"  # longwriter | longen | ruler
     min_ratio: float = 0.85  # min_tokens = target words x tokens/word x min_ratio
     max_ratio: float = 1.3  # max_tokens = target words x tokens/word x max_ratio
+    continue_attempts: int = 0  # a row cut at max_tokens is continued from where it stopped (0: one call)
 
 
 def direct(
@@ -71,11 +81,15 @@ def direct(
                 seed=seed + first_index + i,
             )
         )
-    results = engine.generate(requests, on_result=on_result)
+    # a continuation ends at the first sentence end where the engine can enforce it, else at a paragraph break
+    ending = {"end_at_sentence": enforces(engine, "end_at_sentence")}
+    results = run_chains(engine, [_answer(i, q, engine, s.continue_attempts, ending, on_result)
+                                  for i, q in enumerate(requests)])
+    results, added = [r for r, _ in results], [n for _, n in results]
     ok_texts = [r.text.strip() for r in results]
     tokens = engine.count_tokens(ok_texts) if ok_texts else []  # the tokenizer of the model that wrote them
     out, quarantine = [], []
-    for row, b, res, text, ntok in zip(rows, budgets, results, ok_texts, tokens, strict=True):
+    for row, b, res, text, ntok, more in zip(rows, budgets, results, ok_texts, tokens, added, strict=True):
         rid = row_id(row["instruction"], b.requested_words, seed)
         if not res.ok:
             quarantine.append(
@@ -103,8 +117,10 @@ def direct(
                 "response_tokens": ntok,
                 "window_limited": b.window_limited,
                 # LongWrite-Ruler reads a text that ran to the window's end as the window's length, not the model's
-                "stopped_by": "model" if res.finish_reason == "stop" else ("window" if b.window_limited
-                                                                           else "max_tokens"),
+                # a continued row was stopped by its budget: the continuation ended it, not the model
+                "stopped_by": "model" if res.finish_reason == "stop" and not more else (
+                    "window" if b.window_limited else "max_tokens"),
+                "continued_tokens": more,
                 # against the length asked for, not the target a small context window capped it to
                 "length_score": length_score(b.requested_words, words),
                 "goal_score": length_score(b.target_words, words),
@@ -115,3 +131,16 @@ def direct(
             }
         )
     return pa.Table.from_pylist(out, schema=SFT_SCHEMA), quarantine
+
+
+def _answer(i: int, req: Request, engine: Engine, attempts: int, ending: dict[str, bool],
+            on_result: OnResult | None) -> Chain[tuple[Result, int]]:
+    """Row `i`'s call and, when it was cut at max_tokens, its continuations: (the final result, the tokens the
+    continuations added). `on_result` hears of the row once, when it is done."""
+    res = yield req
+    first = res.completion_tokens
+    if attempts and res.ok and res.finish_reason == "length":
+        res = yield from continue_cut(req, res, engine, attempts, **ending)
+    if on_result:
+        on_result(i, res)
+    return res, res.completion_tokens - first

@@ -36,6 +36,7 @@ SFT_SCHEMA = pa.schema(
         ("max_tokens", pa.int32()),
         ("window_limited", pa.bool_()),  # max_tokens is what the context window left
         ("stopped_by", pa.string()),  # model (it ended), window (it ran to the window's end) or max_tokens
+        ("continued_tokens", pa.int32()),  # tokens continuations added after max_tokens cut it (0: none)
         *RESPONSE_FIELDS,
     ]
 )

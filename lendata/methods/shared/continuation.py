@@ -1,0 +1,53 @@
+"""Continuing a text that stopped at its token limit, from where it stopped (issue 19).
+
+The request is sent again with the cut text as the assistant's own turn (every engine continues a prefilled
+assistant turn), so the model finishes what it was writing instead of the text being trimmed back or
+regenerated. AgentWrite continues a sample's last step this way; `direct` continues a row cut at `max_tokens`.
+A continuation has a sixth of the cut call's budget (which bounds the overshoot), at least
+`CONTINUE_MIN_TOKENS`, and ends where the model starts a new paragraph or, with `end_at_sentence`, at the
+first sentence end. Continuations only append: the cut text is kept as written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from lendata.engines.base import Engine, Request, Result, estimate_prompt_tokens
+from lendata.engines.chains import Chain
+
+PARAGRAPH_END = "\n\n"
+# the least a continuation may write: a sixth of a short step's budget (a 60-word step: 13 tokens) is too few
+# to finish the sentence it was cut in, and a continuation that is cut again leaves the text's ending truncated
+CONTINUE_MIN_TOKENS = 64
+
+
+def continuation_tokens(cut_max_tokens: int) -> int:
+    """The budget of one continuation of a call that had `cut_max_tokens`: a sixth of it (bounding the
+    overshoot), at least `CONTINUE_MIN_TOKENS`."""
+    return max(CONTINUE_MIN_TOKENS, cut_max_tokens // 6)
+
+
+def continue_cut(req: Request, res: Result, engine: Engine, attempts: int, **change: object) -> Chain[Result]:
+    """Continue `res` (the result of `req`) while it stopped at its token limit, at most `attempts` times; the
+    final result (a chain: `res = yield from continue_cut(...)`). `change`: Request fields the continuations set
+    (e.g. `end_at_sentence`). Each continuation's text is appended, its tokens counted and its finish reason
+    becomes the result's; a failed continuation is tried again with a new seed, and when every attempt fails,
+    or the window has no room left, the cut text stays as it is."""
+    for attempt in range(attempts):
+        if not (res.ok and res.finish_reason == "length" and res.text.strip()):
+            break
+        more = replace(req, messages=(*req.messages, {"role": "assistant", "content": res.text}),
+                       max_tokens=continuation_tokens(req.max_tokens), min_tokens=0,
+                       stop=tuple(dict.fromkeys((*req.stop, PARAGRAPH_END))),
+                       seed=(req.seed or 0) + 7919 * (attempt + 1), **change)
+        # the cut call's prompt was fitted with room for it alone: a continuation gets what the window has left
+        # (a server rejects a request whose prompt and max_tokens pass the window)
+        room = engine.context_window - estimate_prompt_tokens(engine, [more.messages])[0] - 16
+        if room < 16:
+            break
+        r = yield replace(more, max_tokens=min(more.max_tokens, room))
+        if r.ok:
+            res = type(res)(text=res.text + r.text, prompt_tokens=res.prompt_tokens,
+                            completion_tokens=res.completion_tokens + r.completion_tokens,
+                            finish_reason=r.finish_reason)
+    return res

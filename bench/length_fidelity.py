@@ -13,6 +13,7 @@ plans that fell back to the even plan are printed next to it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -90,7 +91,9 @@ def main() -> None:
         print(f"  quarantined {q['id'][:12]}: {q['reason'][:110]}")
 
     t0 = time.monotonic()
-    d_rows = [] if args.skip_direct else direct(rows, engine, recipes.load("direct").settings)[0].to_pylist()
+    # the baseline stays one call per prompt (the recipe continues a row cut at max_tokens)
+    baseline = dataclasses.replace(recipes.load("direct").settings, continue_attempts=0)
+    d_rows = [] if args.skip_direct else direct(rows, engine, baseline)[0].to_pylist()
     d_secs = time.monotonic() - t0
     d_scores = [r["length_score"] for r in d_rows]
     print("direct (baseline: one budgeted call per prompt)" + (": skipped" if args.skip_direct else ""))

@@ -34,6 +34,7 @@ class ScriptedEngine:
     model_id = "scripted-1"
     context_window = 4096
     decoding_options = frozenset({"no_repeat_ngram", "end_at_sentence"})  # claims what llamacpp honours
+    continues_prefill = True  # as llamacpp and vllm: a chat ending on an assistant turn is continued
 
     def __init__(self, answer=None):
         self.answer = answer or (lambda req: Result(text="word " * req.min_tokens, completion_tokens=req.min_tokens))

@@ -544,6 +544,7 @@ class ShuffledContinuous:
     name, model_id, context_window = "shuffled", "shuffled-1", 4096
     continuous_batching = True
     decoding_options = frozenset({"no_repeat_ngram", "end_at_sentence"})
+    continues_prefill = True
 
     def __init__(self, seed):
         import random

@@ -46,10 +46,11 @@ def test_build_commits_a_version_and_reports_json(built):
     r = last_json(first)
     assert r["dataset"] == "direct" and r["version"] == "0.1.0"
     assert r["rows"] == 3 and r["quarantined"] == 1
-    # one call per row, and one more per row the recipe's continue_attempts=1 continued past max_tokens
+    # one call per row, and at most one more per row cut at max_tokens (the recipe's continue_attempts: 1)
     got = run("query", "SELECT count(*) FILTER (WHERE continued_tokens > 0) AS n FROM direct", "--format", "json",
               store=store)
-    assert r["engine_calls"] == 3 + json.loads(got.stdout)[0]["n"] and r["cache_hits"] == 0 and r["seconds"] > 0
+    assert 3 + json.loads(got.stdout)[0]["n"] <= r["engine_calls"] <= 6
+    assert r["cache_hits"] == 0 and r["seconds"] > 0
     assert r["path"] == str(store / "direct" / "0.1.0")
     assert (store / "direct" / "0.1.0" / "manifest.json").is_file()
     assert "prompts.jsonl:2: invalid JSON" in first.stderr

@@ -132,7 +132,8 @@ def test_a_cut_row_is_continued_from_where_it_stopped(scripted):
     row = table.to_pylist()[0]
     text = row["messages"][1]["content"]
     assert text == ("word " * (first.max_tokens - 1) + "mid and ends here.")
-    assert row["finish_reason"] == "stop" and row["continued_tokens"] == 4
+    # counted with the engine's tokenizer, as response_tokens is (the scripted one counts words)
+    assert row["finish_reason"] == "stop" and row["continued_tokens"] == 3
     assert row["response_tokens"] == len(text.split())  # counted over the whole text, continuation included
     assert row["stopped_by"] == "max_tokens"  # the model did not end its answer: the budget stopped it first
     assert quarantine == []
@@ -244,3 +245,73 @@ def test_continuations_only_append_to_the_cut_text(cut, parts):
     assert len(eng.seen) == calls
     assert res.text == expected and res.text.startswith(cut) and res.finish_reason == reason
     assert all(m.messages[-1]["content"].startswith(cut) for m in eng.seen)  # each call continues the cut text
+
+
+def test_an_engine_that_cannot_continue_a_prefill_is_not_asked_to(scripted, caplog):
+    """A server that answers an assistant turn with a new turn (llama_cpp.server) would glue a fresh answer onto
+    the cut text: the row keeps its cut instead, and the log says why."""
+    eng = scripted(_cut_then_finish)
+    eng.continues_prefill = False
+    with caplog.at_level("WARNING"):
+        table, _ = direct([{"instruction": "write 100 words", "target": 100}], eng,
+                          Settings(seed=1, continue_attempts=2))
+    assert len(eng.seen) == 1 and table.to_pylist()[0]["finish_reason"] == "length"
+    assert "continue" in caplog.text and "scripted" in caplog.text
+
+
+def test_continued_tokens_are_counted_without_the_servers_usage(scripted):
+    """A server that reports no usage gives 0 completion tokens: the continuation is counted with the
+    tokenizer, and the row is still one its budget stopped, not the model."""
+    def answer(req):
+        if req.messages[-1]["role"] == "assistant":
+            return Result(text=" and ends here.", completion_tokens=0, finish_reason="stop")
+        return Result(text="word " * 10 + "mid", completion_tokens=0, finish_reason="length")
+
+    table, _ = direct([{"instruction": "write 100 words", "target": 100}], scripted(answer),
+                      Settings(seed=1, continue_attempts=1))
+    row = table.to_pylist()[0]
+    assert row["continued_tokens"] == 3 and row["stopped_by"] == "max_tokens" and row["finish_reason"] == "stop"
+
+
+def test_an_empty_continuation_ends_the_row(scripted):
+    """The cut fell where the model ends: the continuation says so with no text; the row is finished, nothing
+    appended, and it is not asked again."""
+    def answer(req):
+        if req.messages[-1]["role"] == "assistant":
+            return Result(text="", completion_tokens=0, finish_reason="stop")
+        return Result(text="A whole sentence.", completion_tokens=req.max_tokens, finish_reason="length")
+
+    eng = scripted(answer)
+    table, _ = direct([{"instruction": "write 100 words", "target": 100}], eng,
+                      Settings(seed=1, continue_attempts=3))
+    row = table.to_pylist()[0]
+    assert len(eng.seen) == 2 and row["messages"][1]["content"] == "A whole sentence."
+    assert row["finish_reason"] == "stop" and row["continued_tokens"] == 0 and row["stopped_by"] == "max_tokens"
+
+
+def test_a_window_limited_row_is_not_continued_even_when_its_text_counts_short(scripted):
+    """The window set this row's budget: whatever a re-count of its text says, it is not continued."""
+    eng = scripted(lambda req: Result(text="word " * req.max_tokens, completion_tokens=req.max_tokens,
+                                      finish_reason="length"))
+    words = eng.count_tokens
+    eng.count_tokens = lambda texts: [n // 3 for n in words(texts)]  # a tokenizer that counts a third
+    table, _ = direct([{"instruction": "write 100000 words", "target": 100000}], eng,
+                      Settings(seed=1, continue_attempts=2))
+    assert len(eng.seen) == 1 and table.to_pylist()[0]["stopped_by"] == "window"
+
+
+def test_a_result_made_of_cached_parts_stays_cached():
+    from lendata.engines.base import Request
+    from lendata.engines.chains import run_chains
+    from lendata.methods.shared.continuation import continue_cut
+    from tests.conftest import ScriptedEngine
+
+    eng = ScriptedEngine(lambda req: Result(text=" end.", completion_tokens=2, finish_reason="stop", cached=True))
+    req = Request(messages=({"role": "user", "content": "go"},), max_tokens=100)
+
+    def chain(first):
+        return (yield from continue_cut(req, first, eng, 1))
+
+    cut = Result(text="a b", completion_tokens=3, finish_reason="length", cached=True)
+    fresh = Result(text="a b", completion_tokens=3, finish_reason="length")
+    assert [r.cached for r in run_chains(eng, [chain(cut), chain(fresh)])] == [True, False]

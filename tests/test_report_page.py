@@ -69,8 +69,9 @@ def test_the_report_page_has_the_sections_a_person_needs(tmp_path, scripted):
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"prompt": f"Write 20 words about rivers {tag}.", "length": 20}) + "\n"
                            for tag in ("FINE", "LOOP", "CUT")))
+    # continue_attempts 0: the CUT row stays cut, as the page must show
     recipe = recipes.load("direct", {"input": str(src), "instruction_field": "prompt", "target_field": "length",
-                                     "judge": "same"})
+                                     "judge": "same", "continue_attempts": 0})
     pool = EnginePool(lambda n, o: CachedEngine(scripted(_engine), ResponseCache(tmp_path / "c")), "llamacpp")
     store = tmp_path / "store"
     builds.run(recipe, store, progress=False, engines=pool)

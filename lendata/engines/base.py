@@ -138,6 +138,13 @@ class Result:
 DECODING_OPTIONS = ("no_repeat_ngram", "end_at_sentence")
 
 
+def continues_prefill(engine: Any) -> bool:
+    """Whether `engine` continues a chat's final assistant turn (a prefill) in place. llama.cpp and vLLM do; a
+    server that does not (llama_cpp.server ignores vLLM's `continue_final_message`) answers it with a new turn,
+    which a continuation would glue onto the cut text, so methods do not continue there."""
+    return bool(getattr(engine, "continues_prefill", False))
+
+
 def enforces(engine: Any, option: str) -> bool:
     """Whether `engine` honours the Request option `option` (one of DECODING_OPTIONS) while decoding; an engine
     that does not refuses a request that asks for it (`refuse_unenforced_options`)."""

@@ -54,8 +54,10 @@ class ResponseCache:
                     out[key] = Result(**json.loads(blob), cached=True)
         return out
 
-    def put(self, key: str, engine: str, model: str, result: Result) -> None:
-        if not result.ok or not result.text:
+    def put(self, key: str, engine: str, model: str, result: Result, empty_ok: bool = False) -> None:
+        """Store a successful result; an empty text only with `empty_ok` (a continuation that ended at once is
+        an answer, a fresh question answered with nothing is not)."""
+        if not result.ok or not (result.text or empty_ok):
             return
         blob = json.dumps(
             {
@@ -115,7 +117,7 @@ class CachedEngine:
                 i = misses[j]
                 stored.add(i)
                 self.tokens += res.completion_tokens
-                self.cache.put(keys[i], self.name, self.model_id, res)
+                self.cache.put(keys[i], self.name, self.model_id, res, empty_ok=requests[i].prefill is not None)
                 if on_result:
                     on_result(i, res)
 
@@ -148,7 +150,7 @@ class CachedEngine:
                     res = yield req
                     self.calls += 1  # counted once answered: a request the drive never sent is no call
                     self.tokens += res.completion_tokens
-                    self.cache.put(key, self.name, self.model_id, res)
+                    self.cache.put(key, self.name, self.model_id, res, empty_ok=req.prefill is not None)
                 req = chain.send(res)
         except StopIteration as done:
             return done.value
@@ -171,6 +173,10 @@ class CachedEngine:
     @property
     def supports_lora(self) -> bool:
         return bool(getattr(self.engine, "supports_lora", False))
+
+    @property
+    def continues_prefill(self) -> bool:
+        return bool(getattr(self.engine, "continues_prefill", False))
 
     @property
     def decoding_options(self) -> frozenset[str]:

@@ -250,6 +250,7 @@ class LlamaCppEngine:
 
     supports_lora = True  # peft folders (converted) or LoRA GGUFs, per request
     decoding_options = frozenset(DECODING_OPTIONS)  # logits processors above
+    continues_prefill = True  # a chat ending on an assistant turn is rendered open and continued
 
     def training_base(self) -> Path:
         """The Hugging Face checkpoint the built-in LoRA trainer trains on: this engine's GGUF, dequantized."""

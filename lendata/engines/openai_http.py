@@ -70,6 +70,9 @@ class OpenAIEngine:
         # a chain's next request goes out as soon as its previous one is answered (engines/chains.py); False:
         # rounds, every request of a round waits for the round's slowest
         continuous_batching: bool = True,
+        # whether the server continues a chat's final assistant turn (vLLM's and SGLang's
+        # continue_final_message); None: as the server's /models says (owned_by vllm or sglang)
+        continue_final_message: bool | None = None,
     ):
         if json_format not in {"json_schema", "json_object"}:
             raise ValueError(f"json_format must be json_schema or json_object, got {json_format!r}")
@@ -83,6 +86,7 @@ class OpenAIEngine:
         self.json_format = json_format
         self.send_min_tokens = send_min_tokens
         self.continuous_batching = bool(continuous_batching)
+        self._continues = continue_final_message
         self._tokenizer = tokenizer
         self._route: str | None = None  # the tokenize route found on first use: a key of _ROUTES, or none
         self._client: httpx.Client | None = None
@@ -99,6 +103,22 @@ class OpenAIEngine:
             log.warning("%s does not report the context window of %s: assuming 8192 tokens; set "
                         "engine_options.context_window", self.base_url, self.model_id)
         self.context_window = int(context_window or window or 8192)
+        if self._continues is None and served:
+            self._continues = _owned_by_continuing_server(served, self.model_id)
+
+    @property
+    def continues_prefill(self) -> bool:
+        """Whether the server continues a prefilled assistant turn: `continue_final_message`, else what its
+        /models says (asked once). llama_cpp.server and hosted APIs answer such a chat with a new turn."""
+        if self._continues is None:
+            try:
+                served = self._models()
+            except ConnectionError as e:
+                log.warning("%s: cannot tell whether the server continues a prefilled assistant turn (%s); "
+                            "assuming not (set engine_options.continue_final_message)", self.base_url, e)
+                served = []
+            self._continues = _owned_by_continuing_server(served, self.model_id)
+        return self._continues
 
     def identity(self) -> dict[str, Any]:
         """The server (URL without credentials) and its served model, and the options that change outputs."""
@@ -203,8 +223,9 @@ class OpenAIEngine:
                     usage = data.get("usage") or {}
                     reason = choice.get("finish_reason") or "stop"
                     text = (choice.get("message") or {}).get("content")
-                    # a 200 without text is a failed call, never a cached success; retried like a bad body
-                    if not isinstance(text, str) or not text:
+                    # a 200 without text is a failed call, never a cached success; retried like a bad body. A
+                    # continuation may end at once (its prefill stopped where the model ends): empty is its answer
+                    if not isinstance(text, str) or not (text or req.prefill is not None):
                         raise ValueError(f"HTTP 200 with {'empty' if text == '' else 'no'} content")
                     text.encode("utf-8")  # a lone surrogate from the server: UnicodeEncodeError, retried
                     return Result(
@@ -388,3 +409,10 @@ class OpenAIEngine:
 
     def __repr__(self) -> str:  # no key in reprs
         return f"OpenAIEngine(base_url={self.base_url!r}, model={self.model_id!r})"
+
+
+def _owned_by_continuing_server(served: list[dict[str, Any]], model: str) -> bool:
+    """vLLM and SGLang report themselves as the model's `owner` in /models, and both continue a final assistant
+    turn with `continue_final_message`; other servers are not assumed to."""
+    owner = next((m.get("owned_by") for m in served if m.get("id") == model), None)
+    return owner in {"vllm", "sglang"}

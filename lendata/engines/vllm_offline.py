@@ -47,6 +47,7 @@ def _decoding_unsupported(llm_kwargs: dict[str, Any]) -> str | None:
 
 
 class VLLMEngine:
+    continues_prefill = True  # a prefill goes to vLLM with continue_final_message
     name = "vllm"
 
     def __init__(

@@ -506,11 +506,13 @@ def test_a_cached_engine_says_what_its_engine_enforces(tmp_path):
 
     class Plain(ScriptedEngine):
         decoding_options = frozenset()
+        continues_prefill = False
 
     cache = ResponseCache(tmp_path / "responses.sqlite")
     for inner, able in ((ScriptedEngine(), True), (Plain(), False)):
         wrapped = CachedEngine(inner, cache)
         assert enforces(wrapped, "end_at_sentence") is able and enforces(wrapped, "no_repeat_ngram") is able
+        assert wrapped.continues_prefill is able  # whether a continuation may be sent at all
 
 
 def test_the_vocabulary_read_from_a_tokenizers_file_is_byte_for_byte_llama_cpp_s(llama):

@@ -436,3 +436,59 @@ def test_a_failing_chain_stops_the_others_instead_of_letting_them_run_on():
         assert "after the slow one" not in sent and sorted(closed) == ["quick", "slow"]
     finally:
         srv.shutdown()
+
+
+# --- continuing a prefilled assistant turn (issue 19) -------------------------------------------------------
+
+
+class _ModelsHandler(_JsonHandler):
+    """/models as a server reports it (`owned_by`), and a chat answer with empty content."""
+
+    def do_GET(self):
+        self._send(200, {"data": [{"id": "m", "owned_by": self.server.owner, "max_model_len": 4096}]})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self._send(200, {"choices": [{"message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}],
+                         "usage": {"prompt_tokens": 3, "completion_tokens": 0}})
+
+
+@pytest.fixture
+def models_server(request):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _ModelsHandler)
+    srv.owner = request.param
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    srv.shutdown()
+
+
+def test_llama_cpp_server_opens_a_new_turn_so_the_engine_does_not_claim_continuation(llama_server):
+    """llama_cpp.server ignores `continue_final_message` and answers a chat that ends on an assistant turn with a
+    new turn: a continuation there would glue a fresh answer onto the cut text."""
+    _, url = llama_server
+    assert OpenAIEngine(base_url=url).continues_prefill is False
+    assert OpenAIEngine(base_url=url, continue_final_message=True).continues_prefill is True
+
+
+@pytest.mark.parametrize("models_server, claims", [("vllm", True), ("sglang", True), ("me", False),
+                                                   ("openai", False)], indirect=["models_server"])
+def test_a_server_that_says_it_is_vllm_or_sglang_continues_a_prefill(models_server, claims):
+    engine = OpenAIEngine(base_url=models_server, model="m", context_window=1024)
+    assert engine.continues_prefill is claims
+    assert OpenAIEngine(base_url=models_server, continue_final_message=False).continues_prefill is False
+
+
+@pytest.mark.parametrize("models_server", ["vllm"], indirect=True)
+def test_an_empty_continuation_is_an_answer_not_an_error(models_server, tmp_path):
+    """A continuation can end at once (the cut fell where the model ends a paragraph): empty content is its
+    answer, stored in the cache like any other; a fresh question answered with nothing stays an error."""
+    from lendata.engines import CachedEngine, ResponseCache
+
+    engine = OpenAIEngine(base_url=models_server, context_window=1024, backoff=0.01, max_retries=1)
+    cached = CachedEngine(engine, ResponseCache(tmp_path / "c.sqlite"))
+    more = Request(messages=({"role": "user", "content": "hi"}, {"role": "assistant", "content": "Cut here."}),
+                   max_tokens=5)
+    res = cached.generate([more])[0]
+    assert res.ok and res.text == "" and engine.retries == 0
+    assert cached.generate([more])[0].cached  # replayed, not asked again
+    assert not cached.generate([ask("hi", max_tokens=5)])[0].ok

@@ -15,7 +15,15 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from lendata.engines.base import DECODING_OPTIONS, Engine, OnResult, Request, enforces, estimate_prompt_tokens
+from lendata.engines.base import (
+    DECODING_OPTIONS,
+    Engine,
+    OnResult,
+    Request,
+    continues_prefill,
+    enforces,
+    estimate_prompt_tokens,
+)
 from lendata.engines.chains import Chain, run_chains
 from lendata.lengths import count_words
 from lendata.methods.shared import checks
@@ -217,6 +225,10 @@ def _decoding_options_for(engine: Engine, s: Settings) -> Settings:
     the steps then go as in the reference, loops resampled after the fact and cut paragraphs trimmed."""
     from dataclasses import replace
 
+    if s.continue_attempts and not continues_prefill(engine):
+        log.warning("agentwrite: the %s engine does not continue a prefilled assistant turn (a server that answers "
+                    "it with a new turn would glue a fresh answer onto the cut paragraph): a last step cut at its "
+                    "limit is trimmed to its last sentence instead of continued", engine.name)
     dropped = [o for o in DECODING_OPTIONS if getattr(s, o) and not enforces(engine, o)]  # same names as Request
     if not dropped:
         return s

@@ -1,5 +1,5 @@
-"""`direct`: answer each length-constrained instruction in one call with a per-row token budget (generate.py);
-the recipe contract in method.py."""
+"""`direct`: answer each length-constrained instruction in one call with a per-row token budget, continued when
+the budget cut it and `continue_attempts` says so (generate.py); the recipe contract in method.py."""
 
 from lendata.methods.direct.method import METHOD
 

@@ -14,13 +14,22 @@ records what the continuations added; `stopped_by` stays `max_tokens` for such a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from lendata.engines.base import Engine, OnResult, Request, Result, enforces, estimate_prompt_tokens
+from lendata.engines.base import (
+    Engine,
+    OnResult,
+    Request,
+    Result,
+    continues_prefill,
+    enforces,
+    estimate_prompt_tokens,
+)
 from lendata.engines.chains import Chain, run_chains
 from lendata.engines.identity import model_name
 from lendata.lengths import WordCounter, count_words, length_score
@@ -29,6 +38,8 @@ from lendata.methods.shared.continuation import continue_cut
 from lendata.methods.shared.inputs import InstructionInput
 from lendata.methods.shared.quality_gate import JudgeGate
 from lendata.methods.shared.sft import SFT_SCHEMA, row_id
+
+log = logging.getLogger("lendata.direct")
 
 
 @dataclass
@@ -81,15 +92,25 @@ def direct(
                 seed=seed + first_index + i,
             )
         )
+    attempts = s.continue_attempts
+    if attempts and not continues_prefill(engine):
+        log.warning("direct: the %s engine does not continue a prefilled assistant turn (a server that answers it "
+                    "with a new turn would glue a fresh answer onto the cut text): rows cut at max_tokens are "
+                    "kept as cut", engine.name)
     # a continuation ends at the first sentence end where the engine can enforce it, else at a paragraph break
     ending = {"end_at_sentence": enforces(engine, "end_at_sentence")}
-    results = run_chains(engine, [_answer(i, q, engine, s.continue_attempts, ending, on_result)
-                                  for i, q in enumerate(requests)])
-    results, added = [r for r, _ in results], [n for _, n in results]
+    # a row whose budget the window set has no room to continue in
+    answered = run_chains(engine, [_answer(i, q, engine, 0 if b.window_limited else attempts, ending, on_result)
+                                   for i, (q, b) in enumerate(zip(requests, budgets, strict=True))])
+    results = [r for r, _ in answered]
     ok_texts = [r.text.strip() for r in results]
-    tokens = engine.count_tokens(ok_texts) if ok_texts else []  # the tokenizer of the model that wrote them
+    # counted with the tokenizer of the model that wrote them (a server may report no usage)
+    tokens = engine.count_tokens(ok_texts) if ok_texts else []
+    appended = [a for _, a in answered]
+    added = dict(zip([i for i, a in enumerate(appended) if a], engine.count_tokens([a for a in appended if a]),
+                     strict=True)) if any(appended) else {}
     out, quarantine = [], []
-    for row, b, res, text, ntok, more in zip(rows, budgets, results, ok_texts, tokens, added, strict=True):
+    for k, (row, b, res, text, ntok) in enumerate(zip(rows, budgets, results, ok_texts, tokens, strict=True)):
         rid = row_id(row["instruction"], b.requested_words, seed)
         if not res.ok:
             quarantine.append(
@@ -118,9 +139,9 @@ def direct(
                 "window_limited": b.window_limited,
                 # LongWrite-Ruler reads a text that ran to the window's end as the window's length, not the model's
                 # a continued row was stopped by its budget: the continuation ended it, not the model
-                "stopped_by": "model" if res.finish_reason == "stop" and not more else (
+                "stopped_by": "model" if res.finish_reason == "stop" and appended[k] is None else (
                     "window" if b.window_limited else "max_tokens"),
-                "continued_tokens": more,
+                "continued_tokens": added.get(k, 0),
                 # against the length asked for, not the target a small context window capped it to
                 "length_score": length_score(b.requested_words, words),
                 "goal_score": length_score(b.target_words, words),
@@ -134,13 +155,12 @@ def direct(
 
 
 def _answer(i: int, req: Request, engine: Engine, attempts: int, ending: dict[str, bool],
-            on_result: OnResult | None) -> Chain[tuple[Result, int]]:
-    """Row `i`'s call and, when it was cut at max_tokens, its continuations: (the final result, the tokens the
-    continuations added). `on_result` hears of the row once, when it is done."""
-    res = yield req
-    first = res.completion_tokens
+            on_result: OnResult | None) -> Chain[tuple[Result, str | None]]:
+    """Row `i`'s call and, when it was cut at max_tokens, its continuations: (the final result, the text the
+    continuations appended, None when none was answered). `on_result` hears of the row once, when it is done."""
+    cut = res = yield req
     if attempts and res.ok and res.finish_reason == "length":
         res = yield from continue_cut(req, res, engine, attempts, **ending)
     if on_result:
         on_result(i, res)
-    return res, res.completion_tokens - first
+    return res, None if res is cut else res.text[len(cut.text):]

@@ -17,7 +17,8 @@ from schemas.sft import SFTSchema
 
 def answer(s: Settings, rows: Sequence[dict[str, Any]], offset: int, engines: Any, progress: Progress
            ) -> tuple[pa.Table, list[dict[str, Any]]]:
-    """One shard: its rows answered in one budgeted call each, then judged when a judge is set."""
+    """One shard: its rows answered in one budgeted call each (continued when the budget cut them and the
+    settings say so), then judged when a judge is set."""
     with progress(len(rows), "") as bar:
         table, failed = direct(rows, engines.get(), s, first_index=offset, on_result=bar.update)
     table, below = quality_gate.judge_shard(table, s, engines, progress)

@@ -1,18 +1,21 @@
 """Continuing a text that stopped at its token limit, from where it stopped (issue 19).
 
-The request is sent again with the cut text as the assistant's own turn (every engine continues a prefilled
-assistant turn), so the model finishes what it was writing instead of the text being trimmed back or
-regenerated. AgentWrite continues a sample's last step this way; `direct` continues a row cut at `max_tokens`.
+The request is sent again with the cut text as the assistant's own turn, so the model finishes what it was
+writing instead of the text being trimmed back or regenerated. Only on an engine that continues such a turn in
+place (`continues_prefill`: llama.cpp, vLLM, a vLLM or SGLang server); elsewhere (llama_cpp.server, hosted
+APIs) a new turn would be glued onto the cut text, so nothing is continued. AgentWrite continues a sample's
+last step this way; `direct` continues a row cut at `max_tokens`.
 A continuation has a sixth of the cut call's budget (which bounds the overshoot), at least
 `CONTINUE_MIN_TOKENS`, and ends where the model starts a new paragraph or, with `end_at_sentence`, at the
-first sentence end. Continuations only append: the cut text is kept as written.
+first sentence end. A continuation cut again is continued again, up to `attempts` in all, so a text can grow
+by up to `attempts` sixths of the budget. Continuations only append: the cut text is kept as written.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from lendata.engines.base import Engine, Request, Result, estimate_prompt_tokens
+from lendata.engines.base import Engine, Request, Result, continues_prefill, estimate_prompt_tokens
 from lendata.engines.chains import Chain
 
 PARAGRAPH_END = "\n\n"
@@ -32,8 +35,9 @@ def continue_cut(req: Request, res: Result, engine: Engine, attempts: int, **cha
     final result (a chain: `res = yield from continue_cut(...)`). `change`: Request fields the continuations set
     (e.g. `end_at_sentence`). Each continuation's text is appended, its tokens counted and its finish reason
     becomes the result's; a failed continuation is tried again with a new seed, and when every attempt fails,
-    or the window has no room left, the cut text stays as it is."""
-    for attempt in range(attempts):
+    or the window has no room left, the cut text stays as it is. Nothing is sent to an engine that does not
+    continue a prefilled turn (`continues_prefill`)."""
+    for attempt in range(attempts if continues_prefill(engine) else 0):
         if not (res.ok and res.finish_reason == "length" and res.text.strip()):
             break
         more = replace(req, messages=(*req.messages, {"role": "assistant", "content": res.text}),
@@ -49,5 +53,5 @@ def continue_cut(req: Request, res: Result, engine: Engine, attempts: int, **cha
         if r.ok:
             res = type(res)(text=res.text + r.text, prompt_tokens=res.prompt_tokens,
                             completion_tokens=res.completion_tokens + r.completion_tokens,
-                            finish_reason=r.finish_reason)
+                            finish_reason=r.finish_reason, cached=res.cached and r.cached)
     return res

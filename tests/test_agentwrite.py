@@ -657,3 +657,22 @@ def test_the_progress_bars_end_at_their_totals(scripted, continuous):
     assert any(x.failed for x in samples)
     if not continuous:
         assert bars[1].total == sum(len(x.plan) for x in samples) > len(samples)
+
+
+def test_an_engine_that_cannot_continue_gets_the_steps_it_would_get_without_continuations(scripted, caplog):
+    """No continuation is sent where a new turn would be glued on, and no room is kept in the window for one:
+    the steps are those of continue_attempts 0."""
+    class NewTurn(scripted):
+        continues_prefill = False
+        context_window = 550  # small enough that room kept for continuations would shrink the last step
+
+    seen = []
+    for attempts in (2, 0):
+        engine = NewTurn()
+        with caplog.at_level("WARNING", logger="lendata.agentwrite"):
+            aw.agentwrite([{"instruction": "Write 300 words about rivers."}], engine,
+                          S(continue_attempts=attempts, end_at_sentence=True))
+        assert not any(r.prefill is not None for r in engine.seen)
+        seen.append(engine.seen)
+    assert seen[0] == seen[1]
+    assert "does not continue a prefilled assistant turn" in caplog.text

@@ -315,3 +315,34 @@ def test_a_result_made_of_cached_parts_stays_cached():
     cut = Result(text="a b", completion_tokens=3, finish_reason="length", cached=True)
     fresh = Result(text="a b", completion_tokens=3, finish_reason="length")
     assert [r.cached for r in run_chains(eng, [chain(cut), chain(fresh)])] == [True, False]
+
+
+@pytest.mark.parametrize("bad", [-1, 9, True, 1.5])
+def test_continue_attempts_out_of_range_are_refused(bad):
+    from lendata.methods.agentwrite.plan_and_write import Settings as AgentWriteSettings
+
+    for settings in (Settings, AgentWriteSettings):
+        with pytest.raises(ValueError, match="continue_attempts"):
+            settings(continue_attempts=bad)
+
+
+def test_continuing_off_never_asks_the_engine_whether_it_could():
+    """With 0 attempts the engine is not consulted (an openai engine would ask its server)."""
+    from lendata.engines.base import Request
+    from lendata.engines.chains import run_chains
+    from lendata.methods.shared.continuation import continue_cut
+    from tests.conftest import ScriptedEngine
+
+    class Asking(ScriptedEngine):
+        @property
+        def continues_prefill(self):
+            raise AssertionError("asked")
+
+    eng = Asking()
+    req = Request(messages=({"role": "user", "content": "go"},), max_tokens=10)
+    cut = Result(text="a b", completion_tokens=10, finish_reason="length")
+
+    def chain():
+        return (yield from continue_cut(req, cut, eng, 0))
+
+    assert run_chains(eng, [chain()]) == [cut] and eng.seen == []

@@ -3,7 +3,9 @@
 Responses are stored under `request_key`: what produced them (a server's URL and served model, or the weights'
 content hash, and the output-changing engine options), sampling, messages, schema, sample index. Parsing and
 filtering happen after the cache, so changing a filter never calls the model again, and a crashed build loses
-at most the calls that were in flight. Errors and empty texts are not cached: a rerun retries them.
+at most the calls that were in flight. Errors and empty texts are not cached: a rerun retries them. The one
+exception is an empty answer to a chat that ends on an assistant turn (a continuation that ended at once): that
+is the model's answer, and replaying it keeps a rerun from calling again.
 """
 
 from __future__ import annotations

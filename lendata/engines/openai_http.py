@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import random
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
@@ -87,6 +88,7 @@ class OpenAIEngine:
         self.send_min_tokens = send_min_tokens
         self.continuous_batching = bool(continuous_batching)
         self._continues = continue_final_message
+        self._continues_lock = threading.Lock()
         self._tokenizer = tokenizer
         self._route: str | None = None  # the tokenize route found on first use: a key of _ROUTES, or none
         self._client: httpx.Client | None = None
@@ -109,16 +111,25 @@ class OpenAIEngine:
     @property
     def continues_prefill(self) -> bool:
         """Whether the server continues a prefilled assistant turn: `continue_final_message`, else what its
-        /models says (asked once). llama_cpp.server and hosted APIs answer such a chat with a new turn."""
-        if self._continues is None:
-            try:
-                served = self._models()
-            except ConnectionError as e:
-                log.warning("%s: cannot tell whether the server continues a prefilled assistant turn (%s); "
-                            "assuming not (set engine_options.continue_final_message)", self.base_url, e)
-                served = []
-            self._continues = _owned_by_continuing_server(served, self.model_id)
-        return self._continues
+        /models says. llama_cpp.server and hosted APIs answer such a chat with a new turn. Asked once per engine,
+        on first need (an engine given `model` and `context_window` has not read /models), retried like a call;
+        a server that never answers is taken not to continue, with a warning."""
+        with self._continues_lock:
+            if self._continues is None:
+                served, why = [], ""
+                for attempt in range(self.max_retries + 1):
+                    try:
+                        served = self._models()
+                        break
+                    except ConnectionError as e:
+                        why = str(e)
+                        if attempt < self.max_retries:
+                            time.sleep(self._delay(attempt, None))
+                else:
+                    log.warning("%s: cannot tell whether the server continues a prefilled assistant turn (%s); "
+                                "assuming not (set engine_options.continue_final_message)", self.base_url, why)
+                self._continues = _owned_by_continuing_server(served, self.model_id)
+            return self._continues
 
     def identity(self) -> dict[str, Any]:
         """The server (URL without credentials) and its served model, and the options that change outputs."""
@@ -135,7 +146,9 @@ class OpenAIEngine:
         try:
             r = httpx.get(f"{self.base_url}/models", headers=self._headers(), timeout=30)
             r.raise_for_status()
-            return r.json().get("data", [])
+            body = r.json()
+            listed = body.get("data") if isinstance(body, dict) else None
+            return [m for m in listed if isinstance(m, dict)] if isinstance(listed, list) else []
         except (httpx.HTTPError, ValueError) as e:
             raise ConnectionError(f"cannot list models at {self.base_url}/models: {type(e).__name__}") from e
 
@@ -223,9 +236,10 @@ class OpenAIEngine:
                     usage = data.get("usage") or {}
                     reason = choice.get("finish_reason") or "stop"
                     text = (choice.get("message") or {}).get("content")
-                    # a 200 without text is a failed call, never a cached success; retried like a bad body. A
-                    # continuation may end at once (its prefill stopped where the model ends): empty is its answer
-                    if not isinstance(text, str) or not (text or req.prefill is not None):
+                    # a 200 without text is a failed call, never a cached success; retried like a bad body. On a
+                    # server that continues a prefill, a continuation may end at once (its prefill stopped where
+                    # the model ends): empty is then its answer
+                    if not isinstance(text, str) or not (text or (req.prefill is not None and self._continues)):
                         raise ValueError(f"HTTP 200 with {'empty' if text == '' else 'no'} content")
                     text.encode("utf-8")  # a lone surrogate from the server: UnicodeEncodeError, retried
                     return Result(
@@ -414,5 +428,6 @@ class OpenAIEngine:
 def _owned_by_continuing_server(served: list[dict[str, Any]], model: str) -> bool:
     """vLLM and SGLang report themselves as the model's `owner` in /models, and both continue a final assistant
     turn with `continue_final_message`; other servers are not assumed to."""
-    owner = next((m.get("owned_by") for m in served if m.get("id") == model), None)
+    entries = served if isinstance(served, list) else []  # a server's odd /models body: not assumed either
+    owner = next((m.get("owned_by") for m in entries if isinstance(m, dict) and m.get("id") == model), None)
     return owner in {"vllm", "sglang"}

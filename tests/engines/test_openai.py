@@ -445,7 +445,10 @@ class _ModelsHandler(_JsonHandler):
     """/models as a server reports it (`owned_by`), and a chat answer with empty content."""
 
     def do_GET(self):
-        self._send(200, {"data": [{"id": "m", "owned_by": self.server.owner, "max_model_len": 4096}]})
+        self.server.gets += 1
+        if self.server.owner == "odd":  # a body that is not a list of models
+            return self._send(200, {"data": None})
+        self._send(200, {"data": ["m", {"id": "m", "owned_by": self.server.owner, "max_model_len": 4096}]})
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("content-length", 0)))
@@ -456,13 +459,14 @@ class _ModelsHandler(_JsonHandler):
 @pytest.fixture
 def models_server(request):
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _ModelsHandler)
-    srv.owner = request.param
+    srv.owner, srv.gets = request.param, 0
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    yield srv
     srv.shutdown()
 
 
-def test_llama_cpp_server_opens_a_new_turn_so_the_engine_does_not_claim_continuation(llama_server):
+def test_llama_cpp_server_is_not_taken_to_continue_a_prefill(llama_server):
     """llama_cpp.server ignores `continue_final_message` and answers a chat that ends on an assistant turn with a
     new turn: a continuation there would glue a fresh answer onto the cut text."""
     _, url = llama_server
@@ -473,9 +477,28 @@ def test_llama_cpp_server_opens_a_new_turn_so_the_engine_does_not_claim_continua
 @pytest.mark.parametrize("models_server, claims", [("vllm", True), ("sglang", True), ("me", False),
                                                    ("openai", False)], indirect=["models_server"])
 def test_a_server_that_says_it_is_vllm_or_sglang_continues_a_prefill(models_server, claims):
-    engine = OpenAIEngine(base_url=models_server, model="m", context_window=1024)
-    assert engine.continues_prefill is claims
-    assert OpenAIEngine(base_url=models_server, continue_final_message=False).continues_prefill is False
+    url = models_server.url
+    engine = OpenAIEngine(base_url=url, model="m", context_window=1024)  # /models not read yet
+    assert models_server.gets == 0
+    assert engine.continues_prefill is claims and engine.continues_prefill is claims
+    assert models_server.gets == 1  # asked once
+    assert OpenAIEngine(base_url=url).continues_prefill is claims  # read from /models in the constructor
+    assert models_server.gets == 2
+    # the option wins over what the server says
+    assert OpenAIEngine(base_url=url, continue_final_message=not claims).continues_prefill is (not claims)
+
+
+@pytest.mark.parametrize("models_server", ["odd"], indirect=True)
+def test_an_odd_models_body_means_no_continuation_not_a_crash(models_server):
+    assert OpenAIEngine(base_url=models_server.url, model="m", context_window=1024).continues_prefill is False
+
+
+def test_a_server_that_cannot_be_asked_is_taken_not_to_continue(caplog):
+    engine = OpenAIEngine(base_url="http://127.0.0.1:9/v1", model="m", context_window=1024, max_retries=1,
+                          backoff=0.01)
+    with caplog.at_level("WARNING", logger="lendata.engines"):
+        assert engine.continues_prefill is False
+    assert "continue_final_message" in caplog.text
 
 
 @pytest.mark.parametrize("models_server", ["vllm"], indirect=True)
@@ -483,8 +506,9 @@ def test_an_empty_continuation_is_an_answer_not_an_error(models_server, tmp_path
     """A continuation can end at once (the cut fell where the model ends a paragraph): empty content is its
     answer, stored in the cache like any other; a fresh question answered with nothing stays an error."""
     from lendata.engines import CachedEngine, ResponseCache
+    from lendata.engines.chains import one_call, run_chains
 
-    engine = OpenAIEngine(base_url=models_server, context_window=1024, backoff=0.01, max_retries=1)
+    engine = OpenAIEngine(base_url=models_server.url, context_window=1024, backoff=0.01, max_retries=1)
     cached = CachedEngine(engine, ResponseCache(tmp_path / "c.sqlite"))
     more = Request(messages=({"role": "user", "content": "hi"}, {"role": "assistant", "content": "Cut here."}),
                    max_tokens=5)
@@ -492,3 +516,17 @@ def test_an_empty_continuation_is_an_answer_not_an_error(models_server, tmp_path
     assert res.ok and res.text == "" and engine.retries == 0
     assert cached.generate([more])[0].cached  # replayed, not asked again
     assert not cached.generate([ask("hi", max_tokens=5)])[0].ok
+    # the way the methods send continuations: chains through the cache (continuous batching)
+    other = Request(messages=(*more.messages[:1], {"role": "assistant", "content": "Cut elsewhere."}), max_tokens=5)
+    assert cached.continuous_batching
+    [first] = run_chains(cached, [one_call(other)])
+    [again] = run_chains(cached, [one_call(other)])
+    assert first.ok and first.text == "" and not first.cached and again.cached
+
+
+@pytest.mark.parametrize("models_server", ["me"], indirect=True)
+def test_an_empty_answer_to_a_prefill_on_a_server_that_does_not_continue_is_an_error(models_server):
+    engine = OpenAIEngine(base_url=models_server.url, context_window=1024, backoff=0.01, max_retries=1)
+    more = Request(messages=({"role": "user", "content": "hi"}, {"role": "assistant", "content": "Cut here."}),
+                   max_tokens=5)
+    assert not engine.generate([more])[0].ok

@@ -56,6 +56,7 @@ from lendata.methods.agentwrite.writing import (  # noqa: F401  (re-exported: th
 from lendata.methods.shared import checks
 from lendata.methods.shared.budget import language_of, measure_tokens_per_word
 from lendata.methods.shared.constraints import Constraint, constrain, draw, extract
+from lendata.methods.shared.continuation import check_attempts
 from lendata.methods.shared.inputs import InstructionInput
 from lendata.methods.shared.quality_gate import JudgeGate
 from lendata.methods.shared.sft import MESSAGE, RESPONSE_FIELDS, row_id
@@ -113,6 +114,10 @@ class Settings(InstructionInput, JudgeGate):
     min_length_share: float = 0.8  # quarantine when words < share x the constraint's lower edge
     tail_share: float = 0.3  # the share of the text at its end checked for repetition
     tail_ngram_repeats: int = 3  # quarantine when an n-gram occurs this often in the tail
+
+    def __post_init__(self) -> None:
+        check_attempts(self.continue_attempts)
+        super().__post_init__()
 
 
 @dataclass

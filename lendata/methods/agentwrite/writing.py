@@ -229,6 +229,7 @@ def _decoding_options_for(engine: Engine, s: Settings) -> Settings:
         log.warning("agentwrite: the %s engine does not continue a prefilled assistant turn (a server that answers "
                     "it with a new turn would glue a fresh answer onto the cut paragraph): a last step cut at its "
                     "limit is trimmed to its last sentence instead of continued", engine.name)
+        s = replace(s, continue_attempts=0)  # nor is room kept in the window for continuations never sent
     dropped = [o for o in DECODING_OPTIONS if getattr(s, o) and not enforces(engine, o)]  # same names as Request
     if not dropped:
         return s

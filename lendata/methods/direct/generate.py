@@ -34,7 +34,7 @@ from lendata.engines.chains import Chain, run_chains
 from lendata.engines.identity import model_name
 from lendata.lengths import WordCounter, count_words, length_score
 from lendata.methods.shared.budget import budget_for, language_of, measure_tokens_per_word
-from lendata.methods.shared.continuation import continue_cut
+from lendata.methods.shared.continuation import check_attempts, continue_cut
 from lendata.methods.shared.inputs import InstructionInput
 from lendata.methods.shared.quality_gate import JudgeGate
 from lendata.methods.shared.sft import SFT_SCHEMA, row_id
@@ -51,6 +51,10 @@ class Settings(InstructionInput, JudgeGate):
     min_ratio: float = 0.85  # min_tokens = target words x tokens/word x min_ratio
     max_ratio: float = 1.3  # max_tokens = target words x tokens/word x max_ratio
     continue_attempts: int = 0  # a row cut at max_tokens is continued from where it stopped (0: one call)
+
+    def __post_init__(self) -> None:
+        check_attempts(self.continue_attempts)
+        super().__post_init__()
 
 
 def direct(

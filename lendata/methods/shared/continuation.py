@@ -8,7 +8,8 @@ last step this way; `direct` continues a row cut at `max_tokens`.
 A continuation has a sixth of the cut call's budget (which bounds the overshoot), at least
 `CONTINUE_MIN_TOKENS`, and ends where the model starts a new paragraph or, with `end_at_sentence`, at the
 first sentence end. A continuation cut again is continued again, up to `attempts` in all, so a text can grow
-by up to `attempts` sixths of the budget. Continuations only append: the cut text is kept as written.
+by up to `attempts` times max(a sixth of the budget, 64 tokens). Continuations only append: the cut text is kept
+as written.
 """
 
 from __future__ import annotations
@@ -22,6 +23,15 @@ PARAGRAPH_END = "\n\n"
 # the least a continuation may write: a sixth of a short step's budget (a 60-word step: 13 tokens) is too few
 # to finish the sentence it was cut in, and a continuation that is cut again leaves the text's ending truncated
 CONTINUE_MIN_TOKENS = 64
+MAX_CONTINUE_ATTEMPTS = 8  # more would let a looping model grow a text to the window
+
+
+def check_attempts(attempts: int) -> None:
+    """Refuse a `continue_attempts` setting outside 0..MAX_CONTINUE_ATTEMPTS (a recipe typo, not a run-time
+    surprise: a negative value made AgentWrite's last step overrun the window, a huge one starved it)."""
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 0 <= attempts <= MAX_CONTINUE_ATTEMPTS:
+        raise ValueError(f"continue_attempts must be an integer from 0 (off) to {MAX_CONTINUE_ATTEMPTS}, got "
+                         f"{attempts!r}")
 
 
 def continuation_tokens(cut_max_tokens: int) -> int:
@@ -37,7 +47,9 @@ def continue_cut(req: Request, res: Result, engine: Engine, attempts: int, **cha
     becomes the result's; a failed continuation is tried again with a new seed, and when every attempt fails,
     or the window has no room left, the cut text stays as it is. Nothing is sent to an engine that does not
     continue a prefilled turn (`continues_prefill`)."""
-    for attempt in range(attempts if continues_prefill(engine) else 0):
+    if attempts <= 0 or not continues_prefill(engine):  # the engine is not even asked when continuing is off
+        return res
+    for attempt in range(attempts):
         if not (res.ok and res.finish_reason == "length" and res.text.strip()):
             break
         more = replace(req, messages=(*req.messages, {"role": "assistant", "content": res.text}),

@@ -122,6 +122,22 @@ def test_prefill_continues_the_assistant_message(engine):
     assert (head + cont.text).startswith(full[: len(head) + 20])
 
 
+def test_direct_continues_a_cut_row_through_the_chains(engine):
+    """`direct` on vLLM: a row cut at its budget is continued through continuous batching (a chain per row),
+    counted apart, and the row stays one its budget stopped."""
+    from lendata.methods.direct.generate import Settings, direct
+
+    rows = [{"instruction": f"Write a 20-word story about a {t}.", "target": 20} for t in ("fox", "ship", "clock")]
+    table, failed = direct(rows, engine, Settings(seed=5, min_ratio=1.0, max_ratio=1.0, temperature=0.7,
+                                                  continue_attempts=1))
+    got = table.to_pylist()
+    assert not failed and len(got) == 3
+    assert engine.continues_prefill and any(r["continued_tokens"] > 0 for r in got)
+    for r in got:
+        if r["continued_tokens"]:
+            assert r["stopped_by"] == "max_tokens" and r["response_tokens"] > r["max_tokens"] - 8
+
+
 def test_self_lengthen_iteration_two_runs_on_the_built_in_trainer_s_adapters(engine, model_dir, tmp_path):
     """Iteration 1 on the base model -> the built-in LoRA trainer (peft, this venv's transformers) trains the
     Generator on gen_sft and the Extender on ext_sft -> iteration 2's requests run on those adapters in vLLM."""

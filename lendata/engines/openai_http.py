@@ -427,7 +427,7 @@ class OpenAIEngine:
 
 def _owned_by_continuing_server(served: list[dict[str, Any]], model: str) -> bool:
     """vLLM and SGLang report themselves as the model's `owner` in /models, and both continue a final assistant
-    turn with `continue_final_message`; other servers are not assumed to."""
-    entries = served if isinstance(served, list) else []  # a server's odd /models body: not assumed either
-    owner = next((m.get("owned_by") for m in entries if isinstance(m, dict) and m.get("id") == model), None)
+    turn with `continue_final_message`; other servers are not assumed to. `served` is `_models()`'s list of
+    dicts (an odd body is already an empty list there)."""
+    owner = next((m.get("owned_by") for m in served if m.get("id") == model), None)
     return owner in {"vllm", "sglang"}

@@ -64,17 +64,25 @@ def main() -> None:
                          "batch, as real builds are (the raw references run at the same batch size)")
     ap.add_argument("--compare-samplers", action="store_true",
                     help="vllm: also run with vLLM's own sampler doing top-p and the penalty (sample_in_processor off)")
+    ap.add_argument("--step-layout", default="single", choices=["single", "turns"],
+                    help="AgentWrite's step_layout: single (the reference's one message per step) or turns (the "
+                         "steps as one conversation, which vLLM's prefix cache serves)")
+    ap.add_argument("--compare-layouts", action="store_true",
+                    help="also run AgentWrite with the other step_layout in the same run (after the main run)")
+    ap.add_argument("--block-size", type=int, default=None,
+                    help="vllm: the KV block size (the prefix cache's granularity; the CPU build's default is 128)")
     ap.add_argument("--skip-sequential", action="store_true",
                     help="only the rounds and the raw-throughput limit (issue 19), not one sample at a time")
     args = ap.parse_args()
     # max_num_batched_tokens: no chunked prefill, which crashes seeded requests on the CPU build
     # ("CPU Generator does not use offset")
     opts = ({"model": str(Path(args.model).expanduser()), "max_model_len": 4096, "max_num_batched_tokens": 65536,
-             **({"max_num_seqs": args.max_num_seqs} if args.max_num_seqs else {})}
+             **({"max_num_seqs": args.max_num_seqs} if args.max_num_seqs else {}),
+             **({"block_size": args.block_size} if args.block_size else {})}
             if args.engine == "vllm" else {})
     engine = make_engine(args.engine, **opts)
     s = aw.Settings(min_paragraph=100, max_paragraph=150, temperature=0.7, repetition_penalty=1.2,
-                    write_prompt="concise", step_attempts=1, plan_attempts=1,
+                    write_prompt="concise", step_attempts=1, plan_attempts=1, step_layout=args.step_layout,
                     **({"no_repeat_ngram": 8, "end_at_sentence": True} if args.recipe_decoding else {}))
     many = TOPICS * (args.n // len(TOPICS) + 1)
     rows = [{"instruction": f"Write a {args.words}-word article about {t}" + (f" (part {i // len(TOPICS) + 1})."
@@ -82,29 +90,34 @@ def main() -> None:
              "source": ""} for i, t in enumerate(many[: args.n])]
     aw.agentwrite(rows[:1], engine, s)  # warm-up (compilation, caches) outside both timings
 
-    def timed_run(continuous: bool) -> dict:
+    def timed_run(continuous: bool, s: aw.Settings = s) -> dict:
         """AgentWrite over `rows` with the engine's continuous batching on or off (rounds), counting the
         writing calls' tokens apart from the plans' (both drivers see every call through `Noting`)."""
         made: list[int] = []  # completion tokens of every writing call
         prompts: list[int] = []  # prompt tokens of every writing call
         writes: list[Request] = []  # the writing calls, for the workload's raw reference
         plan_tokens = [0]
+        cached: list[int] = []  # prompt tokens of the writing calls served from vLLM's prefix cache
 
         def note(q, r):
             if q.json_schema is None:
                 made.append(r.completion_tokens)
                 prompts.append(r.prompt_tokens)
                 writes.append(q)
+                cached.append(r.prompt_cached_tokens or 0)
             else:
                 plan_tokens[0] += r.completion_tokens
 
         engine.continuous_batching = continuous
         cold()
         t0 = time.monotonic()
-        _, _, samples = aw.agentwrite(rows, Noting(engine, note), s)
+        table, _, samples = aw.agentwrite(rows, Noting(engine, note), s)
         wall = time.monotonic() - t0
+        # quality, so a faster layout cannot hide worse texts: kept rows, and S_l over all rows (quarantined: 0)
         return {"wall": wall, "made": made, "writes": writes, "prompts": prompts, "samples": samples,
-                "plan_tokens": plan_tokens[0]}
+                "plan_tokens": plan_tokens[0], "kept": table.num_rows,
+                "sl_all": sum(table.column("length_score").to_pylist()) / len(rows),
+                "cached_share": sum(cached) / max(1, sum(prompts)), "layout": s.step_layout}
 
     def cold() -> None:
         """vLLM keeps prompt prefixes between calls: each timed run and raw reference starts without them, so
@@ -126,6 +139,12 @@ def main() -> None:
     continuous = bool(getattr(engine, "continuous_batching", False))
     rounds_run = timed_run(False) if continuous and args.compare_rounds else None
     run = timed_run(continuous)
+    other_layout = None
+    if args.compare_layouts:
+        from dataclasses import replace as _replace
+
+        other = "turns" if args.step_layout == "single" else "single"
+        other_layout = timed_run(continuous, _replace(s, step_layout=other))
     made, batched, rounds = run["made"], run["samples"], run["wall"]
     # the limit: the same number of sequences decoded in one batch, each as long as a mean writing call, on a
     # short prompt with default sampling (as issue 19 was filed) and on the workload's own prompts and sampling
@@ -168,13 +187,18 @@ def main() -> None:
     def shares(r: dict, label: str) -> dict:
         tps = sum(r["made"]) / r["wall"]
         every = (sum(r["made"]) + r["plan_tokens"]) / r["wall"]
-        print(f"{args.engine} {label}: {r['wall']:.1f}s; writing tokens / wall {tps:.1f} tok/s = {tps / raw:.2f} of "
+        print(f"{args.engine} {label}, step_layout {r['layout']}: {r['wall']:.1f}s; writing tokens / wall {tps:.1f} "
+              f"tok/s = {tps / raw:.2f} of "
               f"raw (short prompts), {tps / raw_workload:.2f} of raw (the workload's prompts); every token decoded "
               f"(plans {r['plan_tokens']} too) / wall {every:.1f} tok/s = {every / raw:.2f} / "
-              f"{every / raw_workload:.2f}")
+              f"{every / raw_workload:.2f}; writing prompts {sum(r['prompts'])} tokens, "
+              f"{r['cached_share']:.0%} from the prefix cache; kept {r['kept']} of {args.n} rows, "
+              f"S_l over all rows {r['sl_all']:.1f}")
         return {"seconds": round(r["wall"], 2), "tokens_per_s": round(tps, 1), "raw_share": round(tps / raw, 3),
                 "workload_raw_share": round(tps / raw_workload, 3), "all_tokens_share": round(every / raw, 3),
-                "plan_tokens": r["plan_tokens"]}
+                "plan_tokens": r["plan_tokens"], "step_layout": r["layout"], "kept": r["kept"],
+                "sl_all": round(r["sl_all"], 2), "prompt_cached_share": round(r["cached_share"], 3),
+                "writing_tokens": sum(r["made"]), "words": sum(sum(x.step_words) for x in r["samples"])}
 
     print(f"{args.engine}: raw decode of {args.n} x {step_len} tokens in one batch: {raw:.1f} tok/s on short "
           f"prompts with default sampling, {raw_workload:.1f} tok/s on {len(workload)} of the run's own writing "
@@ -190,6 +214,8 @@ def main() -> None:
     if rounds_run:
         out["rounds"] = shares(rounds_run, "rounds (continuous batching off)")
     out["run"] = shares(run, driver)
+    if other_layout:
+        out["other_layout"] = shares(other_layout, driver + " (same run, after the main run)")
     out["run"]["free_raw_share"] = round(sum(made) / rounds / raw_free, 3)
     out["run"]["all_tokens_free_raw_share"] = round((sum(made) + run["plan_tokens"]) / rounds / raw_free, 3)
     print(f"{args.engine}: against the decode limit with no sampling work ({raw_free:.1f} tok/s): writing tokens "

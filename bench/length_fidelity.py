@@ -56,9 +56,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8, help="prompts (8 = all English ones at 1,000 and 2,000 words)")
     ap.add_argument("--out", default=None, help="response cache directory (default: a fresh one, so times are real)")
     ap.add_argument("--skip-direct", action="store_true", help="AgentWrite only (no direct baseline)")
+    ap.add_argument("--step-layout", default=None, choices=["single", "turns"],
+                    help="AgentWrite's step_layout (default: the recipe's)")
     args = ap.parse_args()
     rows = read_instructions(REPO / "pipelines/data/longwrite_ruler_en.jsonl", "prompt", "length", n=args.n).rows
     settings = recipes.load("agentwrite").settings
+    if args.step_layout:
+        settings = dataclasses.replace(settings, step_layout=args.step_layout)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="lendata-fidelity-"))
     engine = CachedEngine(LlamaCppEngine(), ResponseCache(out / "responses.sqlite"))
 
@@ -66,7 +70,7 @@ def main() -> None:
     table, quarantine, samples = aw.agentwrite(rows, engine, settings)
     aw_secs = time.monotonic() - t0
     aw_scores = []
-    print("AgentWrite (agentwrite recipe settings)")
+    print(f"AgentWrite (agentwrite recipe settings, step_layout {settings.step_layout})")
     for smp in samples:
         words = count_words(smp.text)
         stated = smp.constraint.required()

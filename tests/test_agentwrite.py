@@ -575,12 +575,15 @@ class ShuffledContinuous:
         pass
 
 
-def test_the_same_seeds_give_the_same_texts_whatever_order_the_calls_finish_in(scripted):
+# the seed picks scripted answers that exercise plan retries, resamples and continuations in either layout
+@pytest.mark.parametrize("layout, seed", [("single", 42), ("turns", 44)])
+def test_the_same_seeds_give_the_same_texts_whatever_order_the_calls_finish_in(scripted, layout, seed):
     """Chains (one per sample: plan, steps, resamples, continuations) finishing in any order give exactly what
     rounds give: nothing a sample writes depends on the other samples or on timing."""
     rows = [{"instruction": f"Write about {t} in {w} words.", "source": ""}
             for t, w in [("rivers", 400), ("hills", 250), ("mud", 600), ("salt", 300), ("moss", 500)]]
-    s = S(min_paragraph=80, max_paragraph=200, write_prompt="concise", continue_attempts=2, step_attempts=3)
+    s = S(min_paragraph=80, max_paragraph=200, write_prompt="concise", continue_attempts=2, step_attempts=3,
+          step_layout=layout, seed=seed)
     rounds_engine = scripted(_hashed_writer)
     _, _, in_rounds = aw.agentwrite(rows, rounds_engine, s)
     seen_orders = set()

@@ -124,6 +124,9 @@ class Result:
     finish_reason: FinishReason = "stop"
     error: str | None = None
     cached: bool = field(default=False, compare=False)
+    # prompt tokens the engine served from its prefix cache instead of evaluating (vLLM; a server that reports
+    # `prompt_tokens_details.cached_tokens`); None: the engine does not say
+    prompt_cached_tokens: int | None = field(default=None, compare=False)
 
     @property
     def ok(self) -> bool:

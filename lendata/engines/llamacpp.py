@@ -192,6 +192,7 @@ class LlamaCppEngine:
             stop=list(req.stop) or None,
             **kwargs,
         )
+        reused_before = self.kv_states.reused_tokens
         if switched:  # keys computed under another adapter are never continued
             self._prefill.forget_live()
             self._prefill.lora = req.lora
@@ -214,6 +215,7 @@ class LlamaCppEngine:
             prompt_tokens=out["usage"]["prompt_tokens"],
             completion_tokens=out["usage"]["completion_tokens"],
             finish_reason="length" if reason == "length" else "stop",
+            prompt_cached_tokens=self.kv_states.reused_tokens - reused_before,  # a kept KV prefix (kv_states.py)
         )
 
     def _prefill_tokens(self, req: Request) -> int:

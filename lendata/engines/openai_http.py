@@ -247,6 +247,7 @@ class OpenAIEngine:
                         prompt_tokens=int(usage.get("prompt_tokens") or 0),
                         completion_tokens=int(usage.get("completion_tokens") or 0),
                         finish_reason="length" if reason == "length" else "stop",
+                        prompt_cached_tokens=_cached_tokens(usage),
                     )
                 last = f"HTTP {r.status_code}: {r.text[:300]}"
                 if r.status_code not in RETRYABLE_STATUS:
@@ -431,3 +432,11 @@ def _owned_by_continuing_server(served: list[dict[str, Any]], model: str) -> boo
     dicts (an odd body is already an empty list there)."""
     owner = next((m.get("owned_by") for m in served if m.get("id") == model), None)
     return owner in {"vllm", "sglang"}
+
+
+def _cached_tokens(usage: Any) -> int | None:
+    """`usage.prompt_tokens_details.cached_tokens` (OpenAI's field; vLLM sends it with
+    `--enable-prompt-tokens-details`), or None when the server does not say or says something odd."""
+    details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+    value = details.get("cached_tokens") if isinstance(details, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None

@@ -251,7 +251,7 @@ class VLLMEngine:
                     i = running.pop(out.request_id)
                     comp = out.outputs[0]
                     res = Result(text=comp.text, prompt_tokens=len(out.prompt_token_ids or []),
-                                 completion_tokens=len(comp.token_ids),
+                                 completion_tokens=len(comp.token_ids), prompt_cached_tokens=out.num_cached_tokens,
                                  finish_reason="length" if comp.finish_reason == "length" else "stop")
                     try:
                         nxt = state.send(i, res)  # a response cache in the chain stores it here

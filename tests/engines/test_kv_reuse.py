@@ -53,8 +53,12 @@ def test_reused_prefixes_give_the_same_text_as_evaluation_from_nothing_in_any_or
         reference[req.seed] = llama.generate([req])[0].text
     _fresh(llama)
     before = llama.kv_states.reused_tokens
-    in_rounds = {req.seed: res.text for req, res in zip(by_round, llama.generate(by_round), strict=True)}
+    results = llama.generate(by_round)
+    in_rounds = {req.seed: res.text for req, res in zip(by_round, results, strict=True)}
     reused_in_rounds = llama.kv_states.reused_tokens - before
+    # each result says how much of its prompt came from a kept prefix; the first call had nothing to reuse
+    assert results[0].prompt_cached_tokens == 0
+    assert sum(r.prompt_cached_tokens for r in results) == reused_in_rounds
     _fresh(llama)
     in_reverse = {req.seed: llama.generate([req])[0].text for req in reversed(by_sample)}
     assert in_rounds == reference

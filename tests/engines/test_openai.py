@@ -530,3 +530,26 @@ def test_an_empty_answer_to_a_prefill_on_a_server_that_does_not_continue_is_an_e
     more = Request(messages=({"role": "user", "content": "hi"}, {"role": "assistant", "content": "Cut here."}),
                    max_tokens=5)
     assert not engine.generate([more])[0].ok
+
+
+def _usage_answer(usage):
+    return (200, {}, json.dumps({"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+                                 "usage": usage}))
+
+
+@pytest.mark.parametrize("fault_server", [[
+    _usage_answer({"prompt_tokens": 40, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 32}}),
+    _usage_answer({"prompt_tokens": 40, "completion_tokens": 1}),
+    _usage_answer({"prompt_tokens": 40, "completion_tokens": 1, "prompt_tokens_details": None}),
+    _usage_answer({"prompt_tokens": 40, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": "32"}}),
+    _usage_answer({"prompt_tokens": 40, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": -1}}),
+    _usage_answer({"prompt_tokens": 40, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": True}}),
+]], indirect=True)
+def test_prefix_cache_hits_are_read_from_the_usage_and_odd_values_are_unknown(fault_server):
+    """A server's `prompt_tokens_details.cached_tokens` (vLLM with --enable-prompt-tokens-details) becomes
+    `prompt_cached_tokens`; a server that does not say, or says something that is not a count, gives None."""
+    eng = OpenAIEngine(base_url=fault_server.url, model="m", context_window=1024, concurrency=1, max_retries=0)
+    out = [eng.generate([Request(messages=({"role": "user", "content": f"q{i}"},), max_tokens=4)])[0]
+           for i in range(6)]
+    assert all(r.ok for r in out)
+    assert [r.prompt_cached_tokens for r in out] == [32, None, None, None, None, None]

@@ -411,6 +411,32 @@ def test_agentwrite_on_vllm_keeps_the_recipe_s_decoding_options(engine, caplog):
     assert samples[0].step_words and sum(samples[0].step_words) > 50
 
 
+def test_agentwrite_turns_layout_steps_are_served_from_the_prefix_cache(engine):
+    """With `step_layout: turns` each step's prompt is the previous step's prompt and the paragraph vLLM just
+    decoded: vLLM serves nearly all of it from its prefix cache (the paragraph's KV from the decode itself),
+    where the reference's layout evaluates the new paragraph and the closing ask again at every step."""
+    from lendata.methods.agentwrite import plan_and_write as aw
+
+    rows = [{"instruction": f"Write a 240-word article about {t}.", "source": ""} for t in ("rivers", "bees")]
+    shares = {}
+    for layout in ("single", "turns"):
+        s = aw.Settings(min_paragraph=60, max_paragraph=80, no_repeat_ngram=8, end_at_sentence=True,
+                        plan_attempts=1, write_prompt="concise", step_layout=layout)
+        calls: list = []
+
+        def note(i, res, calls=calls):
+            calls.append(res)
+
+        engine._llm.reset_prefix_cache()
+        _, _, samples = aw.agentwrite(rows, engine, s, on_result=note)
+        assert all(len(x.paragraphs) >= 3 for x in samples), [x.step_words for x in samples]
+        assert calls and all(r.prompt_cached_tokens is not None for r in calls)  # vLLM reports its cache hits
+        writes = [r for r in calls if not r.text.lstrip().startswith("{")]  # the plans are JSON
+        shares[layout] = sum(r.prompt_cached_tokens for r in writes) / sum(r.prompt_tokens for r in writes)
+    print(shares)
+    assert shares["turns"] >= 0.5 and shares["turns"] > shares["single"] + 0.15, shares
+
+
 def test_the_processor_is_registered_only_where_vllm_runs_its_interface(monkeypatch):
     """vLLM's V2 model runner (its default wherever Triton runs: CUDA) rejects a V1-interface processor at start
     and speculative decoding takes none: there the engine must start without it and claim neither option."""

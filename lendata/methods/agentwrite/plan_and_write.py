@@ -37,6 +37,8 @@ from lendata.lengths import WordCounter, count_words, length_score
 from lendata.methods.agentwrite.writing import (  # noqa: F401  (re-exported: the method's one namespace)
     CONTINUE_MIN_TOKENS,
     PARAGRAPH_END,
+    STEP_LAYOUTS,
+    TURN_PROMPTS,
     WRITE_PROMPT,
     WRITE_PROMPT_CONCISE,
     WRITE_PROMPTS,
@@ -48,6 +50,7 @@ from lendata.methods.agentwrite.writing import (  # noqa: F401  (re-exported: th
     continuation_tokens,
     continue_step,
     fit_text,
+    fit_turns,
     render_plan,
     step_request,
     write,
@@ -110,6 +113,10 @@ class Settings(InstructionInput, JudgeGate):
     target_types: tuple[str, ...] = ("about",)  # constraint types of drawn targets (about, range, above, below)
     max_steps: int = 50  # paragraphs (write steps) per sample at most
     write_prompt: str = "longwriter"  # longwriter (the reference prompt) | concise (better for small models)
+    # single: each step one message holding instruction, plan, text so far and the ask (the reference); turns:
+    # the steps as one conversation, each paragraph the assistant's turn, so each step's prompt extends the last
+    # one and vLLM's prefix cache serves it (writing.py)
+    step_layout: str = "single"  # single (the reference) | turns (one conversation; faster on vLLM)
     # output filters
     min_length_share: float = 0.8  # quarantine when words < share x the constraint's lower edge
     tail_share: float = 0.3  # the share of the text at its end checked for repetition
@@ -117,6 +124,10 @@ class Settings(InstructionInput, JudgeGate):
 
     def __post_init__(self) -> None:
         check_attempts(self.continue_attempts)
+        if self.write_prompt not in WRITE_PROMPTS:
+            raise ValueError(f"write_prompt must be one of {', '.join(WRITE_PROMPTS)}, got {self.write_prompt!r}")
+        if self.step_layout not in STEP_LAYOUTS:
+            raise ValueError(f"step_layout must be one of {', '.join(STEP_LAYOUTS)}, got {self.step_layout!r}")
         super().__post_init__()
 
 
@@ -139,6 +150,7 @@ class Sample:
     words_out: int = 0  # words kept in the text (after trimming)
     words_written: int = 0  # words of every step as generated (before trimming): tokens_out bought these
     failed: str | None = None
+    turns_from: int = 0  # step_layout turns: the oldest paragraph still in the prompt (older ones left the window)
 
     @property
     def text(self) -> str:

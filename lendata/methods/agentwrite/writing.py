@@ -75,6 +75,46 @@ This is an ongoing work: omit open-ended conclusions or other rhetorical hooks."
 
 WRITE_PROMPTS = {"longwriter": WRITE_PROMPT, "concise": WRITE_PROMPT_CONCISE}
 
+# `step_layout: turns` (a deviation, issue 19): the steps as one conversation. The first turn asks for step 1
+# with the instruction and the plan; each paragraph is the assistant's answer and the next step a short user
+# turn, so every step's prompt is the previous one plus the paragraph just written plus a request: an engine
+# with a prefix cache (vLLM) reuses all of it, including the paragraph it just decoded, where the reference's
+# one message per step puts the new paragraph before a closing request and evaluates it again. Same inputs and
+# the same asks as WRITE_PROMPTS; what changes is where the text so far sits.
+TURN_FIRST = """You are an excellent writing assistant. I will give you an original writing instruction and my \
+planned writing steps. Please help me write the text one step at a time, one paragraph per step.
+
+Writing instruction:
+{instruction}
+
+Writing steps:
+{plan}
+
+Now write step 1: {point} ({words} words). If needed, you can add a small subtitle at the beginning. Remember \
+to only output the paragraph you write. As this is an ongoing work, omit open-ended conclusions or other \
+rhetorical hooks."""
+
+TURN_NEXT = """Integrating the writing instruction, the writing steps and the text already written, now continue \
+writing step {step}: {point} ({words} words). If needed, you can add a small subtitle at the beginning. Remember \
+to only output the paragraph you write, without repeating the already written text. As this is an ongoing work, \
+omit open-ended conclusions or other rhetorical hooks."""
+
+TURN_FIRST_CONCISE = """Task: {instruction}
+
+Outline:
+{plan}
+
+I will ask for the text one section at a time. Write section 1 of the outline now: {point}. Write about {words} \
+words of the text itself. Do not greet, do not comment on the task. This is an ongoing work: omit open-ended \
+conclusions or other rhetorical hooks."""
+
+TURN_NEXT_CONCISE = """Write section {step} of the outline now: {point}. Write about {words} words of the text \
+itself, continuing from where the text so far ends. Do not greet, do not comment on the task, do not repeat \
+earlier sections. This is an ongoing work: omit open-ended conclusions or other rhetorical hooks."""
+
+TURN_PROMPTS = {"longwriter": (TURN_FIRST, TURN_NEXT), "concise": (TURN_FIRST_CONCISE, TURN_NEXT_CONCISE)}
+STEP_LAYOUTS = ("single", "turns")
+
 
 # --- 3. write, step by step --------------------------------------------------------------------------
 
@@ -122,11 +162,15 @@ def step_request(smp: Sample, step: int, engine: Engine, s: Settings, tpw_prior:
            else tpw_prior[smp.language])
     max_tokens = max(16, math.ceil(words * tpw * s.max_ratio))
     min_tokens = min(max_tokens, math.floor(words * tpw * s.min_ratio))
-    base = WRITE_PROMPTS[s.write_prompt].format(
-        instruction=smp.instruction, plan=render_plan(smp.plan), text="{text}", step=step + 1,
-        point=smp.plan[step]["main_point"], words=words,
-    )
-    fixed = estimate_prompt_tokens(engine, [({"role": "user", "content": base},)])[0]
+    turns = s.step_layout == "turns"
+    if turns:
+        fixed = _tokens(engine, _conversation(smp, step, words, s, frm=max(0, step - 1), last=""))
+    else:
+        base = WRITE_PROMPTS[s.write_prompt].format(
+            instruction=smp.instruction, plan=render_plan(smp.plan), text="{text}", step=step + 1,
+            point=smp.plan[step]["main_point"], words=words,
+        )
+        fixed = _tokens(engine, [{"role": "user", "content": base}])
     # a last step may be continued (continue_step): its prompt leaves room for the continuations too
     reserve = s.continue_attempts * continuation_tokens(max_tokens) if step == len(smp.plan) - 1 else 0
     budget = engine.context_window - max_tokens - reserve - 16
@@ -134,16 +178,65 @@ def step_request(smp: Sample, step: int, engine: Engine, s: Settings, tpw_prior:
         max_tokens = max(16, engine.context_window - fixed - reserve - 16)
         min_tokens = min(min_tokens, max_tokens)
         budget = engine.context_window - max_tokens - reserve - 16
-    text = fit_text(fixed, smp.text, budget, engine.count_tokens) or "(nothing yet)"
+    if turns:
+        messages = fit_turns(smp, step, words, s, engine, fixed, budget)
+    else:
+        text = fit_text(fixed, smp.text, budget, engine.count_tokens) or "(nothing yet)"
+        messages = [{"role": "user", "content": base.replace("{text}", text, 1)}]
     smp.step_targets.append(words)
     return Request(
-        messages=({"role": "user", "content": base.replace("{text}", text, 1)},),
+        messages=tuple(messages),
         max_tokens=max_tokens, min_tokens=min_tokens, temperature=s.temperature, top_p=s.top_p,
         # zh: a character is 1-3 byte-level tokens, so the same span takes about twice the n
         repetition_penalty=s.repetition_penalty,
         no_repeat_ngram=s.no_repeat_ngram * (2 if smp.language == "zh" else 1),
         end_at_sentence=s.end_at_sentence, seed=_seed(s.seed, smp.id, f"step{step}"),
     )
+
+
+def _tokens(engine: Engine, messages: list[dict[str, str]]) -> int:
+    return estimate_prompt_tokens(engine, [tuple(messages)])[0]
+
+
+def _conversation(smp: Sample, step: int, words: int, s: Settings, frm: int,
+                  last: str | None = None) -> list[dict[str, str]]:
+    """Step `step`'s prompt in the turns layout: the first turn (instruction, plan, the ask for step 1), then
+    paragraph j and the ask for step j + 2 for every earlier step j from `frm` on; every ask as it was sent
+    (the word targets recorded in `step_targets`), so each step's prompt extends the previous one. `last`
+    replaces the newest paragraph (a window too small for it)."""
+    first, ask = TURN_PROMPTS[s.write_prompt]
+    targets = [*smp.step_targets[:step], words]
+    out = [{"role": "user", "content": first.format(instruction=smp.instruction, plan=render_plan(smp.plan),
+                                                     point=smp.plan[0]["main_point"], words=targets[0])}]
+    for j in range(frm, step):
+        text = last if last is not None and j == step - 1 else smp.paragraphs[j]
+        out.append({"role": "assistant", "content": text})
+        out.append({"role": "user", "content": ask.format(step=j + 2, point=smp.plan[j + 1]["main_point"],
+                                                          words=targets[j + 1])})
+    return out
+
+
+def fit_turns(smp: Sample, step: int, words: int, s: Settings, engine: Engine, fixed: int,
+              budget: int) -> list[dict[str, str]]:
+    """The turns-layout prompt of step `step` within `budget` tokens. When the whole conversation does not
+    fit, the oldest paragraphs (with the asks after them) are dropped in a block, down to half of the room
+    they may take, and stay dropped (`smp.turns_from`): consecutive steps then extend one conversation again
+    instead of each losing one more turn, which would change every prompt's beginning and leave nothing for a
+    prefix cache. The first turn (instruction, plan) is always kept, and so is the newest paragraph; if even
+    that is too long, its end."""
+    frm = min(smp.turns_from, max(0, step - 1))
+    messages = _conversation(smp, step, words, s, frm)
+    if _tokens(engine, messages) <= budget:
+        return messages
+    half = fixed + (budget - fixed) // 2
+    while frm < step - 1 and _tokens(engine, messages) > half:
+        frm += 1
+        messages = _conversation(smp, step, words, s, frm)
+    smp.turns_from = frm
+    if step == 0 or _tokens(engine, messages) <= budget:
+        return messages
+    tail = fit_text(fixed, smp.paragraphs[step - 1], budget, engine.count_tokens) or "..."
+    return _conversation(smp, step, words, s, frm, last=tail)
 
 
 def continue_step(req: Request, res: Any, engine: Engine, s: Settings) -> Chain[Any]:

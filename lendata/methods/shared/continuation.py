@@ -65,5 +65,6 @@ def continue_cut(req: Request, res: Result, engine: Engine, attempts: int, **cha
         if r.ok:
             res = type(res)(text=res.text + r.text, prompt_tokens=res.prompt_tokens,
                             completion_tokens=res.completion_tokens + r.completion_tokens,
-                            finish_reason=r.finish_reason, cached=res.cached and r.cached)
+                            finish_reason=r.finish_reason, cached=res.cached and r.cached,
+                            prompt_cached_tokens=res.prompt_cached_tokens)
     return res

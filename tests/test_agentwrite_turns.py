@@ -1,0 +1,121 @@
+"""AgentWrite's `step_layout: turns` (issue 19, goal 3): each step is the next turn of one conversation, so a
+step's prompt is the previous step's prompt plus the paragraph the model just wrote plus a short request, the
+prefix an engine with a prefix cache (vLLM) reuses instead of evaluating the text again."""
+
+import json
+
+import pytest
+
+from lendata.engines import Result, estimate_prompt_tokens
+from lendata.methods.agentwrite import plan_and_write as aw
+
+
+def _words(n, start):
+    def word(i):
+        w, i = "", i + 26
+        while i:
+            i, r = divmod(i, 26)
+            w = chr(97 + r) + w
+        return w
+    return " ".join(word(i) for i in range(start, start + n))
+
+
+def _writer(label=True):
+    """Valid plans of three points; paragraphs of min_tokens words (new words each call), with a label the
+    method strips, so the kept paragraph differs from what the model wrote."""
+    def answer(req):
+        if req.json_schema is not None:
+            return Result(text=json.dumps({"paragraphs": [{"main_point": f"point {i}", "words": 10}
+                                                          for i in range(3)]}), completion_tokens=20)
+        n = max(1, req.min_tokens)
+        seen = sum(len(m["content"]) for m in req.messages)
+        return Result(text=("Paragraph 9: " if label else "") + _words(n - 1, start=seen * 1000) + " end.",
+                      completion_tokens=n)
+    return answer
+
+
+def _steps_of(seen, instruction):
+    """The first call of every step of one sample (no resample, no continuation), in order."""
+    return [r for r in seen if r.json_schema is None and r.sample_index == 0 and r.messages[-1]["role"] == "user"
+            and instruction in r.messages[0]["content"]]
+
+
+def test_step_layout_is_one_of_single_and_turns():
+    assert aw.Settings().step_layout == "single"  # the reference's layout stays the default
+    aw.Settings(step_layout="turns")
+    for bad in ("chat", "", None, 1):
+        with pytest.raises(ValueError, match="step_layout"):
+            aw.Settings(step_layout=bad)
+
+
+@pytest.mark.parametrize("prompt", ["longwriter", "concise"])
+def test_each_turns_step_is_the_previous_step_plus_its_paragraph_plus_a_request(scripted, prompt):
+    eng = scripted(_writer())
+    s = aw.Settings(min_paragraph=100, max_paragraph=150, write_prompt=prompt, step_layout="turns")
+    rows = [{"instruction": f"Write about {t} in 450 words.", "source": ""} for t in ("rivers", "hills")]
+    table, _, samples = aw.agentwrite(rows, eng, s)
+    for smp in samples:
+        reqs = _steps_of(eng.seen, smp.instruction)
+        assert len(reqs) == len(smp.plan) == len(smp.paragraphs) == 3
+        first = reqs[0].messages
+        assert len(first) == 1 and smp.instruction in first[0]["content"]
+        assert aw.render_plan(smp.plan) in first[0]["content"]
+        for k in range(1, len(reqs)):
+            before, now = reqs[k - 1].messages, reqs[k].messages
+            assert now[: len(before)] == before  # the whole previous prompt is the prefix, byte for byte
+            # then the paragraph as kept (its label stripped), then the request for this step alone
+            assert now[len(before)] == {"role": "assistant", "content": smp.paragraphs[k - 1]}
+            assert len(now) == len(before) + 2 and now[-1]["role"] == "user"
+            assert smp.plan[k]["main_point"] in now[-1]["content"]
+            assert f"{smp.step_targets[k]} words" in now[-1]["content"]
+            assert smp.instruction not in now[-1]["content"]  # the instruction is said once, not per step
+        assert all("Paragraph 9" not in p for p in smp.paragraphs)
+    assert table.num_rows == 2
+
+
+def test_turns_prompts_fit_the_window_by_dropping_the_oldest_turns(scripted):
+    eng = scripted(_writer(label=False))
+    eng.context_window = 900
+    s = aw.Settings(min_paragraph=100, max_paragraph=150, write_prompt="longwriter", step_layout="turns")
+    _, _, samples = aw.agentwrite([{"instruction": "Write about rivers in 1200 words.", "source": ""}], eng, s)
+    smp = samples[0]
+    writes = [r for r in eng.seen if r.json_schema is None]
+    assert len(writes) >= 8
+    dropped = 0
+    for r in writes:
+        assert estimate_prompt_tokens(eng, [r.messages])[0] + r.max_tokens <= eng.context_window
+        roles = [m["role"] for m in r.messages]
+        if roles[-1] == "assistant":  # a continuation: the cut paragraph as the assistant's own turn
+            roles = roles[:-1]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"]  # turns alternate
+        assert smp.instruction in r.messages[0]["content"]  # the instruction and the plan are never dropped
+        dropped += len(roles) // 2 < len([p for p in smp.paragraphs if p]) and roles != ["user"]
+    # the window could not hold every turn of the later steps, and their prompts kept the most recent ones
+    last = [r for r in writes if r.messages[-1]["role"] == "user"][-1]
+    assert last.messages[-2] == {"role": "assistant", "content": smp.paragraphs[-2]}
+    assert len(last.messages) < 2 * len(smp.paragraphs) - 1
+    assert dropped
+
+
+def test_a_turn_dropped_for_the_window_stays_dropped_so_later_steps_share_a_prefix(scripted):
+    """Dropping turns one at a time would change the prompt's beginning at every step and nothing would be
+    reused; turns are dropped in blocks, so consecutive steps after a drop share the conversation again."""
+    eng = scripted(_writer(label=False))
+    eng.context_window = 900
+    s = aw.Settings(min_paragraph=100, max_paragraph=150, write_prompt="concise", step_layout="turns")
+    aw.agentwrite([{"instruction": "Write about rivers in 1500 words.", "source": ""}], eng, s)
+    reqs = [r for r in eng.seen if r.json_schema is None and r.sample_index == 0
+            and r.messages[-1]["role"] == "user"]
+    assert len(reqs) >= 10
+    extends = drops = 0
+    for before, now in zip(reqs, reqs[1:], strict=False):
+        if now.messages[: len(before.messages)] == before.messages:
+            extends += 1
+            continue
+        # otherwise a block of the oldest turns left: the first turn, then a tail of the previous prompt's turns
+        drops += 1
+        kept = len(now.messages) - 3  # beside the first turn, the newest paragraph and this step's ask
+        assert now.messages[0] == before.messages[0]
+        assert kept < len(before.messages) - 1
+        assert now.messages[1 : 1 + kept] == before.messages[len(before.messages) - kept :]
+    assert extends > drops >= 1, (extends, drops)

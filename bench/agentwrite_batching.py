@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,13 +113,15 @@ def main() -> None:
         engine.continuous_batching = continuous
         cold()
         t0 = time.monotonic()
-        table, _, samples = aw.agentwrite(rows, Noting(engine, note), s)
+        table, quarantine, samples = aw.agentwrite(rows, Noting(engine, note), s)
         wall = time.monotonic() - t0
         # quality, so a faster layout cannot hide worse texts: kept rows, and S_l over all rows (quarantined: 0)
         return {"wall": wall, "made": made, "writes": writes, "prompts": prompts, "samples": samples,
                 "plan_tokens": plan_tokens[0], "kept": table.num_rows,
                 "sl_all": sum(table.column("length_score").to_pylist()) / len(rows),
-                "cached_share": sum(cached) / max(1, sum(prompts)), "layout": s.step_layout}
+                "cached_share": sum(cached) / max(1, sum(prompts)), "layout": s.step_layout,
+                "why": Counter(re.sub(r" \(\d+x\)", "", reason.split(":")[0])
+                               for q in quarantine for reason in q["reason"].split("; "))}
 
     def cold() -> None:
         """vLLM keeps prompt prefixes between calls: each timed run and raw reference starts without them, so
@@ -193,7 +197,7 @@ def main() -> None:
               f"(plans {r['plan_tokens']} too) / wall {every:.1f} tok/s = {every / raw:.2f} / "
               f"{every / raw_workload:.2f}; writing prompts {sum(r['prompts'])} tokens, "
               f"{r['cached_share']:.0%} from the prefix cache; kept {r['kept']} of {args.n} rows, "
-              f"S_l over all rows {r['sl_all']:.1f}")
+              f"S_l over all rows {r['sl_all']:.1f}; quarantined for {dict(r['why']) or 'nothing'}")
         return {"seconds": round(r["wall"], 2), "tokens_per_s": round(tps, 1), "raw_share": round(tps / raw, 3),
                 "workload_raw_share": round(tps / raw_workload, 3), "all_tokens_share": round(every / raw, 3),
                 "plan_tokens": r["plan_tokens"], "step_layout": r["layout"], "kept": r["kept"],

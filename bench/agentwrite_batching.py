@@ -24,6 +24,12 @@ run. Rounds here are this code's rounds (a round may mix one sample's plan retry
 continuation), not the code before chains, which ran plans, steps, resamples and continuations as separate
 batches and so waited more.
 
+`--step-layout turns` writes with AgentWrite's turns layout (each step's prompt extends the last, so vLLM's
+prefix cache serves it); `--compare-layouts` runs the other layout too, after the main run, in the same run;
+`--block-size` sets vLLM's KV block size (the prefix cache's granularity; 128 by default on the CPU build).
+Each run prints the share of its writing prompts served from the prefix cache, and its kept rows, S_l over
+all rows and quarantine reasons, so a faster layout cannot hide worse texts.
+
     .venv-vllm/bin/python bench/agentwrite_batching.py --engine vllm \
         --model ~/.cache/lendata/models/SmolLM2-135M-Instruct-hf [--compare-rounds --skip-sequential]
     .venv/bin/python bench/agentwrite_batching.py --engine llamacpp
@@ -99,14 +105,15 @@ def main() -> None:
         prompts: list[int] = []  # prompt tokens of every writing call
         writes: list[Request] = []  # the writing calls, for the workload's raw reference
         plan_tokens = [0]
-        cached: list[int] = []  # prompt tokens of the writing calls served from vLLM's prefix cache
+        cached: list[tuple[int, int]] = []  # (prompt tokens, of them served from the engine's cache) per call
 
         def note(q, r):
             if q.json_schema is None:
                 made.append(r.completion_tokens)
                 prompts.append(r.prompt_tokens)
                 writes.append(q)
-                cached.append(r.prompt_cached_tokens or 0)
+                if r.prompt_cached_tokens is not None:  # an engine that says: its prompt and its cache hits
+                    cached.append((r.prompt_tokens, r.prompt_cached_tokens))
             else:
                 plan_tokens[0] += r.completion_tokens
 
@@ -119,7 +126,8 @@ def main() -> None:
         return {"wall": wall, "made": made, "writes": writes, "prompts": prompts, "samples": samples,
                 "plan_tokens": plan_tokens[0], "kept": table.num_rows,
                 "sl_all": sum(table.column("length_score").to_pylist()) / len(rows),
-                "cached_share": sum(cached) / max(1, sum(prompts)), "layout": s.step_layout,
+                "cached_share": sum(c for _, c in cached) / max(1, sum(p for p, _ in cached)),
+                "layout": s.step_layout,
                 "why": Counter(re.sub(r" \(\d+x\)", "", reason.split(":")[0])
                                for q in quarantine for reason in q["reason"].split("; "))}
 

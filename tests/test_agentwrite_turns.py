@@ -81,7 +81,6 @@ def test_turns_prompts_fit_the_window_by_dropping_the_oldest_turns(scripted):
     smp = samples[0]
     writes = [r for r in eng.seen if r.json_schema is None]
     assert len(writes) >= 8
-    dropped = 0
     for r in writes:
         assert estimate_prompt_tokens(eng, [r.messages])[0] + r.max_tokens <= eng.context_window
         roles = [m["role"] for m in r.messages]
@@ -89,12 +88,10 @@ def test_turns_prompts_fit_the_window_by_dropping_the_oldest_turns(scripted):
             roles = roles[:-1]
         assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"]  # turns alternate
         assert smp.instruction in r.messages[0]["content"]  # the instruction and the plan are never dropped
-        dropped += len(roles) // 2 < len([p for p in smp.paragraphs if p]) and roles != ["user"]
     # the window could not hold every turn of the later steps, and their prompts kept the most recent ones
     last = [r for r in writes if r.messages[-1]["role"] == "user"][-1]
     assert last.messages[-2] == {"role": "assistant", "content": smp.paragraphs[-2]}
     assert len(last.messages) < 2 * len(smp.paragraphs) - 1
-    assert dropped
 
 
 def test_a_turn_dropped_for_the_window_stays_dropped_so_later_steps_share_a_prefix(scripted):
@@ -112,10 +109,104 @@ def test_a_turn_dropped_for_the_window_stays_dropped_so_later_steps_share_a_pref
         if now.messages[: len(before.messages)] == before.messages:
             extends += 1
             continue
-        # otherwise a block of the oldest turns left: the first turn, then a tail of the previous prompt's turns
+        # otherwise a block of the oldest turns left: the first turn, "..." for what left, then a tail of the
+        # previous prompt's turns from an ask on (each paragraph after its own ask), the newest paragraph, the ask
         drops += 1
-        kept = len(now.messages) - 3  # beside the first turn, the newest paragraph and this step's ask
         assert now.messages[0] == before.messages[0]
-        assert kept < len(before.messages) - 1
-        assert now.messages[1 : 1 + kept] == before.messages[len(before.messages) - kept :]
+        assert now.messages[1] == {"role": "assistant", "content": "..."}
+        kept = list(now.messages[2:-2])
+        assert kept[0]["role"] == "user" and len(kept) < len(before.messages) - 1
+        assert kept == list(before.messages[len(before.messages) - len(kept) :])
     assert extends > drops >= 1, (extends, drops)
+
+
+def _keys(text, n):
+    """The last n word keys of a text (letters and digits, lower-cased), as the no-repeat ban sees words."""
+    import re
+
+    return tuple(re.findall(r"[a-z0-9]+", text.lower())[-n:])
+
+
+@pytest.mark.parametrize("prompt", ["longwriter", "concise"])
+def test_no_two_asks_end_in_the_same_words_so_the_ban_never_forbids_an_earlier_paragraph_s_opening(
+        scripted, prompt):
+    """The no-repeat ban reads the prompt and the paragraph as one sequence: if every ask ended in the same
+    words, the words before each earlier paragraph would be those before the new one, and opening with any
+    earlier paragraph's first words would complete a repeated n-gram. Each ask ends in its own step."""
+    eng = scripted(_writer(label=False))
+    s = aw.Settings(min_paragraph=60, max_paragraph=80, write_prompt=prompt, step_layout="turns",
+                    no_repeat_ngram=8)
+    _, _, samples = aw.agentwrite([{"instruction": "Write about rivers in 300 words.", "source": ""}], eng, s)
+    last = [r for r in eng.seen if r.json_schema is None and r.messages[-1]["role"] == "user"][-1]
+    asks = [m["content"] for m in last.messages if m["role"] == "user"]
+    assert len(asks) >= 3
+    # 7 keys of the ask, then the template's role word: no 8-gram ending at a paragraph's opening is shared
+    assert len({_keys(a, 7) for a in asks}) == len(asks), [_keys(a, 7) for a in asks]
+
+
+def test_the_last_step_drops_only_the_turns_it_must(scripted):
+    """A block drop (down to half the room) pays off in the steps after it; the last step has none, so it
+    keeps every turn the window holds."""
+    from lendata.methods.agentwrite.writing import _conversation, _tokens
+
+    eng = scripted(_writer(label=False))
+    eng.context_window = 900
+    s = aw.Settings(min_paragraph=100, max_paragraph=150, write_prompt="concise", step_layout="turns",
+                    continue_attempts=0)
+    _, _, samples = aw.agentwrite([{"instruction": "Write about rivers in 1500 words.", "source": ""}], eng, s)
+    smp = samples[0]
+    last = _steps_of(eng.seen, smp.instruction)[-1]
+    step = len(smp.plan) - 1
+    assert last.messages[1] == {"role": "assistant", "content": "..."}  # this step did drop turns
+    frm = next(j for j in range(step) if {"role": "assistant", "content": smp.paragraphs[j]} in last.messages)
+    budget = eng.context_window - last.max_tokens - 16
+    assert _tokens(eng, list(last.messages)) <= budget
+    one_more = _conversation(smp, step, smp.step_targets[step], s, frm - 1)
+    assert _tokens(eng, one_more) > budget
+
+
+def test_a_newest_paragraph_too_long_for_the_window_is_kept_by_its_end(scripted):
+    eng = scripted()
+    eng.context_window = 400
+    s = aw.Settings(min_paragraph=10, max_paragraph=300, write_prompt="concise", step_layout="turns")
+    smp = aw.prepare([{"instruction": "Write about rivers in 400 words.", "source": ""}], s)[0]
+    smp.plan = [{"main_point": "a", "words": 60}, {"main_point": "b", "words": 60}]
+    long = " ".join(f"w{i}" for i in range(600)) + "."
+    smp.paragraphs, smp.step_targets, smp.words_out = [long], [60], 60
+    req = aw.step_request(smp, 1, eng, s, {"en": 1.3})
+    assert estimate_prompt_tokens(eng, [req.messages])[0] + req.max_tokens <= eng.context_window
+    newest = req.messages[-2]
+    assert newest["role"] == "assistant" and newest["content"].startswith("...")
+    assert long.endswith(newest["content"][3:]) and len(newest["content"]) < len(long)
+
+
+def test_max_steps_below_the_plan_length_and_empty_paragraphs_keep_the_turns_alternating(scripted):
+    def answer(req):
+        if req.json_schema is not None:
+            return Result(text=json.dumps({"paragraphs": [{"main_point": f"p{i}", "words": 10} for i in range(5)]}))
+        return Result(text="   ", completion_tokens=1)  # nothing kept of it: an empty assistant turn
+
+    eng = scripted(answer)
+    s = aw.Settings(min_paragraph=60, max_paragraph=80, write_prompt="concise", step_layout="turns", max_steps=3,
+                    step_attempts=1)
+    _, _, samples = aw.agentwrite([{"instruction": "Write about rivers in 400 words.", "source": ""}], eng, s)
+    writes = [r for r in eng.seen if r.json_schema is None]
+    assert len(writes) == 3 and len(samples[0].paragraphs) == 3
+    assert [m["role"] for m in writes[-1].messages] == ["user", "assistant", "user", "assistant", "user"]
+
+
+def test_a_write_prompt_that_does_not_exist_is_refused_when_the_settings_are_made():
+    with pytest.raises(ValueError, match="write_prompt"):
+        aw.Settings(write_prompt="fancy")
+
+
+def test_braces_in_an_instruction_never_take_the_place_of_the_text_so_far(scripted):
+    """The single layout used to put the text so far into the first '{text}' of the prompt, which could be
+    inside the instruction or a plan point the model wrote."""
+    s = aw.Settings(min_paragraph=60, max_paragraph=80, write_prompt="concise")
+    smp = aw.prepare([{"instruction": "Explain the {text} placeholder in 300 words.", "source": ""}], s)[0]
+    smp.plan = [{"main_point": "what {text} means", "words": 150}, {"main_point": "b", "words": 150}]
+    smp.paragraphs, smp.step_targets, smp.words_out = ["First paragraph here."], [150], 3
+    prompt = aw.step_request(smp, 1, scripted(), s, {"en": 1.3}).messages[0]["content"]
+    assert "Explain the {text} placeholder" in prompt and "what {text} means" in prompt
+    assert "Text written so far:\nFirst paragraph here." in prompt

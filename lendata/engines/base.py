@@ -124,8 +124,9 @@ class Result:
     finish_reason: FinishReason = "stop"
     error: str | None = None
     cached: bool = field(default=False, compare=False)
-    # prompt tokens the engine served from its prefix cache instead of evaluating (vLLM; a server that reports
-    # `prompt_tokens_details.cached_tokens`); None: the engine does not say
+    # prompt tokens the engine served from a cache instead of evaluating (vLLM's prefix cache, the llama.cpp
+    # engine's kept KV prefixes, a server that reports `prompt_tokens_details.cached_tokens`); None: the engine
+    # does not say (or the answer came from the response cache, where nothing was evaluated)
     prompt_cached_tokens: int | None = field(default=None, compare=False)
 
     @property

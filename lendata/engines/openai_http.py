@@ -247,7 +247,7 @@ class OpenAIEngine:
                         prompt_tokens=int(usage.get("prompt_tokens") or 0),
                         completion_tokens=int(usage.get("completion_tokens") or 0),
                         finish_reason="length" if reason == "length" else "stop",
-                        prompt_cached_tokens=_cached_tokens(usage),
+                        prompt_cached_tokens=_cached_tokens(usage, int(usage.get("prompt_tokens") or 0)),
                     )
                 last = f"HTTP {r.status_code}: {r.text[:300]}"
                 if r.status_code not in RETRYABLE_STATUS:
@@ -434,9 +434,11 @@ def _owned_by_continuing_server(served: list[dict[str, Any]], model: str) -> boo
     return owner in {"vllm", "sglang"}
 
 
-def _cached_tokens(usage: Any) -> int | None:
+def _cached_tokens(usage: Any, prompt_tokens: int) -> int | None:
     """`usage.prompt_tokens_details.cached_tokens` (OpenAI's field; vLLM sends it with
-    `--enable-prompt-tokens-details`), or None when the server does not say or says something odd."""
+    `--enable-prompt-tokens-details`), or None when the server does not say or says something odd (not a
+    count, or more than the prompt it reports)."""
     details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
     value = details.get("cached_tokens") if isinstance(details, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= max(prompt_tokens, 0)
+    return value if ok else None

@@ -81,6 +81,9 @@ WRITE_PROMPTS = {"longwriter": WRITE_PROMPT, "concise": WRITE_PROMPT_CONCISE}
 # with a prefix cache (vLLM) reuses all of it, including the paragraph it just decoded, where the reference's
 # one message per step puts the new paragraph before a closing request and evaluates it again. Same inputs and
 # the same asks as WRITE_PROMPTS; what changes is where the text so far sits.
+# Each ask ends in what is particular to its step (its number, main point and words): the no-repeat ban reads
+# prompt and paragraph as one sequence, and asks that all ended in the same words would put the same words
+# before every paragraph, so opening like any earlier paragraph would complete a banned n-gram.
 TURN_FIRST = """You are an excellent writing assistant. I will give you an original writing instruction and my \
 planned writing steps. Please help me write the text one step at a time, one paragraph per step.
 
@@ -90,27 +93,27 @@ Writing instruction:
 Writing steps:
 {plan}
 
-Now write step 1: {point} ({words} words). If needed, you can add a small subtitle at the beginning. Remember \
-to only output the paragraph you write. As this is an ongoing work, omit open-ended conclusions or other \
-rhetorical hooks."""
+If needed, you can add a small subtitle at the beginning. Remember to only output the paragraph you write. As \
+this is an ongoing work, omit open-ended conclusions or other rhetorical hooks. Now write step 1: {point} \
+({words} words)."""
 
-TURN_NEXT = """Integrating the writing instruction, the writing steps and the text already written, now continue \
-writing step {step}: {point} ({words} words). If needed, you can add a small subtitle at the beginning. Remember \
-to only output the paragraph you write, without repeating the already written text. As this is an ongoing work, \
-omit open-ended conclusions or other rhetorical hooks."""
+TURN_NEXT = """Integrating the writing instruction, the writing steps and the text already written, continue \
+the text. If needed, you can add a small subtitle at the beginning. Remember to only output the paragraph you \
+write, without repeating the already written text. As this is an ongoing work, omit open-ended conclusions or \
+other rhetorical hooks. Now write step {step}: {point} ({words} words)."""
 
 TURN_FIRST_CONCISE = """Task: {instruction}
 
 Outline:
 {plan}
 
-I will ask for the text one section at a time. Write section 1 of the outline now: {point}. Write about {words} \
-words of the text itself. Do not greet, do not comment on the task. This is an ongoing work: omit open-ended \
-conclusions or other rhetorical hooks."""
+I will ask for the text one section at a time. Write the text itself: do not greet, do not comment on the \
+task. This is an ongoing work: omit open-ended conclusions or other rhetorical hooks. Write section 1 of the \
+outline now: {point}, about {words} words."""
 
-TURN_NEXT_CONCISE = """Write section {step} of the outline now: {point}. Write about {words} words of the text \
-itself, continuing from where the text so far ends. Do not greet, do not comment on the task, do not repeat \
-earlier sections. This is an ongoing work: omit open-ended conclusions or other rhetorical hooks."""
+TURN_NEXT_CONCISE = """Continue from where the text so far ends, writing the text itself: do not greet, do not \
+comment on the task, do not repeat earlier sections. This is an ongoing work: omit open-ended conclusions or \
+other rhetorical hooks. Write section {step} of the outline now: {point}, about {words} words."""
 
 TURN_PROMPTS = {"longwriter": (TURN_FIRST, TURN_NEXT), "concise": (TURN_FIRST_CONCISE, TURN_NEXT_CONCISE)}
 STEP_LAYOUTS = ("single", "turns")
@@ -165,12 +168,13 @@ def step_request(smp: Sample, step: int, engine: Engine, s: Settings, tpw_prior:
     turns = s.step_layout == "turns"
     if turns:
         fixed = _tokens(engine, _conversation(smp, step, words, s, frm=max(0, step - 1), last=""))
-    else:
-        base = WRITE_PROMPTS[s.write_prompt].format(
-            instruction=smp.instruction, plan=render_plan(smp.plan), text="{text}", step=step + 1,
-            point=smp.plan[step]["main_point"], words=words,
-        )
-        fixed = _tokens(engine, [{"role": "user", "content": base}])
+    else:  # the text so far goes in by format, never by replacing "{text}", which an instruction may hold
+        def single(text: str) -> str:
+            return WRITE_PROMPTS[s.write_prompt].format(
+                instruction=smp.instruction, plan=render_plan(smp.plan), text=text, step=step + 1,
+                point=smp.plan[step]["main_point"], words=words)
+
+        fixed = _tokens(engine, [{"role": "user", "content": single("")}])
     # a last step may be continued (continue_step): its prompt leaves room for the continuations too
     reserve = s.continue_attempts * continuation_tokens(max_tokens) if step == len(smp.plan) - 1 else 0
     budget = engine.context_window - max_tokens - reserve - 16
@@ -182,7 +186,7 @@ def step_request(smp: Sample, step: int, engine: Engine, s: Settings, tpw_prior:
         messages = fit_turns(smp, step, words, s, engine, fixed, budget)
     else:
         text = fit_text(fixed, smp.text, budget, engine.count_tokens) or "(nothing yet)"
-        messages = [{"role": "user", "content": base.replace("{text}", text, 1)}]
+        messages = [{"role": "user", "content": single(text)}]
     smp.step_targets.append(words)
     return Request(
         messages=tuple(messages),
@@ -202,34 +206,42 @@ def _conversation(smp: Sample, step: int, words: int, s: Settings, frm: int,
                   last: str | None = None) -> list[dict[str, str]]:
     """Step `step`'s prompt in the turns layout: the first turn (instruction, plan, the ask for step 1), then
     paragraph j and the ask for step j + 2 for every earlier step j from `frm` on; every ask as it was sent
-    (the word targets recorded in `step_targets`), so each step's prompt extends the previous one. `last`
-    replaces the newest paragraph (a window too small for it)."""
+    (the word targets recorded in `step_targets`), so each step's prompt extends the previous one. When older
+    paragraphs left (`frm` > 0), an assistant turn "..." stands for them and the ask for paragraph `frm` comes
+    before it, so every paragraph still follows its own ask. `last` replaces the newest paragraph (a window
+    too small for it)."""
     first, ask = TURN_PROMPTS[s.write_prompt]
     targets = [*smp.step_targets[:step], words]
+
+    def asking(j: int) -> dict[str, str]:
+        return {"role": "user", "content": ask.format(step=j + 1, point=smp.plan[j]["main_point"], words=targets[j])}
+
     out = [{"role": "user", "content": first.format(instruction=smp.instruction, plan=render_plan(smp.plan),
                                                      point=smp.plan[0]["main_point"], words=targets[0])}]
+    if frm > 0:
+        out += [{"role": "assistant", "content": "..."}, asking(frm)]
     for j in range(frm, step):
         text = last if last is not None and j == step - 1 else smp.paragraphs[j]
-        out.append({"role": "assistant", "content": text})
-        out.append({"role": "user", "content": ask.format(step=j + 2, point=smp.plan[j + 1]["main_point"],
-                                                          words=targets[j + 1])})
+        out += [{"role": "assistant", "content": text}, asking(j + 1)]
     return out
 
 
 def fit_turns(smp: Sample, step: int, words: int, s: Settings, engine: Engine, fixed: int,
               budget: int) -> list[dict[str, str]]:
     """The turns-layout prompt of step `step` within `budget` tokens. When the whole conversation does not
-    fit, the oldest paragraphs (with the asks after them) are dropped in a block, down to half of the room
-    they may take, and stay dropped (`smp.turns_from`): consecutive steps then extend one conversation again
-    instead of each losing one more turn, which would change every prompt's beginning and leave nothing for a
-    prefix cache. The first turn (instruction, plan) is always kept, and so is the newest paragraph; if even
-    that is too long, its end."""
+    fit, the oldest paragraphs (with their asks) are dropped in a block, down to half of the room they may
+    take, and stay dropped (`smp.turns_from`): consecutive steps then extend one conversation again instead of
+    each losing one more turn, which would change every prompt's beginning and leave nothing for a prefix
+    cache. The last step has no step after it to gain from that, so it drops only what it must. The first
+    turn (instruction, plan) is always kept, and so is the newest paragraph; if even that is too long, its
+    end."""
     frm = min(smp.turns_from, max(0, step - 1))
     messages = _conversation(smp, step, words, s, frm)
     if _tokens(engine, messages) <= budget:
         return messages
-    half = fixed + (budget - fixed) // 2
-    while frm < step - 1 and _tokens(engine, messages) > half:
+    last_step = step == min(s.max_steps, len(smp.plan)) - 1
+    room = budget if last_step else fixed + (budget - fixed) // 2
+    while frm < step - 1 and _tokens(engine, messages) > room:
         frm += 1
         messages = _conversation(smp, step, words, s, frm)
     smp.turns_from = frm

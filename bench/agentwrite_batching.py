@@ -66,7 +66,9 @@ def main() -> None:
                     help="vllm: run the rounds driver too (continuous_batching off), the way before chains")
     ap.add_argument("--recipe-decoding", action="store_true",
                     help="decode the steps with the shipped recipe's no_repeat_ngram=8 and end_at_sentence (vLLM: "
-                         "engines/vllm_decoding.py), as a build does; off: the settings of earlier runs")
+                         "engines/vllm_decoding.py) and continue a last step cut at its limit (continue_attempts=2; "
+                         "before 2026-11-29 this flag left it at 0), as a build does; off: the settings of earlier "
+                         "runs")
     ap.add_argument("--max-num-seqs", type=int, default=None,
                     help="vllm: the engine's batch size (max_num_seqs); with --n above it, a build larger than one "
                          "batch, as real builds are (the raw references run at the same batch size)")
@@ -91,7 +93,8 @@ def main() -> None:
     engine = make_engine(args.engine, **opts)
     s = aw.Settings(min_paragraph=100, max_paragraph=150, temperature=0.7, repetition_penalty=1.2,
                     write_prompt="concise", step_attempts=1, plan_attempts=1, step_layout=args.step_layout,
-                    **({"no_repeat_ngram": 8, "end_at_sentence": True} if args.recipe_decoding else {}))
+                    **({"no_repeat_ngram": 8, "end_at_sentence": True, "continue_attempts": 2}
+                       if args.recipe_decoding else {}))
     many = TOPICS * (args.n // len(TOPICS) + 1)
     rows = [{"instruction": f"Write a {args.words}-word article about {t}" + (f" (part {i // len(TOPICS) + 1})."
                                                                              if i >= len(TOPICS) else "."),

@@ -3,6 +3,8 @@
 import dataclasses
 import random
 
+import pytest
+
 from lendata.engines.base import Result
 from lendata.lengths import count_words
 from lendata.methods.self_lengthen import queries, sets
@@ -249,3 +251,21 @@ def test_token_columns_are_counted_by_the_engine_of_each_role(scripted):
     q = queries.queries_table(sources, s.queries, s.seed).to_pylist()
     assert [x["source"] for x in q] == ["extended"]  # the initial response is too short for a query
     assert q[0]["response_tokens"] == 5 * len(long)
+
+
+@pytest.mark.parametrize("stage", ["self_instruct", "extend"])
+def test_an_engine_that_does_not_continue_a_prefill_is_refused_before_any_call(scripted, stage):
+    """Self-instruct and the extender's second call write after a prefilled assistant turn; a server that answers
+    it with a new turn (llama_cpp.server) would give a fresh answer glued onto the prefix, so nothing is sent."""
+    eng = scripted()
+    eng.continues_prefill = False
+    s = sl.Settings()
+    with pytest.raises(ValueError, match="continue_final_message"):
+        if stage == "self_instruct":
+            seeds = [{"instruction": f"Write a story about {t}.", "language": "en"} for t in ("cats", "dogs", "owls")]
+            sl.self_instruct(seeds, eng, s, 1)
+        else:
+            resp = sl.Response(id="r1", instruction_id="i1", instruction="Write about owls.", language="en",
+                               iteration=1, sample=0, initial="Owls fly. " * 20)
+            sl.extend([resp], eng, s)
+    assert eng.seen == []

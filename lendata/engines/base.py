@@ -149,6 +149,16 @@ def continues_prefill(engine: Any) -> bool:
     return bool(getattr(engine, "continues_prefill", False))
 
 
+def require_continues_prefill(engine: Any, what: str) -> None:
+    """Refuse, before any call, a method step that cannot work without a continued prefill (`what` names it)."""
+    if not continues_prefill(engine):
+        raise ValueError(
+            f"{what} writes after a prefilled assistant turn, and the {getattr(engine, 'name', engine)} engine does "
+            "not continue one in place (a server such as llama_cpp.server answers it with a new turn, which would "
+            "be glued onto the prefix): use the llamacpp or vllm engine or a vLLM or SGLang server, or set "
+            "engine_options.continue_final_message: true for a server that does continue it")
+
+
 def enforces(engine: Any, option: str) -> bool:
     """Whether `engine` honours the Request option `option` (one of DECODING_OPTIONS) while decoding; an engine
     that does not refuses a request that asks for it (`refuse_unenforced_options`)."""

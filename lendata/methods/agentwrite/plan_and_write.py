@@ -14,7 +14,10 @@ model hits its targets:
   batching), elsewhere the current call of every sample goes in one batch ("rounds"); each prompt is fitted
   to the context window by keeping the instruction, the plan and the most recent text that fits, in that order
   (consecutive steps share the instruction and the plan, and the text so far while it fits whole, a prefix
-  vLLM's prefix cache reuses). The steps are in writing.py.
+  vLLM's prefix cache reuses). The steps are in writing.py;
+- `step_layout: turns` (off by default) lays the steps out as one conversation instead of one message per
+  step: each paragraph is the assistant's turn and each step a short user turn, so a step's prompt is the
+  previous one plus the paragraph just decoded, which vLLM's prefix cache serves (writing.py).
 """
 
 from __future__ import annotations

@@ -35,7 +35,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lendata.engines.base import Engine, OnResult, Request, enforces, estimate_prompt_tokens
+from lendata.engines.base import (
+    Engine,
+    OnResult,
+    Request,
+    enforces,
+    estimate_prompt_tokens,
+    require_continues_prefill,
+)
 from lendata.engines.chains import Chain, run_chains
 from lendata.lengths import WordCounter, count_words
 from lendata.methods.self_lengthen.queries import QuerySettings
@@ -259,6 +266,7 @@ def self_instruct(
     pools = {lang: p for lang, p in pools.items() if len(p) >= 2}
     if not pools:
         raise ValueError(f"self-instruct needs at least 2 seed instructions in one of {list(s.languages)}")
+    require_continues_prefill(engine, "self-instruct (its examples are the assistant's own turn)")
     known = {x.strip().lower() for p in pools.values() for x in p}
     kept: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
@@ -440,6 +448,8 @@ def extend(
     micro-step is one engine batch across the rows. A submission that never grows enough has `failed` set.
     The initial responses are not changed."""
     rows = submissions(responses, s)
+    if rows:  # call B continues the head of call A's text as the assistant's own turn
+        require_continues_prefill(engine, "Self-Lengthen's extender")
     no_repeat = extend_no_repeat(engine, s) if rows else 0
     run_chains(engine, [_extend_chain(_ExtendState(r, r.initial), engine, s, lora, no_repeat) for r in rows],
                on_result)

@@ -119,7 +119,7 @@ class Settings(InstructionInput, JudgeGate):
     # single: each step one message holding instruction, plan, text so far and the ask (the reference); turns:
     # the steps as one conversation, each paragraph the assistant's turn, so each step's prompt extends the last
     # one and vLLM's prefix cache serves it (writing.py)
-    step_layout: str = "single"  # single (the reference) | turns (one conversation; faster on vLLM)
+    step_layout: str = "single"  # single (the reference) | turns (one conversation; faster on vLLM, not llama.cpp)
     # output filters
     min_length_share: float = 0.8  # quarantine when words < share x the constraint's lower edge
     tail_share: float = 0.3  # the share of the text at its end checked for repetition

@@ -131,7 +131,9 @@ def main() -> None:
                 "sl_all": sum(table.column("length_score").to_pylist()) / len(rows),
                 "cached_share": sum(c for _, c in cached) / max(1, sum(p for p, _ in cached)),
                 "layout": s.step_layout,
-                "why": Counter(re.sub(r" \(\d+x\)", "", reason.split(":")[0])
+                # the two truncated endings (mid-sentence, cut at the limit) stay apart; n-gram counts do not
+                "why": Counter(re.sub(r" \(\d+x\)", "", reason if reason.startswith("truncated") else
+                                      reason.split(":")[0])
                                for q in quarantine for reason in q["reason"].split("; "))}
 
     def cold() -> None:

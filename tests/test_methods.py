@@ -276,3 +276,22 @@ def test_a_setup_that_cannot_train_fails_before_generating(tmp_path, scripted):
     with pytest.raises(TrainingUnsupported, match="lora.base"):
         _self_lengthen_build(tmp_path, engine, "x", iterations=2)
     assert engine.seen == []
+
+
+def test_a_self_lengthen_build_on_an_engine_that_cannot_continue_a_prefill_stops_before_any_call(tmp_path, scripted):
+    """Self-instruct and the extender write after a prefilled turn: the build says so before generating anything,
+    not after self-instruct and the whole generate step have run."""
+    engine = scripted(_answer)
+    engine.continues_prefill = False
+    with pytest.raises(Exception, match="continue_final_message"):
+        _self_lengthen_build(tmp_path, engine, "noprefill")
+    assert engine.seen == []
+
+
+def test_generate_and_extend_checks_the_extender_before_the_generator_runs(scripted):
+    gen, ext = scripted(_answer), scripted(_answer)
+    ext.continues_prefill = False
+    with pytest.raises(ValueError, match="extender"):
+        sl.generate_and_extend([{"id": "i1", "instruction": "Write about owls.", "language": "en", "iteration": 1}],
+                               gen, ext, sl.Settings())
+    assert gen.seen == [] and ext.seen == []

@@ -155,7 +155,8 @@ def require_continues_prefill(engine: Any, what: str) -> None:
         raise ValueError(
             f"{what} writes after a prefilled assistant turn, and the {getattr(engine, 'name', engine)} engine does "
             "not continue one in place (a server such as llama_cpp.server answers it with a new turn, which would "
-            "be glued onto the prefix): use the llamacpp or vllm engine or a vLLM or SGLang server, or set "
+            "be glued onto the prefix; an openai server whose /models could not be read is taken not to, see the "
+            "warning above): use the llamacpp or vllm engine or a vLLM or SGLang server, or set "
             "engine_options.continue_final_message: true for a server that does continue it")
 
 

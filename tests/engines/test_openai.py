@@ -549,7 +549,8 @@ def _usage_answer(usage):
 ]], indirect=True)
 def test_prefix_cache_hits_are_read_from_the_usage_and_odd_values_are_unknown(fault_server):
     """A server's `prompt_tokens_details.cached_tokens` (vLLM with --enable-prompt-tokens-details) becomes
-    `prompt_cached_tokens`; a server that does not say, or says something that is not a count, gives None."""
+    `prompt_cached_tokens`; a server that does not say, or says something that is not a count or is more than
+    the prompt it reports, gives None."""
     eng = OpenAIEngine(base_url=fault_server.url, model="m", context_window=1024, concurrency=1, max_retries=0)
     out = [eng.generate([Request(messages=({"role": "user", "content": f"q{i}"},), max_tokens=4)])[0]
            for i in range(8)]

@@ -16,8 +16,9 @@ model hits its targets:
   (consecutive steps share the instruction and the plan, and the text so far while it fits whole, a prefix
   vLLM's prefix cache reuses). The steps are in writing.py;
 - `step_layout: turns` (off by default) lays the steps out as one conversation instead of one message per
-  step: each paragraph is the assistant's turn and each step a short user turn, so a step's prompt is the
-  previous one plus the paragraph just decoded, which vLLM's prefix cache serves (writing.py).
+  step: each paragraph is the assistant's turn and each step a user turn with the step's ask (ending in its
+  number, for the no-repeat ban), so a step's prompt is the previous one plus the paragraph just decoded, which
+  vLLM's prefix cache serves; on overflow the oldest turns leave in a block behind a "..." turn (writing.py).
 """
 
 from __future__ import annotations

@@ -76,14 +76,16 @@ This is an ongoing work: omit open-ended conclusions or other rhetorical hooks."
 WRITE_PROMPTS = {"longwriter": WRITE_PROMPT, "concise": WRITE_PROMPT_CONCISE}
 
 # `step_layout: turns` (a deviation, issue 19): the steps as one conversation. The first turn asks for step 1
-# with the instruction and the plan; each paragraph is the assistant's answer and the next step a short user
-# turn, so every step's prompt is the previous one plus the paragraph just written plus a request: an engine
-# with a prefix cache (vLLM) reuses all of it, including the paragraph it just decoded, where the reference's
-# one message per step puts the new paragraph before a closing request and evaluates it again. Same inputs and
-# the same asks as WRITE_PROMPTS; what changes is where the text so far sits.
-# Each ask ends in what is particular to its step (its number, main point and words): the no-repeat ban reads
-# prompt and paragraph as one sequence, and asks that all ended in the same words would put the same words
-# before every paragraph, so opening like any earlier paragraph would complete a banned n-gram.
+# with the instruction and the plan; each paragraph is the assistant's answer and the next step a user turn,
+# so every step's prompt is the previous one plus the paragraph just written plus a request: an engine with a
+# prefix cache (vLLM) reuses all of it, including the paragraph it just decoded, where the reference's one
+# message per step puts the new paragraph before a closing request and evaluates it again. Same inputs and the
+# same requests as WRITE_PROMPTS, reworded as turns, with the step's own ask last.
+# Each ask ends in its step's number: the no-repeat ban reads prompt and paragraph as one sequence, and asks that
+# all ended in the same words would put the same words before every paragraph (the chat template's role word
+# after them is the same too), so opening like any earlier paragraph would complete a banned n-gram. The word
+# target or the main point is not enough: steps often have equal targets, and the tokenizer splits "150" into
+# three digits, which leaves no room for the point in the ban's window.
 TURN_FIRST = """You are an excellent writing assistant. I will give you an original writing instruction and my \
 planned writing steps. Please help me write the text one step at a time, one paragraph per step.
 
@@ -95,12 +97,12 @@ Writing steps:
 
 If needed, you can add a small subtitle at the beginning. Remember to only output the paragraph you write. As \
 this is an ongoing work, omit open-ended conclusions or other rhetorical hooks. Now write step 1: {point} \
-({words} words)."""
+({words} words, step 1)."""
 
 TURN_NEXT = """Integrating the writing instruction, the writing steps and the text already written, continue \
 the text. If needed, you can add a small subtitle at the beginning. Remember to only output the paragraph you \
 write, without repeating the already written text. As this is an ongoing work, omit open-ended conclusions or \
-other rhetorical hooks. Now write step {step}: {point} ({words} words)."""
+other rhetorical hooks. Now write step {step}: {point} ({words} words, step {step})."""
 
 TURN_FIRST_CONCISE = """Task: {instruction}
 
@@ -109,11 +111,12 @@ Outline:
 
 I will ask for the text one section at a time. Write the text itself: do not greet, do not comment on the \
 task. This is an ongoing work: omit open-ended conclusions or other rhetorical hooks. Write section 1 of the \
-outline now: {point}, about {words} words."""
+outline now: {point}, about {words} words (section 1)."""
 
 TURN_NEXT_CONCISE = """Continue from where the text so far ends, writing the text itself: do not greet, do not \
 comment on the task, do not repeat earlier sections. This is an ongoing work: omit open-ended conclusions or \
-other rhetorical hooks. Write section {step} of the outline now: {point}, about {words} words."""
+other rhetorical hooks. Write section {step} of the outline now: {point}, about {words} words (section \
+{step})."""
 
 TURN_PROMPTS = {"longwriter": (TURN_FIRST, TURN_NEXT), "concise": (TURN_FIRST_CONCISE, TURN_NEXT_CONCISE)}
 STEP_LAYOUTS = ("single", "turns")
@@ -240,7 +243,7 @@ def fit_turns(smp: Sample, step: int, words: int, s: Settings, engine: Engine, f
     if _tokens(engine, messages) <= budget:
         return messages
     last_step = step == min(s.max_steps, len(smp.plan)) - 1
-    room = budget if last_step else fixed + (budget - fixed) // 2
+    room = budget if last_step else min(budget, fixed + (budget - fixed) // 2)
     while frm < step - 1 and _tokens(engine, messages) > room:
         frm += 1
         messages = _conversation(smp, step, words, s, frm)

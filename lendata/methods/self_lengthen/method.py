@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from lendata.engines.base import require_continues_prefill
 from lendata.inputs import read_instructions
 from lendata.methods.base import Build, Method, Progress, Split
 from lendata.methods.self_lengthen import queries, sets
@@ -114,6 +115,9 @@ class SelfLengthen(Method):
             collect = it > s.iterations  # the final collection round: its responses only feed queries
             roles = {role: sl.role_config(s, build.engines.default, role, it, adapters.get(role)) for role in sl.ROLES}
             gen, ext = (build.engines.get(roles[r]["engine"], roles[r]["engine_options"]) for r in sl.ROLES)
+            # both write after a prefilled turn: an engine that cannot continue one fails before any call
+            require_continues_prefill(gen, "self-instruct (its examples are the assistant's own turn)")
+            require_continues_prefill(ext, "Self-Lengthen's extender")
             # self-instruct and the judge: the Generator's engine without any adapter (the base model)
             instructions, rejected = build.step("step 0: self-instruct", self_instruct, seeds, gen, s, it, build)
             generated = [r for part in build.map(generate_shard, instructions, f"iter {it} generate", roles)

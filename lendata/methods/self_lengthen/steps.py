@@ -497,6 +497,8 @@ def generate_and_extend(
 ) -> tuple[list[Response], list[dict[str, Any]]]:
     """Steps 1-2 over some instructions: the extension submissions (extended or failed) and the initial
     responses drop_short removed. Responses that never passed generation are in the first list, failed."""
+    if instructions:  # before the first generation, not after it
+        require_continues_prefill(extender, "Self-Lengthen's extender")
     initial = generate(instructions, generator, s, generator_lora, on_result=on_generate)
     kept, dropped = drop_short_initial(initial, s, int(instructions[0].get("iteration", 1)) if instructions else 1)
     failed = [r for r in kept if r.failed is not None]

@@ -242,12 +242,13 @@ class OpenAIEngine:
                     if not isinstance(text, str) or not (text or (req.prefill is not None and self._continues)):
                         raise ValueError(f"HTTP 200 with {'empty' if text == '' else 'no'} content")
                     text.encode("utf-8")  # a lone surrogate from the server: UnicodeEncodeError, retried
+                    prompt_tokens = int(usage.get("prompt_tokens") or 0)
                     return Result(
                         text=text,
-                        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                        prompt_tokens=prompt_tokens,
                         completion_tokens=int(usage.get("completion_tokens") or 0),
                         finish_reason="length" if reason == "length" else "stop",
-                        prompt_cached_tokens=_cached_tokens(usage, int(usage.get("prompt_tokens") or 0)),
+                        prompt_cached_tokens=_cached_tokens(usage, prompt_tokens),
                     )
                 last = f"HTTP {r.status_code}: {r.text[:300]}"
                 if r.status_code not in RETRYABLE_STATUS:

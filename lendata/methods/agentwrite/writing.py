@@ -240,15 +240,17 @@ def fit_turns(smp: Sample, step: int, words: int, s: Settings, engine: Engine, f
     end."""
     frm = min(smp.turns_from, max(0, step - 1))
     messages = _conversation(smp, step, words, s, frm)
-    if _tokens(engine, messages) <= budget:
+    size = _tokens(engine, messages)  # each candidate conversation is counted once
+    if size <= budget:
         return messages
     last_step = step == min(s.max_steps, len(smp.plan)) - 1
     room = budget if last_step else min(budget, fixed + (budget - fixed) // 2)
-    while frm < step - 1 and _tokens(engine, messages) > room:
+    while frm < step - 1 and size > room:
         frm += 1
         messages = _conversation(smp, step, words, s, frm)
+        size = _tokens(engine, messages)
     smp.turns_from = frm
-    if step == 0 or _tokens(engine, messages) <= budget:
+    if step == 0 or size <= budget:
         return messages
     tail = fit_text(fixed, smp.paragraphs[step - 1], budget, engine.count_tokens) or "..."
     return _conversation(smp, step, words, s, frm, last=tail)

@@ -116,8 +116,8 @@ class SelfLengthen(Method):
             roles = {role: sl.role_config(s, build.engines.default, role, it, adapters.get(role)) for role in sl.ROLES}
             gen, ext = (build.engines.get(roles[r]["engine"], roles[r]["engine_options"]) for r in sl.ROLES)
             # both write after a prefilled turn: an engine that cannot continue one fails before any call
-            require_continues_prefill(gen, "self-instruct (its examples are the assistant's own turn)")
-            require_continues_prefill(ext, "Self-Lengthen's extender")
+            require_continues_prefill(gen, sl.SELF_INSTRUCT_PREFILL)
+            require_continues_prefill(ext, sl.EXTENDER_PREFILL)
             # self-instruct and the judge: the Generator's engine without any adapter (the base model)
             instructions, rejected = build.step("step 0: self-instruct", self_instruct, seeds, gen, s, it, build)
             generated = [r for part in build.map(generate_shard, instructions, f"iter {it} generate", roles)

@@ -53,6 +53,9 @@ from lendata.methods.shared.sft import row_id
 from lendata.training.lora import LoraSettings
 
 log = logging.getLogger("lendata.self_lengthen")
+# what needs an engine that continues a prefilled assistant turn (require_continues_prefill), named once
+SELF_INSTRUCT_PREFILL = "self-instruct (its examples are the assistant's own turn)"
+EXTENDER_PREFILL = "Self-Lengthen's extender"
 
 SELF_INSTRUCT = {
     "en": ("Your task is to write user instructions that lead to the generation of long texts. Each instruction "
@@ -266,7 +269,7 @@ def self_instruct(
     pools = {lang: p for lang, p in pools.items() if len(p) >= 2}
     if not pools:
         raise ValueError(f"self-instruct needs at least 2 seed instructions in one of {list(s.languages)}")
-    require_continues_prefill(engine, "self-instruct (its examples are the assistant's own turn)")
+    require_continues_prefill(engine, SELF_INSTRUCT_PREFILL)
     known = {x.strip().lower() for p in pools.values() for x in p}
     kept: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
@@ -449,7 +452,7 @@ def extend(
     The initial responses are not changed."""
     rows = submissions(responses, s)
     if rows:  # call B continues the head of call A's text as the assistant's own turn
-        require_continues_prefill(engine, "Self-Lengthen's extender")
+        require_continues_prefill(engine, EXTENDER_PREFILL)
     no_repeat = extend_no_repeat(engine, s) if rows else 0
     run_chains(engine, [_extend_chain(_ExtendState(r, r.initial), engine, s, lora, no_repeat) for r in rows],
                on_result)
@@ -498,7 +501,7 @@ def generate_and_extend(
     """Steps 1-2 over some instructions: the extension submissions (extended or failed) and the initial
     responses drop_short removed. Responses that never passed generation are in the first list, failed."""
     if instructions:  # before the first generation, not after it
-        require_continues_prefill(extender, "Self-Lengthen's extender")
+        require_continues_prefill(extender, EXTENDER_PREFILL)
     initial = generate(instructions, generator, s, generator_lora, on_result=on_generate)
     kept, dropped = drop_short_initial(initial, s, int(instructions[0].get("iteration", 1)) if instructions else 1)
     failed = [r for r in kept if r.failed is not None]

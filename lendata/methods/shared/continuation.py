@@ -63,8 +63,7 @@ def continue_cut(req: Request, res: Result, engine: Engine, attempts: int, **cha
             break
         r = yield replace(more, max_tokens=min(more.max_tokens, room))
         if r.ok:
-            res = type(res)(text=res.text + r.text, prompt_tokens=res.prompt_tokens,
-                            completion_tokens=res.completion_tokens + r.completion_tokens,
-                            finish_reason=r.finish_reason, cached=res.cached and r.cached,
-                            prompt_cached_tokens=res.prompt_cached_tokens)
+            # the cut call's other fields (its prompt and cache counts) stay the result's
+            res = replace(res, text=res.text + r.text, completion_tokens=res.completion_tokens + r.completion_tokens,
+                          finish_reason=r.finish_reason, cached=res.cached and r.cached)
     return res

@@ -1,3 +1,5 @@
+import pytest
+
 from lendata.engines import CachedEngine, Request, ResponseCache, Result, request_key
 
 
@@ -120,3 +122,18 @@ def test_finished_rows_are_stored_as_they_finish(tmp_path, scripted):
     resumed = CachedEngine(scripted(), ResponseCache(tmp_path / "c.sqlite"))
     resumed.generate(reqs)
     assert resumed.hits == 2 and resumed.calls == 3
+
+
+def test_the_penalty_window_is_checked_and_part_of_a_penalized_requests_key():
+    """A penalized request's key holds its window (the vLLM engine counted the prompt and all output before
+    the window existed: its cached texts must not be replayed as made under the window); an unpenalized
+    request's key is as it was before."""
+    for bad in (0, -1, 2.5, True, None):
+        with pytest.raises(ValueError, match="repetition_window"):
+            ask("a", repetition_penalty=1.2, repetition_window=bad)
+    plain = ask("a", max_tokens=10, seed=1)
+    assert "repetition_window" not in plain.sampling()
+    assert request_key(P, plain) == request_key(P, ask("a", max_tokens=10, seed=1, repetition_window=8))
+    pen = [ask("a", max_tokens=10, seed=1, repetition_penalty=1.2, repetition_window=w) for w in (64, 8)]
+    assert pen[0].sampling()["repetition_window"] == 64 == Request(messages=()).repetition_window
+    assert request_key(P, pen[0]) != request_key(P, pen[1])

@@ -43,6 +43,11 @@ class Request:
     # OpenAI-compatible servers: off); 0 turns it off everywhere
     top_k: int | None = None
     repetition_penalty: float = 1.0
+    # the penalty counts the ids among the last `repetition_window` tokens this call wrote: llama.cpp's rule
+    # (`penalty_last_n`, default 64), which every engine follows. Not the prompt: HF's and vLLM's own penalty
+    # count the prompt and all the output, which on a long prompt (AgentWrite's plan and text so far) penalizes
+    # every common word and punctuation mark, and a small model then writes word salad
+    repetition_window: int = 64
     # never complete an n-gram of word keys already in the prompt or the output (0 = off); engines/no_repeat.py
     no_repeat_ngram: int = 0
     # what the ban indexes: "all" (prompt and output) or "output" (the assistant turn's text: a prefill being
@@ -71,6 +76,9 @@ class Request:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
             raise ValueError(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}")
+        if (isinstance(self.repetition_window, bool) or not isinstance(self.repetition_window, int)
+                or self.repetition_window < 1):
+            raise ValueError(f"repetition_window must be a positive number of tokens, got {self.repetition_window!r}")
         if self.top_k is not None and (not isinstance(self.top_k, int) or isinstance(self.top_k, bool)):
             raise ValueError(f"top_k must be an integer or None, got {self.top_k!r}")
         if self.top_k is not None and self.top_k < 0:
@@ -98,6 +106,8 @@ class Request:
         d.pop("messages")
         d.pop("json_schema")
         d.pop("sample_index")
+        if self.repetition_penalty == 1.0:  # no penalty: keys made before the window existed stay valid
+            d.pop("repetition_window")
         if d["top_k"] is None:  # the engine's default: keys made before top_k existed stay valid
             d.pop("top_k")
         for off in ("no_repeat_ngram", "end_at_sentence"):  # off: keys made before the option stay valid

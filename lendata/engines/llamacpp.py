@@ -192,6 +192,9 @@ class LlamaCppEngine:
             stop=list(req.stop) or None,
             **kwargs,
         )
+        # the penalty's window (Request.repetition_window): llama-cpp-python reads it when it builds each call's
+        # sampler, whose penalty sees only the tokens this call samples, never the prompt
+        self._llm.last_n_tokens_size = req.repetition_window
         reused_before = self.kv_states.reused_tokens
         if switched:  # keys computed under another adapter are never continued
             self._prefill.forget_live()

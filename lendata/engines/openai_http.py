@@ -93,6 +93,7 @@ class OpenAIEngine:
         self._route: str | None = None  # the tokenize route found on first use: a key of _ROUTES, or none
         self._client: httpx.Client | None = None
         self._bos = 0  # tokens llama_cpp.server's route adds to every text (its BOS)
+        self._told_window = False  # the repetition-penalty window warning, once per engine
         self._counted: OrderedDict[bytes, int] = OrderedDict()  # counts by the text's sha256, least recent first
         self._adapters: dict[str, str] = {}  # local adapter folder -> the name the server serves it under
         self.retries = 0  # retried attempts over the engine's life, for reports
@@ -167,6 +168,11 @@ class OpenAIEngine:
         if req.repetition_penalty != 1.0:  # vLLM's name and llama_cpp.server's name
             body["repetition_penalty"] = req.repetition_penalty
             body["repeat_penalty"] = req.repetition_penalty
+            if not self._told_window:  # no server takes the window per request: say so once
+                self._told_window = True
+                log.warning("%s: the server applies its own repetition-penalty window (llama_cpp.server: the "
+                            "last 64 tokens written, its last_n_tokens_size; vLLM: the prompt and all the output), "
+                            "not repetition_window=%d", self.base_url, req.repetition_window)
         if req.stop:
             body["stop"] = list(req.stop)
         if req.min_tokens and self.send_min_tokens:

@@ -31,6 +31,7 @@ sides of top_p.
 from __future__ import annotations
 
 import math
+from collections import Counter, deque
 from typing import Any
 
 import torch
@@ -49,36 +50,46 @@ FQCN = f"{__name__}:LendataDecoding"
 GREEDY = 1e-5
 
 
-def sampling_moved(req: Request) -> bool:
-    """Whether the processor has sampling work for this row (a penalty, or a top-p cut of a sampled row)."""
-    return req.repetition_penalty != 1.0 or (req.top_p < 1.0 and req.temperature > 0)
+def sampling_moved(req: Request, sampling: bool = True, window: bool = True) -> bool:
+    """Whether the processor has sampling work for this row: a penalty wherever the processor runs (`window`;
+    vLLM's own counts the prompt and all the output, where Request.repetition_window asks for the last tokens
+    written), and with `sampling` (the CPU build) a top-p cut of a sampled row."""
+    return (window and req.repetition_penalty != 1.0) or (sampling and req.top_p < 1.0 and req.temperature > 0)
 
 
-def decoding_args(req: Request, prefill_tokens: int, sampling: bool = False) -> dict[str, Any] | None:
-    """What a request's row needs from the processor (None: nothing; the row then costs nothing). `sampling`:
-    the row's penalty and top-k/top-p are applied here and vLLM gets neutral values (`vllm_sampling_params`)."""
-    sampling = sampling and sampling_moved(req)
-    if not req.no_repeat_ngram and not req.end_at_sentence and not sampling:
+def _moves_top_p(req: Request, sampling: bool) -> bool:
+    """Whether top-k/top-p go to the processor: on the CPU build (`sampling`), for a row that cuts a nucleus
+    or a greedy row (vLLM ignores both for it anyway)."""
+    return sampling and (req.top_p < 1.0 or req.temperature == 0)
+
+
+def decoding_args(req: Request, prefill_tokens: int, sampling: bool = False,
+                  window: bool = True) -> dict[str, Any] | None:
+    """What a request's row needs from the processor (None: nothing; the row then costs nothing): the
+    no-repeat and sentence-end rules, the row's repetition penalty over its window (`window`: the processor
+    runs), and with `sampling` its top-k/top-p; vLLM then gets neutral values (`vllm_sampling_params`)."""
+    moved = sampling_moved(req, sampling, window)
+    if not req.no_repeat_ngram and not req.end_at_sentence and not moved:
         return None
+    top_p = _moves_top_p(req, sampling) and req.top_p < 1.0
     return {EXTRA_ARGS_KEY: {
         "no_repeat_ngram": req.no_repeat_ngram, "output_only": req.no_repeat_scope == "output",
         "prefill_tokens": prefill_tokens, "end_at_sentence": req.end_at_sentence, "min_tokens": req.min_tokens,
         "prefill": req.prefill or "",
-        **({"sampling": {"top_p": req.top_p,
+        **({"sampling": {"top_p": req.top_p if top_p else 1.0,
                          # top-k stays with vLLM unless top-p comes here (vLLM cuts top-p within the top-k)
-                         "top_k": int(req.top_k or 0) if req.top_p < 1.0 else 0,
-                         "repetition_penalty": req.repetition_penalty}} if sampling else {}),
+                         "top_k": int(req.top_k or 0) if top_p else 0,
+                         "repetition_penalty": req.repetition_penalty if window else 1.0,
+                         "repetition_window": req.repetition_window}} if moved else {}),
     }}
 
 
-def vllm_sampling_params(req: Request, sampling: bool) -> dict[str, Any]:
-    """vLLM's own top_p/top_k/repetition_penalty for the row: neutral where the processor applies them."""
-    own = {"top_p": req.top_p, "repetition_penalty": req.repetition_penalty,
+def vllm_sampling_params(req: Request, sampling: bool, window: bool = True) -> dict[str, Any]:
+    """vLLM's own top_p/top_k/repetition_penalty for the row: neutral where the processor applies them (the
+    penalty wherever the processor runs, `window`: vLLM's has no window)."""
+    own = {"top_p": req.top_p, "repetition_penalty": 1.0 if window else req.repetition_penalty,
            **({"top_k": req.top_k} if req.top_k is not None else {})}  # 0 = off, as in vLLM
-    if not (sampling and sampling_moved(req)):
-        return own
-    own["repetition_penalty"] = 1.0
-    if req.top_p < 1.0 or req.temperature == 0:  # greedy rows: vLLM ignores top-k/top-p anyway
+    if sampling_moved(req, sampling, window) and _moves_top_p(req, sampling):
         own.update(top_p=1.0, top_k=0)
     return own
 
@@ -146,7 +157,8 @@ class LendataDecoding(AdapterLogitsProcessor):
         sampling = opts.get("sampling")
         if sampling is not None and not _valid_sampling(sampling):
             raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}]['sampling'] must hold 0 < top_p <= 1, an integer "
-                             f"top_k >= 0 and a finite repetition_penalty > 0, got {sampling!r}")
+                             f"top_k >= 0, a finite repetition_penalty > 0 and an integer repetition_window >= 1, "
+                             f"got {sampling!r}")
 
     def is_argmax_invariant(self) -> bool:
         return False  # both rules change which token is likeliest
@@ -179,9 +191,11 @@ def _valid_sampling(sampling: Any) -> bool:
     if not isinstance(sampling, dict):
         return False
     top_p, top_k, penalty = sampling.get("top_p"), sampling.get("top_k"), sampling.get("repetition_penalty")
+    window = sampling.get("repetition_window", 64)
     numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (top_p, penalty))
     return (numbers and 0 < top_p <= 1 and math.isfinite(penalty) and penalty > 0
-            and isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 0)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in (top_k, window))
+            and top_k >= 0 and window >= 1)
 
 
 class _Row:
@@ -203,7 +217,10 @@ class _Row:
         sampling = opts.get("sampling") or {}
         self.temperature, self.top_p = float(temperature), float(sampling.get("top_p", 1))
         self.top_k, self.penalty = int(sampling.get("top_k", 0)), float(sampling.get("repetition_penalty", 1))
-        self.seen: set[int] = set()  # prompt and output ids, for the penalty
+        # the penalty's window: the last `window` output ids (Request.repetition_window), with their counts
+        self.window = max(1, int(sampling.get("repetition_window", 64)))
+        self.recent: deque[int] = deque()
+        self.in_window: Counter[int] = Counter()
         self.seen_ids = torch.empty(0, dtype=torch.long)
 
     def __call__(self, prompt_ids: list[int], output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
@@ -212,7 +229,6 @@ class _Row:
                 start = max(0, len(prompt_ids) - self.prefill_tokens) if self.output_only else 0
                 self.ban.extend(prompt_ids[start:])
             self.read = 0
-            self._see(prompt_ids, logits.shape[-1])
         new = list(output_ids[self.read:])
         if -1 in new:  # a placeholder of a token not sampled yet (async scheduling): read up to it
             new = new[:new.index(-1)]
@@ -240,9 +256,15 @@ class _Row:
         return filter_row(logits, self.temperature, self.top_k, self.top_p)
 
     def _see(self, ids: list[int], vocab: int) -> None:
-        if self.penalty == 1.0:
+        """Slide the penalty's window over the new output ids."""
+        if self.penalty == 1.0 or not ids:
             return
-        fresh = {t for t in ids if 0 <= t < vocab} - self.seen
-        if fresh:
-            self.seen |= fresh
-            self.seen_ids = torch.cat([self.seen_ids, torch.tensor(sorted(fresh), dtype=torch.long)])
+        for t in ids:
+            self.recent.append(t)
+            self.in_window[t] += 1
+            if len(self.recent) > self.window:
+                old = self.recent.popleft()
+                self.in_window[old] -= 1
+                if not self.in_window[old]:
+                    del self.in_window[old]
+        self.seen_ids = torch.tensor(sorted(t for t in self.in_window if 0 <= t < vocab), dtype=torch.long)

@@ -108,6 +108,12 @@ class VLLMEngine:
             log.warning("vllm: sample_in_processor needs lendata's processor, which does not run here (%s)",
                         unsupported)
         self.sample_in_processor = bool(sample_in_processor) and not unsupported
+        # the repetition penalty over Request.repetition_window runs in the processor; without it, vLLM's own
+        # penalty counts the prompt and all the output
+        self._windowed_penalty = not unsupported
+        if unsupported:
+            log.warning("vllm: a repetition penalty counts the prompt and all the output here (vLLM's own rule), "
+                        "not the last repetition_window tokens written as on the other engines")
         self._llm = LLM(
             model=model,
             logits_processors=processors,
@@ -172,10 +178,10 @@ class VLLMEngine:
             max_tokens=max_tokens,
             min_tokens=min(req.min_tokens, max_tokens),
             temperature=req.temperature,
-            **vllm_sampling_params(req, self.sample_in_processor),
+            **vllm_sampling_params(req, self.sample_in_processor, self._windowed_penalty),
             seed=req.seed,
             stop=list(req.stop) or None,
-            extra_args=decoding_args(req, self._prefill_tokens(req), self.sample_in_processor),
+            extra_args=decoding_args(req, self._prefill_tokens(req), self.sample_in_processor, self._windowed_penalty),
             **kwargs,
         )
 

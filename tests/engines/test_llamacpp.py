@@ -228,3 +228,27 @@ def test_an_option_the_engine_does_not_have_is_named_with_the_ones_it_has():
 
     with pytest.raises(ValueError, match=r"openai has no option 'n_ctx'.*base_url"):
         make_engine("openai", n_ctx=0)
+
+
+def _repeats_within(ids, window):
+    """(position, id) of every id that occurs again within `window` tokens after itself."""
+    return [(i, t) for i, t in enumerate(ids) if t in ids[max(0, i - window):i]]
+
+
+def test_repetition_penalty_counts_the_last_window_of_written_tokens_not_the_prompt(llama):
+    """The penalty's rule, the same on every engine (Request.repetition_window; llama.cpp's penalty_last_n):
+    it counts the ids among the last `repetition_window` tokens this call wrote. With a prohibitive penalty and
+    greedy decoding no id comes back within the window, but the prompt's ids (never penalized) still appear."""
+    prompt = "Repeat this sentence: the cat and the dog sat in the sun, and the sun was warm."
+    prompt_ids = set(llama._llm.tokenize(prompt.encode(), add_bos=False, special=False))
+    for window in (4, 12):
+        res = llama.generate([ask(prompt, max_tokens=60, min_tokens=60, temperature=0.0, repetition_penalty=1e4,
+                                  repetition_window=window)])[0]
+        ids = llama._llm.tokenize(res.text.encode(), add_bos=False, special=False)
+        assert res.ok and len(ids) > 2 * window
+        assert _repeats_within(ids, window) == [], (window, res.text)
+        assert prompt_ids & set(ids), res.text  # the prompt is not penalized
+    # the window is what the engine applied: a wider one than the text's repeats changes the text
+    narrow, wide = llama.generate([ask(prompt, max_tokens=60, min_tokens=60, temperature=0.0, repetition_penalty=1e4,
+                                       repetition_window=w) for w in (4, 64)])
+    assert narrow.text != wide.text

@@ -556,3 +556,17 @@ def test_prefix_cache_hits_are_read_from_the_usage_and_odd_values_are_unknown(fa
            for i in range(8)]
     assert all(r.ok for r in out)
     assert [r.prompt_cached_tokens for r in out] == [32, None, None, None, None, None, None, 40]
+
+
+@pytest.mark.parametrize("fault_server", [[]], indirect=True)
+def test_a_penalty_goes_out_under_both_names_and_the_servers_own_window_is_named_once(fault_server, caplog):
+    """No OpenAI-compatible server takes the penalty's window per request: the engine sends the penalty and
+    says, once, that the server's own window applies (repetition_window is not enforced here)."""
+    engine = OpenAIEngine(base_url=fault_server.url, model="m", context_window=1024)
+    with caplog.at_level("WARNING", logger="lendata"):
+        engine.generate([ask("hi", max_tokens=5)])
+        assert "repetition_window" not in caplog.text  # no penalty, nothing to say
+        engine.generate([ask("hi", max_tokens=5, repetition_penalty=1.2, repetition_window=32)] * 2)
+    body = fault_server.requests[-1][1]
+    assert body["repetition_penalty"] == body["repeat_penalty"] == 1.2
+    assert caplog.text.count("not repetition_window=32") == 1

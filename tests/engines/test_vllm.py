@@ -581,7 +581,7 @@ def test_sampling_moves_to_the_processor_only_where_it_has_work():
 
     own, opts = routed(temperature=0.7, top_p=0.95, repetition_penalty=1.2)
     assert own == {"top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
-    assert opts["sampling"] == {"top_p": 0.95, "top_k": 0, "repetition_penalty": 1.2}
+    assert opts["sampling"] == {"top_p": 0.95, "top_k": 0, "repetition_penalty": 1.2, "repetition_window": 64}
     own, opts = routed(temperature=0.7, top_p=0.8, top_k=20)  # vLLM cuts top-p within the top-k: both move
     assert own["top_k"] == 0 and opts["sampling"]["top_k"] == 20
     own, opts = routed(temperature=0.7, top_p=1.0, top_k=20)  # top-k alone is cheap in vLLM: it stays
@@ -595,11 +595,20 @@ def test_sampling_moves_to_the_processor_only_where_it_has_work():
     assert own["top_p"] == 1.0 and opts["sampling"]["top_p"] == 0.9
     assert vllm_sampling_params(ask("x", top_p=0.9), False)["top_p"] == 0.9  # off: vLLM's own sampler
     assert decoding_args(ask("x", top_p=0.9), 0, False) is None
+    # the penalty moves wherever the processor runs (vLLM's counts the prompt and all output: no window) ...
+    penalized = ask("x", top_p=0.9, top_k=20, repetition_penalty=1.2, repetition_window=16)
+    assert vllm_sampling_params(penalized, False) == {"top_p": 0.9, "top_k": 20, "repetition_penalty": 1.0}
+    assert decoding_args(penalized, 0, False)["lendata"]["sampling"] == {
+        "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.2, "repetition_window": 16}
+    # ... and stays with vLLM where the processor cannot run (V2 runner, speculative decoding, TPUs)
+    assert vllm_sampling_params(penalized, False, False)["repetition_penalty"] == 1.2
+    assert decoding_args(penalized, 0, False, False) is None
 
     bad = [{"top_p": 0.9, "top_k": None, "repetition_penalty": 1.1},
            {"top_p": 0.9, "top_k": 0, "repetition_penalty": float("inf")},
            {"top_p": 0.0, "top_k": 0, "repetition_penalty": 1.1},
-           {"top_p": 0.9, "top_k": 2.5, "repetition_penalty": 1.1}, "sampling"]
+           {"top_p": 0.9, "top_k": 2.5, "repetition_penalty": 1.1},
+           {"top_p": 0.9, "top_k": 0, "repetition_penalty": 1.1, "repetition_window": 0}, "sampling"]
     for sampling in bad:
         with pytest.raises(ValueError, match="sampling"):
             LendataDecoding.validate_params(SamplingParams(extra_args={"lendata": {"sampling": sampling}}))
@@ -686,3 +695,46 @@ def test_sampling_in_the_processor_draws_the_same_tokens_as_vllm_s_sampler(engin
     assert all(r.ok and r.completion_tokens == 48 for r in ours + theirs)
     assert [r.text for r in ours] == [r.text for r in theirs]
     assert len({r.text for r in ours}) == len(reqs)
+
+
+def test_repetition_penalty_counts_the_last_window_of_written_tokens_not_the_prompt(engine):
+    """The penalty's rule, the same on every engine (Request.repetition_window, the llama.cpp engine's rule):
+    the ids among the last `repetition_window` tokens this call wrote. vLLM's own penalty counts the prompt and
+    all the output (on step prompts that hold the plan and the text so far it penalized every common word and
+    punctuation mark, and the bundled model wrote word salad): with a prohibitive penalty and greedy decoding, no
+    id comes back within the window, the prompt's ids still appear, with and without the processor's sampling."""
+    tok = engine._llm.get_tokenizer()
+    prompt = "Repeat this sentence: the cat and the dog sat in the sun, and the sun was warm."
+    prompt_ids = set(tok.encode(prompt, add_special_tokens=False))
+    before = engine.sample_in_processor
+    try:
+        for moved in (True, False):
+            engine.sample_in_processor = moved
+            for window in (4, 12):
+                res = engine.generate([ask(prompt, max_tokens=60, min_tokens=60, temperature=0.0,
+                                           repetition_penalty=1e4, repetition_window=window)])[0]
+                ids = tok.encode(res.text, add_special_tokens=False)
+                assert res.ok and len(ids) > 2 * window
+                repeats = [(i, t) for i, t in enumerate(ids) if t in ids[max(0, i - window):i]]
+                assert repeats == [], (moved, window, res.text)
+                assert prompt_ids & set(ids), (moved, res.text)
+    finally:
+        engine.sample_in_processor = before
+
+
+def test_the_penalty_window_in_the_processor_row():
+    """A row penalizes exactly the distinct ids among its last `window` output ids: not the prompt's, not older
+    output's."""
+    import torch
+    from vllm import SamplingParams
+
+    from lendata.engines.vllm_decoding import LendataDecoding
+
+    params = SamplingParams(temperature=1.0, extra_args={"lendata": {
+        "sampling": {"top_p": 1.0, "top_k": 0, "repetition_penalty": 2.0, "repetition_window": 3}}})
+    row = LendataDecoding.new_req_logits_processor(object.__new__(LendataDecoding), params)
+    logits = torch.full((10,), 4.0)
+    out = row([7, 8], [1, 2, 3, 4, 3], logits.clone())
+    assert out.tolist() == [4.0, 4.0, 4.0, 2.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+    out = row([7, 8], [1, 2, 3, 4, 3, 9], logits.clone())  # one more token: 4, 3 and 9 are the window
+    assert out.tolist() == [4.0, 4.0, 4.0, 2.0, 2.0, 4.0, 4.0, 4.0, 4.0, 2.0]

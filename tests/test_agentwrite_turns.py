@@ -212,3 +212,23 @@ def test_braces_in_an_instruction_never_take_the_place_of_the_text_so_far(script
     prompt = aw.step_request(smp, 1, scripted(), s, {"en": 1.3}).messages[0]["content"]
     assert "Explain the {text} placeholder" in prompt and "what {text} means" in prompt
     assert "Text written so far:\nFirst paragraph here." in prompt
+
+
+def test_the_penalty_window_is_a_setting_that_reaches_every_step(scripted):
+    """AgentWrite's and Self-Lengthen's `repetition_window` is checked before any call and sent with every
+    penalized call (the engines apply the penalty over it: Request.repetition_window)."""
+    from lendata.methods.self_lengthen import steps as sl
+
+    for bad in (0, -3, 1.5, True):
+        with pytest.raises(ValueError, match="repetition_window"):
+            aw.Settings(repetition_window=bad)
+        with pytest.raises(ValueError, match="repetition_window"):
+            sl.Settings(repetition_window=bad)
+    eng = scripted(_writer())
+    aw.agentwrite([{"instruction": "Write about rivers in 300 words.", "source": ""}], eng,
+                  aw.Settings(min_paragraph=100, max_paragraph=150, repetition_window=24))
+    steps = [r for r in eng.seen if r.json_schema is None]
+    assert steps and {(r.repetition_penalty, r.repetition_window) for r in steps} == {(1.1, 24)}
+    chats = [({"role": "user", "content": "Write about hills."},)]
+    made = sl._sampled(eng, chats, [1], sl.Settings(repetition_window=24), None)
+    assert [(r.repetition_penalty, r.repetition_window) for r in made] == [(1.1, 24)]

@@ -32,6 +32,13 @@ class AdapterError(RuntimeError):
     row naming it would fail the same way, and a build would publish nothing while reporting success)."""
 
 
+def check_repetition_window(window: object) -> None:
+    """Refuse a penalty window that is not a positive number of tokens (a Request's, or a recipe's before any
+    call is made)."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"repetition_window must be a positive number of tokens, got {window!r}")
+
+
 @dataclass(frozen=True)
 class Request:
     messages: tuple[dict[str, str], ...]
@@ -76,9 +83,7 @@ class Request:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
             raise ValueError(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}")
-        if (isinstance(self.repetition_window, bool) or not isinstance(self.repetition_window, int)
-                or self.repetition_window < 1):
-            raise ValueError(f"repetition_window must be a positive number of tokens, got {self.repetition_window!r}")
+        check_repetition_window(self.repetition_window)
         if self.top_k is not None and (not isinstance(self.top_k, int) or isinstance(self.top_k, bool)):
             raise ValueError(f"top_k must be an integer or None, got {self.top_k!r}")
         if self.top_k is not None and self.top_k < 0:

@@ -34,7 +34,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from lendata.engines.base import Engine, OnResult, Request, estimate_prompt_tokens
+from lendata.engines.base import Engine, OnResult, Request, check_repetition_window, estimate_prompt_tokens
 from lendata.engines.chains import Chain, run_chains
 from lendata.engines.identity import model_name
 from lendata.lengths import WordCounter, count_words, length_score
@@ -90,6 +90,7 @@ class Settings(InstructionInput, JudgeGate):
     temperature: float = 0.5  # sampling temperature of plans and paragraphs
     top_p: float = 0.95  # nucleus sampling
     repetition_penalty: float = 1.1  # llama.cpp/vLLM repetition penalty
+    repetition_window: int = 64  # the penalty counts the ids of the last this many tokens written (Request)
     # never complete an n-gram of this size of word keys (engines/no_repeat.py: a token's letters and digits,
     # lower-cased) already in the prompt (which holds the text so far) or the paragraph: loops are prevented
     # while decoding instead of resampled afterwards. 0 = off (the reference). A copy whose words the tokenizer
@@ -128,6 +129,7 @@ class Settings(InstructionInput, JudgeGate):
 
     def __post_init__(self) -> None:
         check_attempts(self.continue_attempts)
+        check_repetition_window(self.repetition_window)
         if self.write_prompt not in WRITE_PROMPTS:
             raise ValueError(f"write_prompt must be one of {', '.join(WRITE_PROMPTS)}, got {self.write_prompt!r}")
         if self.step_layout not in STEP_LAYOUTS:

@@ -195,7 +195,7 @@ def step_request(smp: Sample, step: int, engine: Engine, s: Settings, tpw_prior:
         messages=tuple(messages),
         max_tokens=max_tokens, min_tokens=min_tokens, temperature=s.temperature, top_p=s.top_p,
         # zh: a character is 1-3 byte-level tokens, so the same span takes about twice the n
-        repetition_penalty=s.repetition_penalty,
+        repetition_penalty=s.repetition_penalty, repetition_window=s.repetition_window,
         no_repeat_ngram=s.no_repeat_ngram * (2 if smp.language == "zh" else 1),
         end_at_sentence=s.end_at_sentence, seed=_seed(s.seed, smp.id, f"step{step}"),
     )

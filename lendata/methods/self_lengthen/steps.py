@@ -11,7 +11,9 @@ One macro-iteration, as functions over lists of rows:
    `extend_retries` (20) attempts of 3 micro-rounds: split -> extend the first half, keep 2/3 of it ->
    continue the extend prompt over the whole text after that prefix; a round is accepted only when it passes
    the check and is longer; an attempt succeeds when the text ends > 1.2x the original.
-Sampling as the reference's client: T=0.7, top_p=0.8, top_k=20, repetition penalty 1.1.
+Sampling as the reference's client: T=0.7, top_p=0.8, top_k=20, repetition penalty 1.1. Deviation: the penalty
+counts the ids of the last `repetition_window` (64) tokens written, on every engine (engines/base.py Request);
+the reference's vLLM counted the prompt and all the output.
 
 Differences from the reference, on purpose: every call carries a seed derived from the row and attempt, so a
 rerun gives the same data (the reference stops each step at 95% completion, so its output depends on timing);
@@ -39,6 +41,7 @@ from lendata.engines.base import (
     Engine,
     OnResult,
     Request,
+    check_repetition_window,
     enforces,
     estimate_prompt_tokens,
     require_continues_prefill,
@@ -143,6 +146,8 @@ class Settings:
     top_p: float = 0.8  # nucleus sampling
     top_k: int = 20  # sample among the k likeliest tokens (0: off)
     repetition_penalty: float = 1.1  # repetition penalty of every call
+    # the reference's vLLM counted the prompt and all the output
+    repetition_window: int = 64  # the penalty counts the ids of the last this many tokens written (every engine)
     max_tokens: int = 16384  # per call, further capped by what fits the context window
     # the extend calls may not repeat an n-gram of word keys of their own output (engines/no_repeat.py; the
     # prompt is left out: the extender rewrites it); 0 = off (the reference); engines that cannot enforce it
@@ -162,6 +167,7 @@ class Settings:
             raise ValueError(f"n and iterations must be at least 1, got n={self.n}, iterations={self.iterations}")
         if self.extensions < 1 or self.extend_retries < 1 or self.generate_attempts < 1:
             raise ValueError("extensions, extend_retries and generate_attempts must be at least 1")
+        check_repetition_window(self.repetition_window)
         if self.extend_no_repeat_ngram < 0:  # checked here, not after a whole generate step has run
             raise ValueError(f"extend_no_repeat_ngram must be 0 (off) or a positive n-gram size, got "
                              f"{self.extend_no_repeat_ngram}")
@@ -287,7 +293,8 @@ def self_instruct(
                 messages=({"role": "user", "content": task},
                           {"role": "assistant", "content": shots.format(a=a, b=b)}),
                 max_tokens=300, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                repetition_penalty=s.repetition_penalty, stop=NEXT_INSTRUCTION_STOPS,
+                repetition_penalty=s.repetition_penalty, repetition_window=s.repetition_window,
+                stop=NEXT_INSTRUCTION_STOPS,
                 seed=_seed(s.seed, iteration, attempt, slot),
             ))
             langs.append(lang)
@@ -353,7 +360,7 @@ def _sampled(
     bans = list(no_repeat_ngram) if no_repeat_ngram is not None else [0] * len(chats)
     return [Request(messages=c, max_tokens=max(1, min(s.max_tokens, engine.context_window - p)),
                     temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                    repetition_penalty=s.repetition_penalty, seed=seed,
+                    repetition_penalty=s.repetition_penalty, repetition_window=s.repetition_window, seed=seed,
                     sample_index=sample_index, lora=lora,
                     no_repeat_ngram=ban, no_repeat_scope="output")
             for c, p, seed, ban in zip(chats, prompt, seeds, bans, strict=True)]

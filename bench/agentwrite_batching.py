@@ -15,8 +15,8 @@ sampling: a long context and a repetition penalty make every decoded token deare
 
 A third reference is the engine with no sampling work at all (top_p 1, no penalty): the decode limit of the
 model at this batch size. `--compare-samplers` (vLLM) runs AgentWrite and the references once more with vLLM's own
-sampler doing top-p and the penalty (`sample_in_processor` off, the engine before issue 19's sixth pass) in the
-same run.
+sampler doing top-p (`sample_in_processor` off) in the same run; the penalty stays in lendata's processor, which
+applies its window (Request.repetition_window), so runs before the window compared the penalty too.
 
 On vLLM AgentWrite runs each sample as a chain (engines/chains.py) with continuous batching; `--compare-rounds`
 also runs it in rounds (`continuous_batching` off: every call of a round waits for its slowest), in the same
@@ -73,7 +73,8 @@ def main() -> None:
                     help="vllm: the engine's batch size (max_num_seqs); with --n above it, a build larger than one "
                          "batch, as real builds are (the raw references run at the same batch size)")
     ap.add_argument("--compare-samplers", action="store_true",
-                    help="vllm: also run with vLLM's own sampler doing top-p and the penalty (sample_in_processor off)")
+                    help="vllm: also run with vLLM's own sampler doing top-p (sample_in_processor off; the "
+                         "penalty stays in the processor, which applies its window)")
     ap.add_argument("--step-layout", default="single", choices=["single", "turns"],
                     help="AgentWrite's step_layout: single (the reference's one message per step) or turns (the "
                          "steps as one conversation, which vLLM's prefix cache serves)")

@@ -124,16 +124,32 @@ def test_finished_rows_are_stored_as_they_finish(tmp_path, scripted):
     assert resumed.hits == 2 and resumed.calls == 3
 
 
-def test_the_penalty_window_is_checked_and_part_of_a_penalized_requests_key():
-    """A penalized request's key holds its window (the vLLM engine counted the prompt and all output before
-    the window existed: its cached texts must not be replayed as made under the window); an unpenalized
-    request's key is as it was before."""
-    for bad in (0, -1, 2.5, True, None):
+def test_a_penalized_requests_key_holds_the_window_its_engine_applied():
+    """The window enters a penalized request's key through its engine's rule: on llama.cpp (whose window was
+    64 before it was an option) keys at 64 stay as they were and other windows differ; on vLLM with lendata's
+    processor every penalized key differs from the keys of vLLM's own rule (the prompt and all the output),
+    which its fallback and an OpenAI-compatible server keep, where the window changes nothing."""
+    from lendata.engines.base import MARKED_WINDOW_RULE, MAX_REPETITION_WINDOW, PENALTY_RULE, WINDOW_RULE
+
+    for bad in (0, -1, 2.5, True, None, MAX_REPETITION_WINDOW + 1, 2**32 + 5):
         with pytest.raises(ValueError, match="repetition_window"):
             ask("a", repetition_penalty=1.2, repetition_window=bad)
-    plain = ask("a", max_tokens=10, seed=1)
-    assert "repetition_window" not in plain.sampling()
-    assert request_key(P, plain) == request_key(P, ask("a", max_tokens=10, seed=1, repetition_window=8))
-    pen = [ask("a", max_tokens=10, seed=1, repetition_penalty=1.2, repetition_window=w) for w in (64, 8)]
-    assert pen[0].sampling()["repetition_window"] == 64 == Request(messages=()).repetition_window
-    assert request_key(P, pen[0]) != request_key(P, pen[1])
+    assert Request(messages=()).repetition_window == 64
+
+    def key(rule, **kw):
+        producer = {**P, **({PENALTY_RULE: rule} if rule else {})}
+        return request_key(producer, ask("a", max_tokens=10, seed=1, **kw))
+
+    before = {kw: request_key(P, ask("a", max_tokens=10, seed=1, **dict(kw)))  # keys of the earlier shape
+              for kw in ((), (("repetition_penalty", 1.2),))}
+    for rule in (None, WINDOW_RULE, MARKED_WINDOW_RULE):  # no penalty: the window changes nothing anywhere
+        assert key(rule) == key(rule, repetition_window=8) == before[()]
+    assert key(WINDOW_RULE, repetition_penalty=1.2) == before[(("repetition_penalty", 1.2),)]
+    assert key(WINDOW_RULE, repetition_penalty=1.2, repetition_window=8) != key(WINDOW_RULE, repetition_penalty=1.2)
+    assert key(MARKED_WINDOW_RULE, repetition_penalty=1.2) != before[(("repetition_penalty", 1.2),)]
+    assert key(MARKED_WINDOW_RULE, repetition_penalty=1.2, repetition_window=8) != key(
+        MARKED_WINDOW_RULE, repetition_penalty=1.2)
+    assert key(None, repetition_penalty=1.2, repetition_window=8) == before[(("repetition_penalty", 1.2),)]
+    # the key 80b7064 (before the window) gave this request: llama.cpp's penalized entries are still found
+    old = "57bfd4c8a4930bd81b5cf4cf3c39fb7b2065383e7bd155c8fd17f5bd224726f5"
+    assert key(WINDOW_RULE, repetition_penalty=1.2) == old

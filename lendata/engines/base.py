@@ -32,11 +32,18 @@ class AdapterError(RuntimeError):
     row naming it would fail the same way, and a build would publish nothing while reporting success)."""
 
 
+# llama.cpp's own penalty window (`penalty_last_n`): the llamacpp engine's rule before the window was an option
+DEFAULT_REPETITION_WINDOW = 64
+# more than any context window: llama.cpp allocates the window up front, and wraps values past 2**31
+MAX_REPETITION_WINDOW = 1 << 17
+
+
 def check_repetition_window(window: object) -> None:
-    """Refuse a penalty window that is not a positive number of tokens (a Request's, or a recipe's before any
-    call is made)."""
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"repetition_window must be a positive number of tokens, got {window!r}")
+    """Refuse a penalty window that is not a number of tokens from 1 to MAX_REPETITION_WINDOW (a Request's, or
+    a recipe's before any call is made)."""
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_REPETITION_WINDOW:
+        raise ValueError(f"repetition_window must be a number of tokens from 1 to {MAX_REPETITION_WINDOW}, got "
+                         f"{window!r}")
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ class Request:
     # (`penalty_last_n`, default 64), which every engine follows. Not the prompt: HF's and vLLM's own penalty
     # count the prompt and all the output, which on a long prompt (AgentWrite's plan and text so far) penalizes
     # every common word and punctuation mark, and a small model then writes word salad
-    repetition_window: int = 64
+    repetition_window: int = DEFAULT_REPETITION_WINDOW
     # never complete an n-gram of word keys already in the prompt or the output (0 = off); engines/no_repeat.py
     no_repeat_ngram: int = 0
     # what the ban indexes: "all" (prompt and output) or "output" (the assistant turn's text: a prefill being
@@ -111,8 +118,7 @@ class Request:
         d.pop("messages")
         d.pop("json_schema")
         d.pop("sample_index")
-        if self.repetition_penalty == 1.0:  # no penalty: keys made before the window existed stay valid
-            d.pop("repetition_window")
+        d.pop("repetition_window")  # in the key through the engine's penalty rule (request_key)
         if d["top_k"] is None:  # the engine's default: keys made before top_k existed stay valid
             d.pop("top_k")
         for off in ("no_repeat_ngram", "end_at_sentence"):  # off: keys made before the option stay valid
@@ -220,6 +226,22 @@ KEY_VERSION = 2  # bumped when what the key covers changes: older cache entries 
 # an identity entry that changes only grammar-constrained (JSON) outputs: keys of free text leave it out, so a
 # change of it does not throw away the cached free text
 JSON_SAMPLING = "json_sampling"
+# an engine's identity entry saying how it applies a repetition penalty, so a penalized request's key holds what
+# was applied: WINDOW_RULE (the last `repetition_window` tokens written; llama.cpp, whose window was always 64
+# before it was an option, so its keys at 64 stay as they were), MARKED_WINDOW_RULE (the same rule on an engine
+# whose earlier keys meant another: vLLM counted the prompt and all the output), or none (the engine's or
+# server's own rule, which the window does not change)
+PENALTY_RULE = "penalty_rule"
+WINDOW_RULE, MARKED_WINDOW_RULE = "window", "window, marked"
+
+
+def _penalty_key(rule: str | None, req: Request) -> dict[str, Any]:
+    """What a request's key holds of its penalty's window under the engine's `rule` (see PENALTY_RULE)."""
+    if req.repetition_penalty == 1.0 or rule is None:
+        return {}
+    if rule == WINDOW_RULE and req.repetition_window == DEFAULT_REPETITION_WINDOW:
+        return {}
+    return {PENALTY_RULE: WINDOW_RULE, "repetition_window": req.repetition_window}
 
 
 def request_key(producer: dict[str, Any], req: Request) -> str:
@@ -234,6 +256,7 @@ def request_key(producer: dict[str, Any], req: Request) -> str:
     json_sampling = producer.pop(JSON_SAMPLING, None)
     if req.json_schema is not None and json_sampling is not None:  # it changes JSON outputs only
         producer[JSON_SAMPLING] = json_sampling
+    producer.update(_penalty_key(producer.pop(PENALTY_RULE, None), req))  # it changes penalized outputs only
     payload = {
         "key_version": KEY_VERSION,
         "producer": producer,

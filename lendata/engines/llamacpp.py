@@ -23,7 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from lendata.engines.base import DECODING_OPTIONS, JSON_SAMPLING, AdapterError, OnResult, Request, Result
+from lendata.engines.base import (
+    DECODING_OPTIONS,
+    JSON_SAMPLING,
+    PENALTY_RULE,
+    WINDOW_RULE,
+    AdapterError,
+    OnResult,
+    Request,
+    Result,
+)
 from lendata.engines.grammar_last import llama_class
 from lendata.engines.kv_states import CHUNK, AlignedPrefill, KVStates, default_ram_mb
 from lendata.engines.no_repeat import NoRepeatNgram, word_keys
@@ -139,7 +148,7 @@ class LlamaCppEngine:
         from lendata.engines.identity import content_identity
 
         return {"engine": self.name, "weights": content_identity(self.model_path), "n_ctx": self.context_window,
-                "prefill_chunk": CHUNK, JSON_SAMPLING: "sampled-token-first"}
+                "prefill_chunk": CHUNK, JSON_SAMPLING: "sampled-token-first", PENALTY_RULE: WINDOW_RULE}
 
     @property
     def grammar_tokens(self) -> dict[str, int]:
@@ -194,7 +203,8 @@ class LlamaCppEngine:
         )
         # the penalty's window (Request.repetition_window): llama-cpp-python reads it when it builds each call's
         # sampler, whose penalty sees only the tokens this call samples, never the prompt
-        self._llm.last_n_tokens_size = req.repetition_window
+        # (past the context window the window is the whole output: no larger buffer is allocated)
+        self._llm.last_n_tokens_size = min(req.repetition_window, self.context_window)
         reused_before = self.kv_states.reused_tokens
         if switched:  # keys computed under another adapter are never continued
             self._prefill.forget_live()

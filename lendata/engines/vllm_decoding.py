@@ -68,6 +68,7 @@ def decoding_args(req: Request, prefill_tokens: int, sampling: bool = False,
     """What a request's row needs from the processor (None: nothing; the row then costs nothing): the
     no-repeat and sentence-end rules, the row's repetition penalty over its window (`window`: the processor
     runs), and with `sampling` its top-k/top-p; vLLM then gets neutral values (`vllm_sampling_params`)."""
+    sampling = sampling and window  # top-p comes here only where the penalty does too: vLLM's order
     moved = sampling_moved(req, sampling, window)
     if not req.no_repeat_ngram and not req.end_at_sentence and not moved:
         return None
@@ -87,6 +88,7 @@ def decoding_args(req: Request, prefill_tokens: int, sampling: bool = False,
 def vllm_sampling_params(req: Request, sampling: bool, window: bool = True) -> dict[str, Any]:
     """vLLM's own top_p/top_k/repetition_penalty for the row: neutral where the processor applies them (the
     penalty wherever the processor runs, `window`: vLLM's has no window)."""
+    sampling = sampling and window  # as in decoding_args
     own = {"top_p": req.top_p, "repetition_penalty": 1.0 if window else req.repetition_penalty,
            **({"top_k": req.top_k} if req.top_k is not None else {})}  # 0 = off, as in vLLM
     if sampling_moved(req, sampling, window) and _moves_top_p(req, sampling):

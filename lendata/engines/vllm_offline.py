@@ -13,7 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lendata.engines.base import DECODING_OPTIONS, OnResult, Request, Result, refuse_unenforced_options
+from lendata.engines.base import (
+    DECODING_OPTIONS,
+    MARKED_WINDOW_RULE,
+    PENALTY_RULE,
+    OnResult,
+    Request,
+    Result,
+    refuse_unenforced_options,
+)
 from lendata.engines.chains import Chain, Chains, OnChainResult, one_call
 
 log = logging.getLogger("lendata.engines")
@@ -113,7 +121,7 @@ class VLLMEngine:
         self._windowed_penalty = not unsupported
         if unsupported:
             log.warning("vllm: a repetition penalty counts the prompt and all the output here (vLLM's own rule), "
-                        "not the last repetition_window tokens written as on the other engines")
+                        "not the last repetition_window tokens written as on the other engines (%s)", unsupported)
         self._llm = LLM(
             model=model,
             logits_processors=processors,
@@ -151,7 +159,9 @@ class VLLMEngine:
 
         local = Path(self._model).expanduser().exists()
         return {"engine": self.name, "weights": content_identity(self._model) if local else self._model,
-                "options": self._options}
+                "options": self._options,
+                # vLLM's own penalty (where the processor cannot run) is the rule of keys made before the window
+                **({PENALTY_RULE: MARKED_WINDOW_RULE} if self._windowed_penalty else {})}
 
     def training_base(self) -> Path:
         """The local checkpoint vLLM serves, for the built-in LoRA trainer (a hub id is not downloaded here)."""

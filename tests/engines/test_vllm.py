@@ -652,10 +652,13 @@ def test_the_processor_is_registered_once_and_sampling_needs_it(model_dir, monke
     with pytest.raises(Stop):
         vo.VLLMEngine(model=model_dir, logits_processors=[fqcn])
     assert seen["logits_processors"] == [fqcn]
+    assert "repetition_window" not in caplog.text
     monkeypatch.setattr(vo, "_decoding_unsupported", lambda kw: "the test says so")
     with pytest.raises(Stop), caplog.at_level("WARNING", logger="lendata.engines"):
         vo.VLLMEngine(model=model_dir)
     assert seen["logits_processors"] == [] and "sample_in_processor" not in caplog.text
+    # without the processor vLLM's own penalty applies, and the engine says so with the reason
+    assert "not the last repetition_window tokens written" in caplog.text and "the test says so" in caplog.text
     with pytest.raises(Stop), caplog.at_level("WARNING", logger="lendata.engines"):
         vo.VLLMEngine(model=model_dir, sample_in_processor=True)
     assert "sample_in_processor needs lendata's processor" in caplog.text
@@ -674,7 +677,8 @@ SAMPLED = [  # the settings lendata's methods send: AgentWrite's, Self-Lengthen,
 def test_sampling_in_the_processor_draws_the_same_tokens_as_vllm_s_sampler(engine):
     """The same seeds through vLLM's sampler and through lendata's processor give the same texts (vLLM's CPU
     sampler draws with per-token noise from the seed, so the same kept tokens with the same values are the same
-    draw); every row decodes 48 tokens so both batches have the same shape at every step. A draw can differ only
+    draw; the penalty runs in the processor both ways, over its window: vLLM's own has none); every row decodes
+    48 tokens so both batches have the same shape at every step. A draw can differ only
     where it lands on a tie-group member swapped at the nucleus's edge (see the differential test above): edge
     tokens hold the least mass, and AgentWrite's top_p 0.95 is run at 0.9 here to keep the edge out of the
     densest ties of the tail."""
@@ -718,6 +722,14 @@ def test_repetition_penalty_counts_the_last_window_of_written_tokens_not_the_pro
                 repeats = [(i, t) for i, t in enumerate(ids) if t in ids[max(0, i - window):i]]
                 assert repeats == [], (moved, window, res.text)
                 assert prompt_ids & set(ids), (moved, res.text)
+        # the window is what the processor applied: a wider one than the text's repeats changes the text
+        narrow, wide = engine.generate([ask(prompt, max_tokens=60, min_tokens=60, temperature=0.0,
+                                            repetition_penalty=1e4, repetition_window=w) for w in (4, 64)])
+        assert narrow.text != wide.text
+        # the rule is in the engine's identity, so these texts never answer a key of vLLM's own rule
+        from lendata.engines.base import MARKED_WINDOW_RULE, PENALTY_RULE
+
+        assert engine.identity()[PENALTY_RULE] == MARKED_WINDOW_RULE
     finally:
         engine.sample_in_processor = before
 

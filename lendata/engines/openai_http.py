@@ -285,10 +285,11 @@ class OpenAIEngine:
         return self.generate_chains([one_call(r) for r in requests], on_result)
 
     def generate_chains(self, chains: Sequence[Chain[Any]], on_result: OnChainResult | None = None) -> list[Any]:
-        """Chains (engines/chains.py) with at most `concurrency` requests in flight: each chain sends its next
-        request as soon as its previous one is answered, never waiting for a round's slowest. Chain code (which
-        may count tokens through the server, synchronously) runs on a worker thread, one chain at a time, so
-        the event loop keeps receiving answers meanwhile; the first error cancels every other chain's call."""
+        """Chains (engines/chains.py) with at most `concurrency` requests in flight or answered but not yet handed
+        to their chain: each chain sends its next request as soon as its previous one is answered and recorded,
+        never waiting for a round's slowest. Chain code (which may count tokens through the server,
+        synchronously) runs on a worker thread, one chain at a time, so the event loop keeps receiving answers
+        meanwhile; the first error cancels every other chain's call."""
         state = Chains(chains, on_result)
 
         async def drive() -> None:
@@ -299,9 +300,12 @@ class OpenAIEngine:
                 async def follow(i: int, req: Request | None) -> None:
                     while req is not None:
                         await asyncio.to_thread(self._check, [req])
+                        # the slot is held until the answer is handed to its chain (where a response cache
+                        # stores it): a kill then repeats at most `concurrency` calls, where answers waiting
+                        # for their turn to be recorded let more calls go out
                         async with sem:
                             res = await self._one(client, req)
-                        req = await asyncio.to_thread(state.send, i, res)
+                            req = await asyncio.to_thread(state.send, i, res)
 
                 firsts = await asyncio.to_thread(state.start)
                 async with asyncio.TaskGroup() as group:  # an error cancels the other chains' calls

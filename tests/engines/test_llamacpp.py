@@ -252,3 +252,22 @@ def test_repetition_penalty_counts_the_last_window_of_written_tokens_not_the_pro
     narrow, wide = llama.generate([ask(prompt, max_tokens=60, min_tokens=60, temperature=0.0, repetition_penalty=1e4,
                                        repetition_window=w) for w in (4, 64)])
     assert narrow.text != wide.text
+
+
+def test_the_engines_own_identity_keys_a_penalized_request_by_the_window_it_applies(llama):
+    """Through the engine's real identity (not a made-up producer): another window is another key, the default
+    window keeps the key of the code before the window (llama.cpp's window was always 64), no penalty: no
+    window in the key."""
+    from lendata.engines.base import PENALTY_RULE, request_key
+    from lendata.engines.identity import producer
+
+    ident = producer(llama)
+
+    def key(**kw):
+        return request_key(ident, ask("Write about rivers.", max_tokens=20, seed=1, **kw))
+
+    assert key(repetition_penalty=1.2, repetition_window=8) != key(repetition_penalty=1.2)
+    before = {k: v for k, v in ident.items() if k != PENALTY_RULE}  # the identity's shape before the rule
+    assert key(repetition_penalty=1.2) == request_key(before, ask("Write about rivers.", max_tokens=20, seed=1,
+                                                                  repetition_penalty=1.2))
+    assert key(repetition_window=8) == key()

@@ -570,3 +570,38 @@ def test_a_penalty_goes_out_under_both_names_and_the_servers_own_window_is_named
     body = fault_server.requests[-1][1]
     assert body["repetition_penalty"] == body["repeat_penalty"] == 1.2
     assert caplog.text.count("not repetition_window=32") == 1
+
+
+@pytest.mark.parametrize("fault_server", [[]], indirect=True)
+def test_a_window_the_server_does_not_apply_stays_out_of_the_key(fault_server):
+    from lendata.engines.base import request_key
+    from lendata.engines.identity import producer
+
+    ident = producer(OpenAIEngine(base_url=fault_server.url, model="m", context_window=1024))
+    keys = {request_key(ident, ask("hi", max_tokens=5, repetition_penalty=1.2, repetition_window=w)) for w in (8, 64)}
+    assert len(keys) == 1
+
+
+@pytest.mark.parametrize("fault_server", [[]], indirect=True)
+def test_a_call_holds_its_slot_until_its_answer_is_recorded(fault_server):
+    """A kill repeats at most `concurrency` calls: a slot is freed only once its answer has been handed to its
+    chain (where the response cache stores it). Freed on arrival, answers waiting for their turn to be recorded
+    let more calls go out (a fault-injection build repeated 17 calls after two kills at concurrency 8)."""
+    engine = OpenAIEngine(base_url=fault_server.url, model="m", context_window=1024, concurrency=2)
+    release, recorded = threading.Event(), []
+
+    def on_result(i, res):
+        recorded.append(i)
+        release.wait(10)  # a slow cache write
+
+    run = threading.Thread(target=engine.generate, args=([ask(f"q{i}", max_tokens=5) for i in range(6)], on_result))
+    run.start()
+    deadline = time.monotonic() + 10
+    while not recorded and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)  # room for a freed slot to send more
+    sent = len(fault_server.requests)
+    release.set()
+    run.join(30)
+    assert recorded and sent <= 2, sent
+    assert len(fault_server.requests) == 6 and sorted(recorded) == list(range(6))

@@ -658,7 +658,14 @@ def test_the_processor_is_registered_once_and_sampling_needs_it(model_dir, monke
         vo.VLLMEngine(model=model_dir)
     assert seen["logits_processors"] == [] and "sample_in_processor" not in caplog.text
     # without the processor vLLM's own penalty applies, and the engine says so with the reason
-    assert "not the last repetition_window tokens written" in caplog.text and "the test says so" in caplog.text
+    assert "not the last repetition_window tokens written as on the other engines (the test says so)" in caplog.text
+    # and its identity names no rule: its texts keep the keys of vLLM's own rule, made before the window
+    from lendata.engines.base import MARKED_WINDOW_RULE, PENALTY_RULE
+
+    for windowed, rule in ((False, None), (True, MARKED_WINDOW_RULE)):
+        bare = object.__new__(vo.VLLMEngine)
+        bare._model, bare._options, bare._windowed_penalty = model_dir, {}, windowed
+        assert bare.identity().get(PENALTY_RULE) == rule
     with pytest.raises(Stop), caplog.at_level("WARNING", logger="lendata.engines"):
         vo.VLLMEngine(model=model_dir, sample_in_processor=True)
     assert "sample_in_processor needs lendata's processor" in caplog.text

@@ -301,8 +301,10 @@ class OpenAIEngine:
                     while req is not None:
                         await asyncio.to_thread(self._check, [req])
                         # the slot is held until the answer is handed to its chain (where a response cache
-                        # stores it): a kill then repeats at most `concurrency` calls, where answers waiting
-                        # for their turn to be recorded let more calls go out
+                        # stores it), so a kill repeats at most `concurrency` calls; freeing it when the answer
+                        # arrived let more calls go out while answers waited their turn to be stored. The cost:
+                        # the chain's next-step code runs inside the slot too (a few ms against seconds of
+                        # generation)
                         async with sem:
                             res = await self._one(client, req)
                             req = await asyncio.to_thread(state.send, i, res)

@@ -86,7 +86,7 @@ def test_sampling_is_the_reference_s_and_self_instruct_and_judge_use_the_base_mo
         return Result(text=" Write a long history of rivers and the cities built on them.")
 
     eng = scripted(answer)
-    s = sl.Settings(n=1)
+    s = sl.Settings(n=1, repetition_window=40)
     assert (s.temperature, s.top_p, s.top_k, s.repetition_penalty) == (0.7, 0.8, 20, 1.1)
     seeds = [{"instruction": "Write a long essay about mountains.", "language": "en"},
              {"instruction": "Write a long story about the sea.", "language": "en"}]
@@ -95,6 +95,7 @@ def test_sampling_is_the_reference_s_and_self_instruct_and_judge_use_the_base_mo
     assert all(req.lora is None for req in eng.seen), "self-instruct and the judge use the base model"
     sampled = [req for req in eng.seen if req.json_schema is None]
     assert all(req.top_k == 20 and req.top_p == 0.8 and req.repetition_penalty == 1.1 for req in sampled)
+    assert all(req.repetition_window == 40 for req in sampled)  # the setting reaches self-instruct too
     assert all(any("Instruction 4" in stop for stop in req.stop) for req in sampled)
     assert not any(stop == "\n" for req in sampled for stop in req.stop), "an instruction may span lines"
     gen = sl.generate(kept, eng, s, lora="/adapters/gen")
